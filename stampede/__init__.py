@@ -1,0 +1,1 @@
+"""Stampede's shared core: settings, record types, metric math, database schema and the CLI."""

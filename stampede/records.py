@@ -1,0 +1,134 @@
+"""Records that cross a process boundary: one per request sent, per run and per load step.
+
+Clients fill in raw measurements (a wall-clock start for aligning hosts, monotonic offsets for every
+duration); derived values are computed fields, calculated by :mod:`stampede.metrics` in one place.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
+
+from stampede import metrics
+
+
+class Outcome(str, Enum):
+    """How a request ended."""
+
+    OK = "ok"
+    HTTP_ERROR = "http_error"
+    TIMEOUT = "timeout"
+    TRUNCATED = "truncated"
+    INVALID_STREAM = "invalid_stream"
+    CONNECTION_ERROR = "connection_error"
+
+
+class Api(str, Enum):
+    """The wire protocol a request used."""
+
+    OLLAMA_CHAT = "ollama_chat"
+    OPENAI_CHAT = "openai_chat"
+
+
+class RunStatus(str, Enum):
+    """Lifecycle of a run."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_job_arg(self) -> dict[str, Any]:
+        """The JSON-able form a job receives: raw fields only, derived ones are recomputed on arrival."""
+        return self.model_dump(mode="json", exclude_computed_fields=True)
+
+
+class RequestRecord(_Record):
+    """One request sent to a target, as the client measured it."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Unique id; makes stores idempotent.")
+    run_id: uuid.UUID = Field(description="Run this request belongs to.")
+    target: str = Field(description="Label of the target runtime (e.g. 'ollama-like').")
+    step_index: int = Field(ge=0, description="Load step that was active when the request was sent.")
+    in_warmup: bool = Field(description="Sent during the step's warm-up window; excluded from its figures.")
+    host: str = Field(description="Hostname of the load-generating process.")
+    pid: int = Field(description="Process id of the load-generating process.")
+    api: Api = Field(description="Wire protocol used.")
+    model: str = Field(description="Model name sent in the request.")
+    prompt_id: str = Field(description="Identifier of the prompt within its prompt set.")
+    outcome: Outcome = Field(description="How the request ended.")
+    http_status: int | None = Field(default=None, description="HTTP status of the response, if one came.")
+    error: str | None = Field(default=None, description="Short error description for failed requests.")
+    started_at: AwareDatetime = Field(description="Wall-clock UTC time the request was sent; bucketing only.")
+    chunk_offsets_ns: list[int] = Field(
+        default_factory=list,
+        description="Monotonic ns from send to the arrival of each chunk that carried output text.",
+    )
+    end_offset_ns: int = Field(ge=0, description="Monotonic ns from send to the end of the response.")
+    prompt_tokens: int | None = Field(default=None, description="Prompt tokens as the server counted them.")
+    output_tokens: int | None = Field(default=None, description="Output tokens as the server counted them.")
+
+    @computed_field(description="Time to first token, ms.")  # type: ignore[prop-decorator]
+    @property
+    def ttft_ms(self) -> float | None:
+        return metrics.ttft_ms(self.chunk_offsets_ns)
+
+    @computed_field(description="End-to-end latency, ms.")  # type: ignore[prop-decorator]
+    @property
+    def e2e_ms(self) -> float:
+        return metrics.e2e_ms(self.end_offset_ns)
+
+    @computed_field(description="Gaps between consecutive output chunks, ms.")  # type: ignore[prop-decorator]
+    @property
+    def itl_ms(self) -> list[float]:
+        return metrics.itl_ms(self.chunk_offsets_ns)
+
+    @computed_field(description="Time per output token after the first, ms.")  # type: ignore[prop-decorator]
+    @property
+    def tpot_ms(self) -> float | None:
+        return metrics.tpot_ms(self.chunk_offsets_ns, self.end_offset_ns, self.output_tokens)
+
+
+class RunRecord(_Record):
+    """A run: one sweep or one Locust test, over one or more targets."""
+
+    id: uuid.UUID = Field(description="Run id, shared by every process of the run.")
+    name: str = Field(description="Human label for the run.")
+    status: RunStatus = Field(description="Lifecycle state.")
+    started_at: AwareDatetime = Field(description="Wall-clock UTC start.")
+    ended_at: AwareDatetime | None = Field(default=None, description="Wall-clock UTC end, once ended.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Run options, secrets removed.")
+
+
+class StepRecord(_Record):
+    """A load step of a run for one target: a fixed number of users held for a while."""
+
+    run_id: uuid.UUID = Field(description="Run this step belongs to.")
+    target: str = Field(description="Label of the target runtime.")
+    index: int = Field(ge=0, description="Position of the step in the run, from 0.")
+    users: int = Field(ge=0, description="Concurrent users (closed-loop concurrency) during the step.")
+    api: Api = Field(description="Wire protocol used against the target.")
+    model: str = Field(description="Model name requested.")
+    base_url: str = Field(description="Target URL, credentials removed.")
+    started_at: AwareDatetime = Field(description="Wall-clock UTC time the step began (master's clock).")
+    warmup_s: float = Field(ge=0, description="Seconds at the start of the step excluded from its figures.")
+    ended_at: AwareDatetime | None = Field(default=None, description="Wall-clock UTC end, once ended.")
+
+    @computed_field(description="Seconds measured: step length less warm-up.")  # type: ignore[prop-decorator]
+    @property
+    def measured_s(self) -> float | None:
+        if self.ended_at is None:
+            return None
+        return max(0.0, (self.ended_at - self.started_at).total_seconds() - self.warmup_s)
+
+
+def utc_now() -> datetime:
+    """Timezone-aware UTC now."""
+    return datetime.now(UTC)

@@ -1,0 +1,45 @@
+"""Process-wide settings from the environment (prefix ``STAMPEDE_``).
+
+Defaults are the embedded ones: a SQLite file in the working directory and no Redis, so a laptop
+with no services runs everything. Secrets are ``SecretStr`` so they never print by accident.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+
+class Settings(BaseSettings):
+    """Everything a Stampede process reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="STAMPEDE_", env_nested_delimiter="__", extra="ignore")
+
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///stampede.db"),
+        description="SQLAlchemy URL of the results store; may hold a password, hence secret.",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis URL; when set, Locust processes send records to RQ workers instead of storing them.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="Bearer token sent to the target runtime (OpenAI API); never stored."
+    )
+    queue_name: str = Field(default="stampede", description="RQ queue that receives record batches.")
+    batch_size: int = Field(default=500, ge=1, description="Records per stored batch.")
+    flush_interval_s: float = Field(default=1.0, gt=0, description="Longest a record waits in a sink buffer.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return Settings()
+
+
+def redact_url(url: str) -> str:
+    """A database or Redis URL with its password masked, fit for logs and reports."""
+    return make_url(url).render_as_string(hide_password=True)
