@@ -1,0 +1,1 @@
+"""Traffic: the locustfile, runtime clients, stream parsers, prompt sets, load shapes and sinks."""

@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, MetaData, String, UniqueConstraint, Uuid
+from sqlalchemy import JSON, BigInteger, DateTime, Index, MetaData, String, UniqueConstraint, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -86,3 +86,56 @@ class Request(Base):
     output_tokens: Mapped[int | None]
     output_chunks: Mapped[int]
     chunk_offsets_ns: Mapped[list[int]] = mapped_column(JSON)
+
+
+class StepStats(Base):
+    """A step's summary, cached once its requests are stored, so big runs report without rescanning."""
+
+    __tablename__ = "step_stats"
+    __table_args__ = (UniqueConstraint("run_id", "target", "step_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    target: Mapped[str] = mapped_column(String(200))
+    step_index: Mapped[int]
+    request_rows: Mapped[int]
+    computed_at: Mapped[datetime]
+    summary: Mapped[dict[str, Any]]
+
+
+class GpuSample(Base):
+    """One NVML reading of one GPU."""
+
+    __tablename__ = "gpu_samples"
+    __table_args__ = (Index(None, "run_id", "sampled_at"), Index(None, "host", "sampled_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    host: Mapped[str] = mapped_column(String(255))
+    sampled_at: Mapped[datetime]
+    gpu_index: Mapped[int]
+    gpu_uuid: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    utilization_pct: Mapped[float | None]
+    memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    memory_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    power_w: Mapped[float | None]
+    temperature_c: Mapped[float | None]
+    sm_clock_mhz: Mapped[float | None]
+    processes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+class RuntimeSample(Base):
+    """One value scraped from a runtime (vLLM or llama.cpp /metrics, Ollama /api/ps)."""
+
+    __tablename__ = "runtime_samples"
+    __table_args__ = (Index(None, "run_id", "target", "sampled_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    target: Mapped[str] = mapped_column(String(200))
+    host: Mapped[str] = mapped_column(String(255))
+    sampled_at: Mapped[datetime]
+    metric: Mapped[str] = mapped_column(String(200))
+    labels: Mapped[dict[str, Any]]
+    value: Mapped[float]

@@ -1,0 +1,41 @@
+"""RQ jobs. Module-level verbs with JSON-able arguments, validated on entry.
+
+The Locust process names these by dotted path (``"workers.jobs.store_request_records"``): an RQ
+worker runs them in a fleet, and the embedded in-process sink calls the very same functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from stampede import store
+from stampede.db import get_engine
+from stampede.records import RequestRecord, RunRecord, StepRecord
+from stampede.settings import get_settings
+
+
+def _session() -> Session:
+    return Session(get_engine(get_settings().database_url.get_secret_value()))
+
+
+def store_request_records(records: list[dict[str, Any]]) -> int:
+    """Validate and store a batch of request records; returns how many were new (retries add none)."""
+    parsed = [RequestRecord.model_validate(r) for r in records]
+    with _session() as session, session.begin():
+        return store.insert_request_records(session, parsed)
+
+
+def store_run(run: dict[str, Any]) -> None:
+    """Create or update a run row."""
+    parsed = RunRecord.model_validate(run)
+    with _session() as session, session.begin():
+        store.upsert_run(session, parsed)
+
+
+def store_step(step: dict[str, Any]) -> None:
+    """Create or update a step row."""
+    parsed = StepRecord.model_validate(step)
+    with _session() as session, session.begin():
+        store.upsert_step(session, parsed)
