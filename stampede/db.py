@@ -1,4 +1,4 @@
-"""Engines and schema migration for the results store (SQLite embedded, PostgreSQL in a fleet)."""
+"""Engines and migrations for the results store (SQLite embedded, PostgreSQL in a fleet)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -37,14 +35,13 @@ def get_engine(url: str) -> Engine:
     return make_engine(url)
 
 
-def alembic_config(url: str) -> Config:
-    """Alembic configuration for ``url``, independent of the working directory."""
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the schema at ``url`` up to ``revision`` with the migrations in ``migrations/``."""
+    # Imported here: processes that only store records never need Alembic (nor its import-time logs).
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = url
-    return config
-
-
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema at ``url`` up to ``revision``."""
-    command.upgrade(alembic_config(url), revision)
+    command.upgrade(config, revision)

@@ -9,9 +9,23 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from stampede import metrics
-from stampede.metrics import RequestSample, StepSummary
+from stampede.metrics import PERCENTILES, Percentiles, RequestSample, StepSummary
 from stampede.records import Outcome
 from stampede.schema import Request, Run, Step
+
+LATENCIES = ("ttft", "itl", "tpot", "e2e")
+ROW_COLUMNS = (
+    "target",
+    "step",
+    "users",
+    "measured_s",
+    "requests",
+    "errors",
+    "error_rate",
+    "requests_per_s",
+    "output_tokens_per_s",
+    *(f"{name}_p{p}_ms" for name in LATENCIES for p in PERCENTILES),
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +35,26 @@ class TargetStep:
     target: str
     index: int
     summary: StepSummary
+
+    def as_row(self) -> dict[str, str | int | float | None]:
+        """The step as one flat table row, keyed by :data:`ROW_COLUMNS`."""
+        s = self.summary
+        row: dict[str, str | int | float | None] = {
+            "target": self.target,
+            "step": self.index,
+            "users": s.users,
+            "measured_s": s.measured_s,
+            "requests": s.requests,
+            "errors": s.errors,
+            "error_rate": s.error_rate,
+            "requests_per_s": s.requests_per_s,
+            "output_tokens_per_s": s.output_tokens_per_s,
+        }
+        for name in LATENCIES:
+            pcts: Percentiles = getattr(s, f"{name}_ms")
+            for p in PERCENTILES:
+                row[f"{name}_p{p}_ms"] = getattr(pcts, f"p{p}")
+        return row
 
 
 def latest_run_id(session: Session) -> uuid.UUID | None:

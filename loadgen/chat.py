@@ -1,0 +1,186 @@
+"""The locustfile: streaming chat users for Ollama's native API and the OpenAI API.
+
+    locust -f loadgen/chat.py --host http://127.0.0.1:11434 OllamaChatUser
+    locust -f loadgen/chat.py --host http://127.0.0.1:8000 OpenAIChatUser --model M
+
+Add ``loadgen/steps.py`` (``-f loadgen/chat.py,loadgen/steps.py --steps 1,2,4``) for a stepped
+sweep. Each request fires one Locust request event (so Locust's UI and CSV show it) and puts one
+record into the sink: the database directly, or RQ workers when STAMPEDE_REDIS_URL is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from geventhttpclient import HTTPClient
+from locust import User, constant, events, task
+from locust.env import Environment
+from locust.exception import StopUser
+
+from loadgen.clients import APIS, ChatApi, encode_body, send_chat
+from loadgen.options import add_chat_arguments, ensure_run_id
+from loadgen.prompts import PromptPicker, get_prompt_set
+from loadgen.run import HOSTNAME, PID, STEP_MESSAGE, RunContext
+from loadgen.sinks import InProcessSink, Sink
+from stampede.records import Api, Outcome, RequestRecord, utc_now
+from stampede.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+SINK_CLOSE_TIMEOUT_S = 60.0
+
+
+class RequestFailed(Exception):
+    """A request that did not end well, as Locust's failure statistics show it."""
+
+
+def make_sink(settings: Settings) -> Sink:
+    """The fleet sink when Redis is configured, else the embedded one."""
+    if settings.redis_url is not None:
+        from loadgen.rq_sink import RQSink
+
+        return RQSink(
+            settings.redis_url.get_secret_value(),
+            settings.queue_name,
+            settings.batch_size,
+            settings.flush_interval_s,
+        )
+    return InProcessSink(settings.batch_size, settings.flush_interval_s)
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: Any) -> None:
+    add_chat_arguments(parser)
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    if environment.parsed_options is None:
+        return  # a library user building an Environment by hand wires its own context
+    ensure_run_id(environment.parsed_options)
+    context = RunContext(environment, make_sink(get_settings()))
+    environment.stampede = context  # type: ignore[attr-defined]
+    if environment.runner is not None:
+        environment.runner.register_message(STEP_MESSAGE, lambda msg, **_: context.on_step(msg.data))
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Environment, **_: Any) -> None:
+    context: RunContext = environment.stampede  # type: ignore[attr-defined]
+    if not context.is_coordinator:
+        return
+    context.start_run()
+    if environment.shape_class is None:
+        users = environment.parsed_options.num_users or 1
+        context.enter_step(0, users, environment.parsed_options.warmup_s)
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Environment, **_: Any) -> None:
+    context: RunContext = environment.stampede  # type: ignore[attr-defined]
+    if context.is_coordinator:
+        context.end_run()
+    context.sink.flush(SINK_CLOSE_TIMEOUT_S)
+
+
+@events.quitting.add_listener
+def _on_quitting(environment: Environment, **_: Any) -> None:
+    context: RunContext = environment.stampede  # type: ignore[attr-defined]
+    if not context.sink.close(SINK_CLOSE_TIMEOUT_S):
+        log.error("some records could not be stored within %.0f s", SINK_CLOSE_TIMEOUT_S)
+
+
+class ChatUser(User):
+    """A closed-loop user: sends a streaming chat request as soon as the last one ended."""
+
+    abstract = True
+    chat_api: ChatApi
+    wait_time = constant(0)
+    connection_timeout_s = 10.0
+    network_timeout_s = 120.0
+
+    def on_start(self) -> None:
+        opts = self.environment.parsed_options
+        self._context: RunContext = self.environment.stampede  # type: ignore[attr-defined]
+        try:
+            prompts = get_prompt_set(opts.prompt_set)
+        except ValueError as exc:
+            log.error("%s", exc)
+            raise StopUser() from exc
+        self._picker = PromptPicker(prompts, seed=opts.seed * 1_000_003 + id(self) % 1_000_003)
+        self._headers = {"Content-Type": "application/json", "Accept": "*/*"}
+        api_key = get_settings().api_key
+        if api_key is not None:
+            self._headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        self._http: HTTPClient | None = None
+
+    def on_stop(self) -> None:
+        self._drop_connection()
+
+    def _connection(self) -> HTTPClient:
+        if self._http is None:
+            self._http = HTTPClient.from_url(
+                self.host,
+                concurrency=1,
+                connection_timeout=self.connection_timeout_s,
+                network_timeout=self.network_timeout_s,
+            )
+        return self._http
+
+    def _drop_connection(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    @task
+    def chat(self) -> None:
+        opts = self.environment.parsed_options
+        context = self._context
+        prompt = self._picker.next()
+        body = encode_body(self.chat_api.body(opts.model, prompt.messages, opts.max_tokens))
+        step_index, in_warmup = context.step_index, context.in_warmup()
+        started_at = utc_now()
+        m = send_chat(self._connection(), self.chat_api, body, self._headers, opts.request_timeout_s)
+        if m.outcome is not Outcome.OK:
+            self._drop_connection()  # the connection may be mid-stream or broken
+        record = RequestRecord(
+            run_id=context.run_id,
+            target=context.target,
+            step_index=step_index,
+            in_warmup=in_warmup,
+            host=HOSTNAME,
+            pid=PID,
+            api=self.chat_api.api,
+            model=opts.model,
+            prompt_id=prompt.id,
+            outcome=m.outcome,
+            http_status=m.http_status,
+            error=m.error,
+            started_at=started_at,
+            chunk_offsets_ns=m.chunk_offsets_ns,
+            end_offset_ns=m.end_offset_ns,
+            prompt_tokens=m.prompt_tokens,
+            output_tokens=m.output_tokens,
+        )
+        context.sink.add_request(record)
+        self.environment.events.request.fire(
+            request_type="POST",
+            name=self.chat_api.path,
+            response_time=record.e2e_ms,
+            response_length=m.response_bytes,
+            exception=None if m.outcome is Outcome.OK else RequestFailed(f"{m.outcome.value}: {m.error}"),
+            context={"outcome": m.outcome.value, "ttft_ms": record.ttft_ms, "output_tokens": m.output_tokens},
+            url=self.chat_api.path,
+        )
+
+
+class OllamaChatUser(ChatUser):
+    """Streams ``/api/chat`` (Ollama's native API)."""
+
+    chat_api = APIS[Api.OLLAMA_CHAT]
+
+
+class OpenAIChatUser(ChatUser):
+    """Streams ``/v1/chat/completions`` (vLLM, llama.cpp, SGLang, TGI, gateways)."""
+
+    chat_api = APIS[Api.OPENAI_CHAT]

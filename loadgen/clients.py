@@ -1,0 +1,159 @@
+"""Runtime clients: send one streaming chat request and time every chunk of the answer.
+
+Bytes are read with geventhttpclient's ``readline``, which returns as soon as a line is in its
+buffer and otherwise reads whatever the socket has (not a full block), so each chunk is stamped
+when it arrives. Nothing here parses into models or blocks the gevent loop. Raw measurements only:
+the record's derived values (TTFT, ITL, TPOT) are computed in :mod:`stampede.metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import orjson
+from geventhttpclient import HTTPClient
+from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
+
+from loadgen.parsers import (
+    InvalidStream,
+    OllamaParser,
+    OpenAIParser,
+    OutputChunk,
+    ServerError,
+    StreamEnd,
+    StreamParser,
+    TokenCounts,
+)
+from stampede.records import Api, Outcome
+
+ERROR_BODY_BYTES = 300
+
+
+class ChatApi(ABC):
+    """How one API asks for a streamed chat completion."""
+
+    api: Api
+    path: str
+
+    @abstractmethod
+    def body(self, model: str, messages: tuple[dict[str, str], ...], max_tokens: int) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def parser(self) -> StreamParser: ...
+
+
+class OllamaChat(ChatApi):
+    """Ollama's native ``/api/chat``."""
+
+    api = Api.OLLAMA_CHAT
+    path = "/api/chat"
+
+    def body(self, model: str, messages: tuple[dict[str, str], ...], max_tokens: int) -> dict[str, Any]:
+        return {"model": model, "messages": messages, "stream": True, "options": {"num_predict": max_tokens}}
+
+    def parser(self) -> StreamParser:
+        return OllamaParser()
+
+
+class OpenAIChat(ChatApi):
+    """The OpenAI API's ``/v1/chat/completions`` (vLLM, llama.cpp, SGLang, TGI, gateways)."""
+
+    api = Api.OPENAI_CHAT
+    path = "/v1/chat/completions"
+
+    def body(self, model: str, messages: tuple[dict[str, str], ...], max_tokens: int) -> dict[str, Any]:
+        return {
+            "model": model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": max_tokens,
+        }
+
+    def parser(self) -> StreamParser:
+        return OpenAIParser()
+
+
+APIS: dict[Api, ChatApi] = {a.api: a for a in (OllamaChat(), OpenAIChat())}
+
+
+@dataclass
+class Measurement:
+    """What the client saw of one request, before it becomes a record."""
+
+    outcome: Outcome = Outcome.OK
+    http_status: int | None = None
+    error: str | None = None
+    chunk_offsets_ns: list[int] = field(default_factory=list)
+    end_offset_ns: int = 0
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    response_bytes: int = 0
+
+    def fail(self, outcome: Outcome, error: str) -> None:
+        self.outcome = outcome
+        self.error = error[:500]
+
+
+def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurement) -> None:
+    ended = False
+    server_error = None
+    while True:
+        line = response.readline(b"\n")
+        offset_ns = time.perf_counter_ns() - start_ns
+        if not line:
+            break
+        m.response_bytes += len(line)
+        for event in parser.feed(line, offset_ns):
+            if isinstance(event, OutputChunk):
+                m.chunk_offsets_ns.append(event.offset_ns)
+            elif isinstance(event, TokenCounts):
+                m.prompt_tokens, m.output_tokens = event.prompt_tokens, event.output_tokens
+            elif isinstance(event, StreamEnd):
+                ended = True
+            elif isinstance(event, ServerError):
+                server_error = event.message
+    if server_error is not None:
+        m.fail(Outcome.TRUNCATED, f"server error in stream: {server_error}")
+    elif not ended:
+        m.fail(Outcome.TRUNCATED, "stream ended before its final message")
+
+
+def send_chat(http: HTTPClient, api: ChatApi, body: bytes, headers: dict[str, str], timeout_s: float) -> Measurement:
+    """Send one streaming chat request and measure it; never raises for a failed request.
+
+    The caller must discard ``http`` when the outcome is not OK: its connection may be mid-stream.
+    """
+    m = Measurement()
+    start_ns = time.perf_counter_ns()
+    response = None
+    try:
+        with gevent.Timeout(timeout_s):
+            response = http.request("POST", api.path, body=body, headers=headers)
+            m.http_status = response.status_code
+            if m.http_status != 200:
+                text = response.read(ERROR_BODY_BYTES)
+                m.response_bytes = len(text)
+                m.fail(Outcome.HTTP_ERROR, f"HTTP {m.http_status}: {text.decode(errors='replace').strip()}")
+            else:
+                _read_stream(response, api.parser(), start_ns, m)
+    except gevent.Timeout:
+        m.fail(Outcome.TIMEOUT, f"no complete response within {timeout_s:g} s")
+    except TimeoutError:
+        m.fail(Outcome.TIMEOUT, "network timeout: the server sent nothing for too long")
+    except InvalidStream as exc:
+        m.fail(Outcome.INVALID_STREAM, str(exc))
+    except (HTTPParseError, HTTPConnectionClosed, OSError) as exc:
+        outcome = Outcome.CONNECTION_ERROR if response is None else Outcome.TRUNCATED
+        m.fail(outcome, f"{type(exc).__name__}: {exc}".rstrip(": "))
+    m.end_offset_ns = time.perf_counter_ns() - start_ns
+    return m
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The JSON bytes of a request body."""
+    return orjson.dumps(body)

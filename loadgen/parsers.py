@@ -1,0 +1,136 @@
+"""Stream parsers: bytes and the time they arrived in, events out. No clock, no socket.
+
+Ollama's native API streams NDJSON (one JSON object per line, the last with ``"done": true`` and
+the server's counts and timings); the OpenAI API streams server-sent events (``data: {json}``
+lines, an optional usage chunk, then ``data: [DONE]``). Both are newline-delimited, so a parser
+accepts any slicing of the body and buffers a partial line until its newline arrives.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+class InvalidStream(ValueError):
+    """The body is not the stream format the API promises."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    """A chunk that carried output text (content or reasoning), arrived ``offset_ns`` after send."""
+
+    offset_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCounts:
+    """Token counts as the server reported them."""
+
+    prompt_tokens: int | None
+    output_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The server's explicit end of stream (Ollama ``done``, OpenAI ``[DONE]``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """An error object sent inside the stream."""
+
+    message: str
+
+
+Event = OutputChunk | TokenCounts | StreamEnd | ServerError
+
+
+class StreamParser(ABC):
+    """Splits a body into lines and turns each line into events."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, data: bytes, offset_ns: int) -> list[Event]:
+        """Parse the bytes that arrived at ``offset_ns``; returns the events they completed."""
+        if self._partial:
+            data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        events: list[Event] = []
+        for line in lines:
+            line = line.strip()
+            if line:
+                self._parse_line(line, offset_ns, events)
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an unfinished last line (non-empty at end of body means a cut stream)."""
+        return self._partial
+
+    @abstractmethod
+    def _parse_line(self, line: bytes, offset_ns: int, events: list[Event]) -> None: ...
+
+
+def _json(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidStream(f"not JSON: {line[:80]!r}") from exc
+
+
+def _error_message(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message", error))
+    return str(error)
+
+
+class OllamaParser(StreamParser):
+    """Ollama ``/api/chat`` NDJSON."""
+
+    def _parse_line(self, line: bytes, offset_ns: int, events: list[Event]) -> None:
+        obj = _json(line)
+        if not isinstance(obj, dict):
+            raise InvalidStream(f"expected a JSON object: {line[:80]!r}")
+        if "error" in obj:
+            events.append(ServerError(_error_message(obj["error"])))
+            return
+        message = obj.get("message") or {}
+        if message.get("content") or message.get("thinking"):
+            events.append(OutputChunk(offset_ns))
+        if obj.get("done"):
+            events.append(TokenCounts(obj.get("prompt_eval_count"), obj.get("eval_count")))
+            events.append(StreamEnd())
+
+
+class OpenAIParser(StreamParser):
+    """OpenAI ``/v1/chat/completions`` server-sent events."""
+
+    def _parse_line(self, line: bytes, offset_ns: int, events: list[Event]) -> None:
+        if not line.startswith(b"data:"):
+            if line.startswith((b":", b"event:", b"id:", b"retry:")):
+                return  # SSE comments and fields that carry no payload
+            raise InvalidStream(f"not a server-sent event: {line[:80]!r}")
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            events.append(StreamEnd())
+            return
+        obj = _json(payload)
+        if not isinstance(obj, dict):
+            raise InvalidStream(f"expected a JSON object: {payload[:80]!r}")
+        if "error" in obj:
+            events.append(ServerError(_error_message(obj["error"])))
+            return
+        for choice in obj.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"):
+                events.append(OutputChunk(offset_ns))
+                break
+        usage = obj.get("usage")
+        if usage:
+            events.append(TokenCounts(usage.get("prompt_tokens"), usage.get("completion_tokens")))

@@ -1,0 +1,148 @@
+"""A run as one Locust process sees it: run id, target, the current load step, and the sink.
+
+The master (or the single local process) decides steps: it stores run and step rows and tells
+every process which step is current with a Locust custom message. Each process then tags its own
+records with that step and with whether they fall in the step's warm-up, using its own monotonic
+clock, so hosts need no clock agreement for it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+from loadgen.clients import APIS, ChatApi
+from loadgen.sinks import Sink
+from stampede.records import Api, RunRecord, RunStatus, StepRecord, utc_now
+
+STEP_MESSAGE = "stampede_step"
+HOSTNAME = socket.gethostname()
+PID = os.getpid()
+
+
+def public_url(url: str) -> str:
+    """``url`` without user, password, query or fragment: safe to store."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class RunContext:
+    """Per-process run state; attached to the Locust environment as ``environment.stampede``."""
+
+    def __init__(self, environment: Environment, sink: Sink) -> None:
+        self.environment = environment
+        self.sink = sink
+        self.step_index = 0
+        self._measure_from_ns = 0
+        self._step: StepRecord | None = None
+        self._run: RunRecord | None = None
+
+    @property
+    def options(self) -> Any:
+        return self.environment.parsed_options
+
+    @property
+    def run_id(self) -> uuid.UUID:
+        return uuid.UUID(self.options.run_id)
+
+    @property
+    def target(self) -> str:
+        return self.options.target_name or urlsplit(self.environment.host or "").netloc or "target"
+
+    @property
+    def chat_api(self) -> ChatApi:
+        """The API of the selected user classes (the first one's, if several were selected)."""
+        for user_class in self.environment.user_classes:
+            api = getattr(user_class, "chat_api", None)
+            if api is not None:
+                return api
+        return APIS[Api.OPENAI_CHAT]
+
+    @property
+    def is_coordinator(self) -> bool:
+        """True for the process that owns steps: the master, or the only process."""
+        return not isinstance(self.environment.runner, WorkerRunner)
+
+    def in_warmup(self) -> bool:
+        return time.perf_counter_ns() < self._measure_from_ns
+
+    # Coordinator side
+
+    def start_run(self) -> None:
+        opts = self.options
+        config = {
+            "host": public_url(self.environment.host or ""),
+            "user_classes": [u.__name__ for u in self.environment.user_classes],
+            "model": opts.model,
+            "max_tokens": opts.max_tokens,
+            "prompt_set": opts.prompt_set,
+        }
+        for name in ("steps", "step_duration_s", "warmup_s"):
+            if hasattr(opts, name):
+                config[name] = getattr(opts, name)
+        self._run = RunRecord(
+            id=self.run_id,
+            name=opts.run_name or f"{self.target} {utc_now():%Y-%m-%d %H:%M}",
+            status=RunStatus.RUNNING,
+            started_at=utc_now(),
+            config=config,
+        )
+        self.sink.add_run(self._run)
+
+    def enter_step(self, index: int, users: int, warmup_s: float) -> None:
+        """Make ``index`` the current step (no-op if it already is) and tell every process."""
+        if self._step is not None and self._step.index == index:
+            self._broadcast()  # late-joining workers learn the current step from the repeat
+            return
+        self.end_step()
+        self._step = StepRecord(
+            run_id=self.run_id,
+            target=self.target,
+            index=index,
+            users=users,
+            api=self.chat_api.api,
+            model=self.options.model,
+            base_url=public_url(self.environment.host or ""),
+            started_at=utc_now(),
+            warmup_s=warmup_s,
+        )
+        self.sink.add_step(self._step)
+        self._broadcast()
+
+    def end_step(self) -> None:
+        if self._step is not None and self._step.ended_at is None:
+            self._step = self._step.model_copy(update={"ended_at": utc_now()})
+            self.sink.add_step(self._step)
+
+    def end_run(self) -> None:
+        self.end_step()
+        if self._run is not None:
+            self._run = self._run.model_copy(update={"status": RunStatus.FINISHED, "ended_at": utc_now()})
+            self.sink.add_run(self._run)
+
+    def _broadcast(self) -> None:
+        assert self._step is not None
+        runner = self.environment.runner
+        data = {"run_id": str(self.run_id), "index": self._step.index, "warmup_s": self._step.warmup_s}
+        if isinstance(runner, MasterRunner):
+            runner.send_message(STEP_MESSAGE, data)
+        self.on_step(data)
+
+    # Every process
+
+    def on_step(self, data: dict[str, Any]) -> None:
+        if data["index"] == self.step_index and self._measure_from_ns:
+            return
+        self.options.run_id = data["run_id"]
+        self.step_index = data["index"]
+        self._measure_from_ns = time.perf_counter_ns() + int(data["warmup_s"] * 1e9)

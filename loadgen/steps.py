@@ -1,0 +1,39 @@
+"""A stepped concurrency ladder, as a locustfile to add beside ``loadgen/chat.py``.
+
+    locust -f loadgen/chat.py,loadgen/steps.py --headless --host URL --steps 1,2,4,8 \
+        --step-duration-s 20 --warmup-s 5 OpenAIChatUser
+
+Kept apart from chat.py because Locust lets a shape class override ``-u``: plain runs stay plain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from locust import LoadTestShape, events
+
+from loadgen.options import add_step_arguments, parse_steps
+from loadgen.run import RunContext
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: Any) -> None:
+    add_step_arguments(parser)
+
+
+class StepLoadShape(LoadTestShape):
+    """Holds each user count of ``--steps`` for ``--step-duration-s``, then stops the test."""
+
+    def tick(self) -> tuple[int, float] | None:
+        assert self.runner is not None
+        environment = self.runner.environment
+        opts = environment.parsed_options
+        steps = parse_steps(opts.steps)
+        index = int(self.get_run_time() // opts.step_duration_s)
+        context: RunContext = environment.stampede  # type: ignore[attr-defined]
+        if index >= len(steps):
+            context.end_step()  # the last window closes now, not after in-flight requests drain
+            return None
+        context.enter_step(index, steps[index], opts.warmup_s)
+        # Start every step's users within about a second; the warm-up covers the ramp.
+        return steps[index], float(max(steps[index], 1))

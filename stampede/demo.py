@@ -1,0 +1,63 @@
+"""The demo: start the built-in simulator with an Ollama-like and a vLLM-like profile, on free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from stampede.records import Api
+from stampede.sweep import SweepError, Target
+
+READY_TIMEOUT_S = 30.0
+DEMO_PROFILES = (("ollama-like", "ollama", Api.OLLAMA_CHAT), ("vllm-like", "vllm", Api.OPENAI_CHAT))
+DEMO_MODEL = "stampede-sim"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(process: subprocess.Popen[bytes], log_path: Path, profile: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if "listening on" in log_path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise SweepError(f"the {profile} simulator exited before it was ready; see {log_path}")
+        time.sleep(0.1)
+    raise SweepError(f"the {profile} simulator was not ready within {READY_TIMEOUT_S:.0f} s; see {log_path}")
+
+
+@contextlib.contextmanager
+def simulators(log_dir: Path) -> Iterator[list[Target]]:
+    """Run one simulator per demo profile, logging into ``log_dir``; yields the targets."""
+    processes: list[subprocess.Popen[bytes]] = []
+    targets = []
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for name, profile, api in DEMO_PROFILES:
+            port = free_port()
+            log_path = log_dir / f"simulator-{profile}.log"
+            command = [sys.executable, "-m", "simulator", "--profile", profile, "--port", str(port)]
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            processes.append(process)
+            _wait_ready(process, log_path, profile)
+            targets.append(Target(name=name, url=f"http://127.0.0.1:{port}", api=api, model=DEMO_MODEL))
+        yield targets
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()

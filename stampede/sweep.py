@@ -1,0 +1,154 @@
+"""Drive Locust headless through a ladder of concurrency steps, one target after another.
+
+Locust runs as a subprocess with ``loadgen/chat.py`` and the step shape ``loadgen/steps.py``, exactly
+as a user would run it, so a sweep and a hand-run Locust test share every line of load code. This
+module only plans, launches, watches and reports; it imports nothing from ``loadgen``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from stampede.records import Api, Outcome
+from stampede.schema import Request, Step
+
+USER_CLASSES = {Api.OLLAMA_CHAT: "OllamaChatUser", Api.OPENAI_CHAT: "OpenAIChatUser"}
+PROBE_PATHS = {Api.OLLAMA_CHAT: "/api/tags", Api.OPENAI_CHAT: "/v1/models"}
+PROBE_TIMEOUT_S = 3.0
+
+
+class SweepError(Exception):
+    """A sweep that cannot start or finish; the message is meant for the user as is."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A runtime to load."""
+
+    name: str
+    url: str
+    api: Api
+    model: str
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """How to load each target."""
+
+    steps: list[int]
+    step_duration_s: float
+    warmup_s: float
+    max_tokens: int
+    prompt_set: str = "seeds"
+    processes: int = 1
+    stop_timeout_s: float = 120.0
+    run_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    run_name: str = ""
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.steps) * self.step_duration_s
+
+
+def check_reachable(target: Target) -> None:
+    """Raise SweepError in one line if the target does not answer HTTP or refuses our key."""
+    url = target.url.rstrip("/") + PROBE_PATHS[target.api]
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise SweepError(f"target {target.name} ({target.url}) refused access: HTTP {exc.code}") from None
+        return  # it answers HTTP; the load itself will show what else is wrong
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SweepError(f"cannot reach target {target.name} at {target.url}: {reason}") from None
+
+
+def locustfiles() -> str:
+    """Comma-separated paths of the chat locustfile and the step shape."""
+    spec = importlib.util.find_spec("loadgen")
+    if spec is None or not spec.submodule_search_locations:
+        raise SweepError("the loadgen package is not installed: run `pip install -e .` in the repository")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return f"{folder / 'chat.py'},{folder / 'steps.py'}"
+
+
+def locust_command(target: Target, plan: SweepPlan) -> list[str]:
+    """The Locust command line that runs ``plan`` against ``target``."""
+    command = [
+        sys.executable, "-m", "locust",
+        "-f", locustfiles(),
+        "--headless", "--only-summary",
+        "--host", target.url,
+        "--steps", ",".join(str(s) for s in plan.steps),
+        "--step-duration-s", str(plan.step_duration_s),
+        "--warmup-s", str(plan.warmup_s),
+        "--max-tokens", str(plan.max_tokens),
+        "--model", target.model,
+        "--prompt-set", plan.prompt_set,
+        "--target-name", target.name,
+        "--run-id", str(plan.run_id),
+        "--run-name", plan.run_name or target.name,
+        "--stop-timeout", f"{plan.stop_timeout_s:.0f}s",
+        "--exit-code-on-error", "0",
+    ]  # fmt: skip
+    if plan.processes > 1:
+        command += ["--processes", str(plan.processes)]
+    return [*command, USER_CLASSES[target.api]]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a target's sweep stands, as stored so far."""
+
+    step_index: int | None
+    requests: int
+    errors: int
+
+
+def read_progress(session: Session, run_id: uuid.UUID, target: str) -> Progress:
+    """The current step and the stored request counts of one target of a run."""
+    step = session.scalar(select(func.max(Step.index)).where(Step.run_id == run_id, Step.target == target))
+    counts = session.execute(
+        select(func.count(), func.count().filter(Request.outcome != Outcome.OK.value)).where(
+            Request.run_id == run_id, Request.target == target
+        )
+    ).one()
+    return Progress(step, counts[0], counts[1])
+
+
+def run_target(
+    target: Target,
+    plan: SweepPlan,
+    log_path: Path,
+    on_tick: Callable[[float], None],
+    tick_s: float = 1.0,
+) -> None:
+    """Run Locust for one target, calling ``on_tick(elapsed_s)`` while it runs."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        process = subprocess.Popen(locust_command(target, plan), stdout=log, stderr=subprocess.STDOUT)
+        started = time.monotonic()
+        try:
+            while process.poll() is None:
+                on_tick(time.monotonic() - started)
+                time.sleep(tick_s)
+        except KeyboardInterrupt:
+            process.terminate()  # Locust stops its users and flushes its records on SIGTERM
+            process.wait(timeout=plan.stop_timeout_s)
+            raise
+    if process.returncode != 0:
+        raise SweepError(f"locust exited with status {process.returncode} for {target.name}; see {log_path}")

@@ -1,0 +1,86 @@
+"""Stream parsers on plain bytes: any slicing of the body gives the same events."""
+
+import orjson
+import pytest
+
+from loadgen.parsers import (
+    InvalidStream,
+    OllamaParser,
+    OpenAIParser,
+    OutputChunk,
+    ServerError,
+    StreamEnd,
+    StreamParser,
+    TokenCounts,
+)
+
+
+def ollama_body(tokens: list[str]) -> bytes:
+    lines = [{"model": "m", "message": {"role": "assistant", "content": t}, "done": False} for t in tokens]
+    lines.append({"model": "m", "message": {"role": "assistant", "content": ""}, "done": True,
+                  "prompt_eval_count": 12, "eval_count": len(tokens)})  # fmt: skip
+    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+
+def openai_body(tokens: list[str]) -> bytes:
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+    chunks += [{"choices": [{"index": 0, "delta": {"content": t}}]} for t in tokens]
+    chunks.append({"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": len(tokens)}})
+    return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+def feed_in_pieces(parser: StreamParser, body: bytes, size: int) -> list[object]:
+    events: list[object] = []
+    for n, start in enumerate(range(0, len(body), size)):
+        events += parser.feed(body[start : start + size], offset_ns=n)
+    return events
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 100_000])
+@pytest.mark.parametrize(("parser_class", "body_of"), [(OllamaParser, ollama_body), (OpenAIParser, openai_body)])
+def test_events_do_not_depend_on_how_the_body_is_sliced(parser_class, body_of, size) -> None:
+    events = feed_in_pieces(parser_class(), body_of(["Hel", "lo", " 世界"]), size)
+    assert sum(isinstance(e, OutputChunk) for e in events) == 3
+    assert TokenCounts(12, 3) in events
+    assert isinstance(events[-1], StreamEnd)
+
+
+def test_chunks_carry_the_offset_of_the_bytes_that_completed_them() -> None:
+    parser = OpenAIParser()
+    assert parser.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}', 5) == []
+    assert parser.feed(b"\n\n", 9) == [OutputChunk(9)]
+
+
+def test_role_only_and_empty_deltas_are_not_output() -> None:
+    body = b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+    assert OpenAIParser().feed(body, 1) == []
+
+
+def test_reasoning_content_counts_as_output() -> None:
+    body = b'data: {"choices":[{"delta":{"reasoning_content":"hmm"}}]}\n\n'
+    assert OpenAIParser().feed(body, 1) == [OutputChunk(1)]
+
+
+def test_sse_comments_are_ignored_and_unknown_lines_are_invalid() -> None:
+    assert OpenAIParser().feed(b": keep-alive\n\n", 1) == []
+    with pytest.raises(InvalidStream):
+        OpenAIParser().feed(b"garbage\n", 1)
+
+
+@pytest.mark.parametrize("parser_class", [OllamaParser, OpenAIParser])
+def test_malformed_json_is_an_invalid_stream(parser_class) -> None:
+    line = b'data: {"choices": [\n' if parser_class is OpenAIParser else b'{"message": \n'
+    with pytest.raises(InvalidStream):
+        parser_class().feed(line, 1)
+
+
+def test_errors_sent_inside_the_stream_are_reported() -> None:
+    assert OllamaParser().feed(b'{"error":"model unloaded"}\n', 1) == [ServerError("model unloaded")]
+    sse = b'data: {"error":{"message":"overloaded","code":503}}\n\n'
+    assert OpenAIParser().feed(sse, 1) == [ServerError("overloaded")]
+
+
+def test_a_cut_last_line_stays_pending() -> None:
+    parser = OllamaParser()
+    parser.feed(b'{"message":{"content":"a"},"done":false}\n{"done":tr', 1)
+    assert parser.pending == b'{"done":tr'
