@@ -199,3 +199,4 @@ def worker(ctx: typer.Context) -> None:
 def agent(ctx: typer.Context) -> None:
     """Run the GPU and runtime sampling agent (arguments go to `python -m workers agent`)."""
     _forward(["workers", "agent"], ctx)
+

@@ -1,0 +1,5 @@
+"""``python -m stampede`` runs the CLI."""
+
+from stampede.cli import app
+
+app()
