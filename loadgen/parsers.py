@@ -24,6 +24,7 @@ class OutputChunk:
     """A chunk that carried output text (content or reasoning), arrived ``offset_ns`` after send."""
 
     offset_ns: int
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,17 @@ class TokenCounts:
 
     prompt_tokens: int | None
     output_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTimings:
+    """The server's own account of where the time went, in ms, under canonical names.
+
+    ``load_ms`` (model load), ``prompt_eval_ms`` (prefill), ``eval_ms`` (decode), ``total_ms``
+    (the server's whole handling); a runtime reports some or all of them.
+    """
+
+    timings_ms: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +58,7 @@ class ServerError:
     message: str
 
 
-Event = OutputChunk | TokenCounts | StreamEnd | ServerError
+Event = OutputChunk | TokenCounts | ServerTimings | StreamEnd | ServerError
 
 
 class StreamParser(ABC):
@@ -90,6 +102,17 @@ def _error_message(error: Any) -> str:
     return str(error)
 
 
+# Ollama's final object: durations in ns under these names.
+OLLAMA_DURATIONS = {
+    "load_duration": "load_ms",
+    "prompt_eval_duration": "prompt_eval_ms",
+    "eval_duration": "eval_ms",
+    "total_duration": "total_ms",
+}
+# llama.cpp's ``timings`` block: durations already in ms.
+LLAMACPP_TIMINGS = {"prompt_ms": "prompt_eval_ms", "predicted_ms": "eval_ms"}
+
+
 class OllamaParser(StreamParser):
     """Ollama ``/api/chat`` NDJSON."""
 
@@ -101,10 +124,14 @@ class OllamaParser(StreamParser):
             events.append(ServerError(_error_message(obj["error"])))
             return
         message = obj.get("message") or {}
-        if message.get("content") or message.get("thinking"):
-            events.append(OutputChunk(offset_ns))
+        text = message.get("content") or message.get("thinking")
+        if text:
+            events.append(OutputChunk(offset_ns, text))
         if obj.get("done"):
             events.append(TokenCounts(obj.get("prompt_eval_count"), obj.get("eval_count")))
+            timings = {name: obj[key] / 1e6 for key, name in OLLAMA_DURATIONS.items() if key in obj}
+            if timings:
+                events.append(ServerTimings(timings))
             events.append(StreamEnd())
 
 
@@ -128,9 +155,15 @@ class OpenAIParser(StreamParser):
             return
         for choice in obj.get("choices") or ():
             delta = choice.get("delta") or {}
-            if delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"):
-                events.append(OutputChunk(offset_ns))
+            text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+            if text:
+                events.append(OutputChunk(offset_ns, text))
                 break
         usage = obj.get("usage")
         if usage:
             events.append(TokenCounts(usage.get("prompt_tokens"), usage.get("completion_tokens")))
+        timings = obj.get("timings")
+        if timings:
+            found = {name: float(timings[key]) for key, name in LLAMACPP_TIMINGS.items() if key in timings}
+            if found:
+                events.append(ServerTimings(found))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -27,9 +28,15 @@ def e2e_ms(end_offset_ns: int) -> float:
     return end_offset_ns / NS_PER_MS
 
 
-def itl_ms(chunk_offsets_ns: Sequence[int]) -> list[float]:
-    """Inter-token latency as chunk gaps: ``ITL_i = t(chunk i) - t(chunk i-1)`` for i >= 1."""
-    return [(b - a) / NS_PER_MS for a, b in zip(chunk_offsets_ns, chunk_offsets_ns[1:], strict=False)]
+def itl_ms(chunk_offsets_ns: Sequence[int], chunk_tokens: Sequence[int] = ()) -> list[float]:
+    """Inter-token latency: ``ITL_i = (t(chunk i) - t(chunk i-1)) / tokens in chunk i`` for i >= 1.
+
+    Tokens per chunk come from a client-side tokenizer when one was used, else each chunk is one token.
+    """
+    gaps = [(b - a) / NS_PER_MS for a, b in zip(chunk_offsets_ns, chunk_offsets_ns[1:], strict=False)]
+    if not chunk_tokens:
+        return gaps
+    return [gap / max(1, tokens) for gap, tokens in zip(gaps, chunk_tokens[1:], strict=False)]
 
 
 def tpot_ms(chunk_offsets_ns: Sequence[int], end_offset_ns: int, output_tokens: int | None) -> float | None:
@@ -43,6 +50,54 @@ def tpot_ms(chunk_offsets_ns: Sequence[int], end_offset_ns: int, output_tokens: 
     if first is None or tokens < 2:
         return None
     return (e2e_ms(end_offset_ns) - first) / (tokens - 1)
+
+
+def response_ms(end_offset_ns: int, send_delay_ns: int) -> float:
+    """Latency from the intended send: ``E2E + (t(actual send) - t(intended send))``.
+
+    Equals E2E in closed loop. In open loop a late send (every user busy) adds to it, so a slow
+    server cannot hide behind the requests it delayed (coordinated omission).
+    """
+    return (end_offset_ns + send_delay_ns) / NS_PER_MS
+
+
+class TokenSource(str, Enum):
+    """Where an output token count came from, best first."""
+
+    SERVER = "server"
+    TOKENIZER = "tokenizer"
+    CHUNKS = "chunks"
+
+
+def output_token_count(server: int | None, tokenizer: int | None, chunks: int) -> tuple[int, TokenSource]:
+    """The output token count to report: the server's, else the client tokenizer's, else chunks seen."""
+    if server is not None:
+        return server, TokenSource.SERVER
+    if tokenizer is not None:
+        return tokenizer, TokenSource.TOKENIZER
+    return chunks, TokenSource.CHUNKS
+
+
+def tokens_disagree(server: int | None, tokenizer: int | None, chunks: int) -> bool:
+    """True when the server's count differs from the client's (tokenizer count, else chunk count).
+
+    Without a tokenizer, fewer chunks than tokens is normal (a chunk may carry several tokens); more
+    chunks than the server counted is not.
+    """
+    if server is None:
+        return False
+    if tokenizer is not None:
+        return tokenizer != server
+    return chunks > server
+
+
+# A request whose server reports at least this much model-load time had the model loaded for it.
+MODEL_LOAD_MIN_MS = 100.0
+
+
+def network_and_queue_ms(e2e: float, server_total_ms: float | None) -> float | None:
+    """Time outside the server's own account: ``E2E - server total``; None without a server total."""
+    return None if server_total_ms is None else e2e - server_total_ms
 
 
 @dataclass(frozen=True)
@@ -73,6 +128,29 @@ class RequestSample:
     tpot_ms: float | None
     output_tokens: int
     itl_ms: Sequence[float] = field(default_factory=tuple)
+    prompt_tokens: int = 0
+    response_ms: float | None = None
+    model_load_ms: float = 0.0
+    network_and_queue_ms: float | None = None
+    tokens_disagree: bool = False
+
+    @property
+    def had_model_load(self) -> bool:
+        return self.model_load_ms >= MODEL_LOAD_MIN_MS
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Service-level objectives; a request meets them when each set limit holds (None: no limit)."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+
+    def met_by(self, s: RequestSample) -> bool:
+        """``ok and TTFT <= ttft_ms and TPOT <= tpot_ms and E2E <= e2e_ms`` (unset limits pass)."""
+        checks = ((self.ttft_ms, s.ttft_ms), (self.tpot_ms, s.tpot_ms), (self.e2e_ms, s.e2e_ms))
+        return s.ok and all(limit is None or (value is not None and value <= limit) for limit, value in checks)
 
 
 @dataclass(frozen=True)
@@ -89,6 +167,12 @@ class StepSummary:
     itl_ms: Percentiles
     tpot_ms: Percentiles
     e2e_ms: Percentiles
+    total_tokens_per_s: float = 0.0
+    goodput_requests_per_s: float | None = None
+    response_ms: Percentiles = Percentiles(None, None, None)
+    network_and_queue_ms: Percentiles = Percentiles(None, None, None)
+    model_loads: int = 0
+    token_disagreements: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -96,26 +180,40 @@ class StepSummary:
         return self.errors / self.requests if self.requests else 0.0
 
 
-def summarize_step(users: int, measured_s: float, samples: Iterable[RequestSample]) -> StepSummary:
+def summarize_step(
+    users: int, measured_s: float, samples: Iterable[RequestSample], slo: Slo | None = None
+) -> StepSummary:
     """Summarise the requests sent during a step's measured window.
 
     - ``requests_per_s = successful requests / measured_s``
     - ``output_tokens_per_s = sum(output tokens of successful requests) / measured_s``
-    - latency percentiles over successful requests; ITL pools every chunk gap of every such request.
+    - ``total_tokens_per_s = sum(prompt + output tokens of successful requests) / measured_s``
+    - ``goodput_requests_per_s = requests meeting the SLO / measured_s`` (None without an SLO)
+    - latency percentiles over successful requests; ITL pools every per-token gap of every such
+      request; TTFT leaves out requests that waited for a model load (counted in ``model_loads``).
     """
     all_samples = list(samples)
     ok = [s for s in all_samples if s.ok]
     window = measured_s if measured_s > 0 else float("nan")
-    gaps = [g for s in ok for g in s.itl_ms]
+
+    def rate(count: float) -> float:
+        return count / window if ok else 0.0
+
     return StepSummary(
         users=users,
         measured_s=measured_s,
         requests=len(all_samples),
         errors=len(all_samples) - len(ok),
-        requests_per_s=len(ok) / window if ok else 0.0,
-        output_tokens_per_s=sum(s.output_tokens for s in ok) / window if ok else 0.0,
-        ttft_ms=Percentiles.of([s.ttft_ms for s in ok if s.ttft_ms is not None]),
-        itl_ms=Percentiles.of(gaps),
+        requests_per_s=rate(len(ok)),
+        output_tokens_per_s=rate(sum(s.output_tokens for s in ok)),
+        ttft_ms=Percentiles.of([s.ttft_ms for s in ok if s.ttft_ms is not None and not s.had_model_load]),
+        itl_ms=Percentiles.of([g for s in ok for g in s.itl_ms]),
         tpot_ms=Percentiles.of([s.tpot_ms for s in ok if s.tpot_ms is not None]),
         e2e_ms=Percentiles.of([s.e2e_ms for s in ok]),
+        total_tokens_per_s=rate(sum(s.prompt_tokens + s.output_tokens for s in ok)),
+        goodput_requests_per_s=None if slo is None else rate(sum(slo.met_by(s) for s in ok)),
+        response_ms=Percentiles.of([s.response_ms if s.response_ms is not None else s.e2e_ms for s in ok]),
+        network_and_queue_ms=Percentiles.of([s.network_and_queue_ms for s in ok if s.network_and_queue_ms is not None]),
+        model_loads=sum(s.had_model_load for s in ok),
+        token_disagreements=sum(s.tokens_disagree for s in ok),
     )

@@ -74,6 +74,20 @@ class RequestRecord(_Record):
     end_offset_ns: int = Field(ge=0, description="Monotonic ns from send to the end of the response.")
     prompt_tokens: int | None = Field(default=None, description="Prompt tokens as the server counted them.")
     output_tokens: int | None = Field(default=None, description="Output tokens as the server counted them.")
+    chunk_tokens: list[int] = Field(
+        default_factory=list,
+        description="Tokens in each output chunk by the client's tokenizer; empty when none was used.",
+    )
+    client_output_tokens: int | None = Field(
+        default=None, description="Output tokens by the client's tokenizer, when one was used."
+    )
+    server_timings_ms: dict[str, float] = Field(
+        default_factory=dict,
+        description="The server's own timings in ms: load_ms, prompt_eval_ms, eval_ms, total_ms (as reported).",
+    )
+    send_delay_ns: int = Field(
+        default=0, ge=0, description="Monotonic ns from the intended send (open loop) to the actual send."
+    )
 
     @computed_field(description="Time to first token, ms.")  # type: ignore[prop-decorator]
     @property
@@ -85,15 +99,28 @@ class RequestRecord(_Record):
     def e2e_ms(self) -> float:
         return metrics.e2e_ms(self.end_offset_ns)
 
-    @computed_field(description="Gaps between consecutive output chunks, ms.")  # type: ignore[prop-decorator]
+    @computed_field(description="Gaps between output chunks per token in the chunk, ms.")  # type: ignore[prop-decorator]
     @property
     def itl_ms(self) -> list[float]:
-        return metrics.itl_ms(self.chunk_offsets_ns)
+        return metrics.itl_ms(self.chunk_offsets_ns, self.chunk_tokens)
+
+    @computed_field(description="Latency from the intended send time, ms.")  # type: ignore[prop-decorator]
+    @property
+    def response_ms(self) -> float:
+        return metrics.response_ms(self.end_offset_ns, self.send_delay_ns)
+
+    @computed_field(description="Server and client output token counts differ.")  # type: ignore[prop-decorator]
+    @property
+    def tokens_disagree(self) -> bool:
+        return metrics.tokens_disagree(self.output_tokens, self.client_output_tokens, len(self.chunk_offsets_ns))
 
     @computed_field(description="Time per output token after the first, ms.")  # type: ignore[prop-decorator]
     @property
     def tpot_ms(self) -> float | None:
-        return metrics.tpot_ms(self.chunk_offsets_ns, self.end_offset_ns, self.output_tokens)
+        tokens, _ = metrics.output_token_count(
+            self.output_tokens, self.client_output_tokens, len(self.chunk_offsets_ns)
+        )
+        return metrics.tpot_ms(self.chunk_offsets_ns, self.end_offset_ns, tokens)
 
 
 class RunRecord(_Record):

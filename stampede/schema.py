@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, MetaData, String, UniqueConstraint, Uuid
+from sqlalchemy import JSON, BigInteger, DateTime, Index, MetaData, String, UniqueConstraint, Uuid, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -86,6 +86,12 @@ class Request(Base):
     output_tokens: Mapped[int | None]
     output_chunks: Mapped[int]
     chunk_offsets_ns: Mapped[list[int]] = mapped_column(JSON)
+    chunk_tokens: Mapped[list[int]] = mapped_column(JSON, server_default="[]")
+    client_output_tokens: Mapped[int | None]
+    server_timings_ms: Mapped[dict[str, Any]] = mapped_column(server_default="{}")
+    send_delay_ms: Mapped[float] = mapped_column(server_default="0")
+    response_ms: Mapped[float | None]
+    tokens_disagree: Mapped[bool] = mapped_column(server_default=false())
 
 
 class StepStats(Base):

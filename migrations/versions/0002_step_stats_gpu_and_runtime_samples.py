@@ -37,12 +37,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_gpu_samples")),
     )
     with op.batch_alter_table("gpu_samples", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_gpu_samples_host_sampled_at"), ["host", "sampled_at"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_gpu_samples_run_id_sampled_at"), ["run_id", "sampled_at"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_gpu_samples_host_sampled_at"), ["host", "sampled_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_gpu_samples_run_id_sampled_at"), ["run_id", "sampled_at"], unique=False)
 
     op.create_table(
         "runtime_samples",
@@ -73,9 +69,7 @@ def upgrade() -> None:
         sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("summary", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_step_stats")),
-        sa.UniqueConstraint(
-            "run_id", "target", "step_index", name=op.f("uq_step_stats_run_id_target_step_index")
-        ),
+        sa.UniqueConstraint("run_id", "target", "step_index", name=op.f("uq_step_stats_run_id_target_step_index")),
     )
     # ### end Alembic commands ###
 

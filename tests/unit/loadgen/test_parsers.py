@@ -9,6 +9,7 @@ from loadgen.parsers import (
     OpenAIParser,
     OutputChunk,
     ServerError,
+    ServerTimings,
     StreamEnd,
     StreamParser,
     TokenCounts,
@@ -48,7 +49,7 @@ def test_events_do_not_depend_on_how_the_body_is_sliced(parser_class, body_of, s
 def test_chunks_carry_the_offset_of_the_bytes_that_completed_them() -> None:
     parser = OpenAIParser()
     assert parser.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}', 5) == []
-    assert parser.feed(b"\n\n", 9) == [OutputChunk(9)]
+    assert parser.feed(b"\n\n", 9) == [OutputChunk(9, "a")]
 
 
 def test_role_only_and_empty_deltas_are_not_output() -> None:
@@ -58,7 +59,7 @@ def test_role_only_and_empty_deltas_are_not_output() -> None:
 
 def test_reasoning_content_counts_as_output() -> None:
     body = b'data: {"choices":[{"delta":{"reasoning_content":"hmm"}}]}\n\n'
-    assert OpenAIParser().feed(body, 1) == [OutputChunk(1)]
+    assert OpenAIParser().feed(body, 1) == [OutputChunk(1, "hmm")]
 
 
 def test_sse_comments_are_ignored_and_unknown_lines_are_invalid() -> None:
@@ -84,3 +85,16 @@ def test_a_cut_last_line_stays_pending() -> None:
     parser = OllamaParser()
     parser.feed(b'{"message":{"content":"a"},"done":false}\n{"done":tr', 1)
     assert parser.pending == b'{"done":tr'
+
+
+def test_ollama_durations_become_server_timings_in_ms() -> None:
+    final = {"done": True, "prompt_eval_count": 4, "eval_count": 2, "load_duration": 2_500_000_000,
+             "prompt_eval_duration": 30_000_000, "eval_duration": 200_000_000, "total_duration": 2_740_000_000}  # fmt: skip
+    events = OllamaParser().feed(orjson.dumps(final) + b"\n", 1)
+    assert ServerTimings({"load_ms": 2500.0, "prompt_eval_ms": 30.0, "eval_ms": 200.0, "total_ms": 2740.0}) in events
+
+
+def test_llamacpp_timings_block_becomes_server_timings() -> None:
+    chunk = {"choices": [], "timings": {"prompt_n": 5, "prompt_ms": 12.5, "predicted_n": 3, "predicted_ms": 40.0}}
+    events = OpenAIParser().feed(b"data: " + orjson.dumps(chunk) + b"\n\n", 1)
+    assert events == [ServerTimings({"prompt_eval_ms": 12.5, "eval_ms": 40.0})]
