@@ -1,0 +1,252 @@
+"""The load model: running slots, a FIFO queue, batched decode steps and a KV-cache budget.
+
+Pure and deterministic: every method takes ``now_ns`` from the caller and nothing reads a clock, so the
+same calls on a virtual clock replay exactly. One step emits one token to every running sequence and
+lasts ``step_base_ms + step_per_seq_ms * batch`` plus the prefill of the sequences admitted into it
+(``prompt_tokens / prefill_tokens_per_s``); those get their first token when that step ends.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from simulator.profiles import Profile
+
+_NS_PER_MS = 1_000_000
+_NS_PER_S = 1_000_000_000
+
+
+class QueueFullError(Exception):
+    """The waiting queue is at ``max_queue``; the request is refused."""
+
+
+class ContextLengthError(ValueError):
+    """Prompt plus requested output exceed ``max_model_len``."""
+
+
+class Sequence:
+    """One request inside the engine; times are the engine's scheduled times on the caller's clock."""
+
+    __slots__ = (
+        "id",
+        "prompt_tokens",
+        "target_tokens",
+        "finish_reason",
+        "kv_tokens",
+        "arrived_ns",
+        "load_wait_ns",
+        "admitted_ns",
+        "first_token_ns",
+        "finished_ns",
+        "emitted",
+        "cancelled",
+        "listener",
+    )
+
+    def __init__(self, seq_id: int, prompt_tokens: int, target_tokens: int, finish_reason: str, now_ns: int):
+        self.id = seq_id
+        self.prompt_tokens = prompt_tokens
+        self.target_tokens = target_tokens
+        self.finish_reason = finish_reason
+        self.kv_tokens = prompt_tokens + target_tokens
+        self.arrived_ns = now_ns
+        self.load_wait_ns = 0
+        self.admitted_ns: int | None = None
+        self.first_token_ns: int | None = None
+        self.finished_ns: int | None = None
+        self.emitted = 0
+        self.cancelled = False
+        self.listener: Any = None
+        """Opaque to the engine: whoever submitted the sequence hangs its stream writer here."""
+
+
+@dataclass(slots=True)
+class Step:
+    """One forward pass: it starts at ``start_ns`` and, at ``end_ns``, gives a token to each of ``batch``."""
+
+    start_ns: int
+    end_ns: int
+    batch: list[Sequence]
+    admitted: int
+    """How many sequences of ``batch`` joined in this step (their prefill is part of its duration)."""
+    prefill_tokens: int
+
+
+class Engine:
+    """Slots plus a FIFO queue; call :meth:`advance` at :meth:`next_event_ns` to run the step due."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self._rng = random.Random(profile.seed)
+        self._waiting: deque[Sequence] = deque()
+        self._step: Step | None = None
+        self._kv_used = 0
+        self._next_id = 1
+        self._loaded_at_ns: int | None = None if profile.load_ms > 0 else 0
+        self._idle_since_ns = 0
+        self.loads = 0
+        self._p_stop = 1.0 / max(profile.mean_output_tokens, 1.0)
+
+    # --- requests -------------------------------------------------------------------------------------
+    def submit(self, prompt_tokens: int, max_tokens: int | None, now_ns: int, ignore_eos: bool = False) -> Sequence:
+        """Queue a request; its output length is ``max_tokens`` or an EOS-like draw, whichever is first."""
+        p = self.profile
+        room = p.max_model_len - prompt_tokens
+        if room < 1 or (max_tokens is not None and max_tokens > room):
+            raise ContextLengthError(
+                f"This model's maximum context length is {p.max_model_len} tokens. However, you requested "
+                f"{prompt_tokens + (max_tokens or 1)} tokens ({prompt_tokens} in the messages, "
+                f"{max_tokens or 1} in the completion)."
+            )
+        if p.max_queue is not None and len(self._waiting) >= p.max_queue:
+            raise QueueFullError("server busy, please try again. maximum pending requests exceeded")
+        cap = room if max_tokens is None else max_tokens
+        drawn = cap if ignore_eos and max_tokens is not None else self._draw_length()
+        target, reason = (cap, "length") if drawn >= cap else (drawn, "stop")
+        seq = Sequence(self._next_id, prompt_tokens, target, reason, now_ns)
+        self._next_id += 1
+        seq.load_wait_ns = self._ensure_loaded(now_ns)
+        self._waiting.append(seq)
+        if self._step is not None and self._step.start_ns >= now_ns:
+            # The step has not begun (it waits for the model load, or starts this very instant): rebuild
+            # it so this request joins it, as a scheduler batching simultaneous arrivals would.
+            for pending in reversed(self._step.batch):
+                pending.admitted_ns = None
+                self._kv_used -= pending.kv_tokens
+                self._waiting.appendleft(pending)
+            self._step = None
+        if self._step is None:
+            self._start_step(now_ns, [])
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """Drop a sequence whose client went away; a running one frees its slot when the step ends."""
+        if seq.cancelled or seq.finished_ns is not None:
+            return
+        seq.cancelled = True
+        if seq.admitted_ns is None:
+            self._waiting.remove(seq)
+
+    def _draw_length(self) -> int:
+        """Geometric output length with the profile's mean: each token ends the sequence with p = 1/mean."""
+        if self._p_stop >= 1.0:
+            return 1
+        return 1 + int(math.log(1.0 - self._rng.random()) / math.log(1.0 - self._p_stop))
+
+    # --- model residency ------------------------------------------------------------------------------
+    def _ensure_loaded(self, now_ns: int) -> int:
+        """Start loading the model if it is not resident; returns how long this request waits for it."""
+        if self._loaded_at_ns is None or self._expired(now_ns):
+            self._loaded_at_ns = now_ns + round(self.profile.load_ms * _NS_PER_MS)
+            self.loads += 1
+        return max(0, self._loaded_at_ns - now_ns)
+
+    def _expired(self, now_ns: int) -> bool:
+        keep_alive_ns = self.profile.keep_alive_s * _NS_PER_S
+        return (
+            self.profile.load_ms > 0
+            and keep_alive_ns >= 0
+            and self.idle
+            and now_ns >= self._idle_since_ns + keep_alive_ns
+        )
+
+    def loaded(self, now_ns: int) -> bool:
+        """Whether the model is resident (loaded and not yet unloaded by keep-alive) at ``now_ns``."""
+        return self._loaded_at_ns is not None and self._loaded_at_ns <= now_ns and not self._expired(now_ns)
+
+    def unloads_at_ns(self) -> int | None:
+        """When keep-alive will unload the idle model; None while busy or when it stays loaded forever."""
+        if not self.idle or self.profile.keep_alive_s < 0 or self.profile.load_ms <= 0:
+            return None
+        return self._idle_since_ns + round(self.profile.keep_alive_s * _NS_PER_S)
+
+    # --- stepping -------------------------------------------------------------------------------------
+    def next_event_ns(self) -> int | None:
+        """When the current step ends (the next time :meth:`advance` has work), or None when idle."""
+        return None if self._step is None else self._step.end_ns
+
+    def advance(self, now_ns: int) -> Step | None:
+        """Complete the current step if it ends at or before ``now_ns``, start the next, return the done one.
+
+        The returned step's ``batch`` lists the sequences that got a token at its ``end_ns``; a sequence
+        whose ``finished_ns`` is set got its last one. Call again until it returns None: one step at a
+        time, so callers see each sequence's state as of that step.
+        """
+        step = self._step
+        if step is None or step.end_ns > now_ns:
+            return None
+        self._finish_step(step)
+        self._step = None
+        self._start_step(step.end_ns, [s for s in step.batch if s.finished_ns is None])
+        return step
+
+    def _finish_step(self, step: Step) -> None:
+        end_ns = step.end_ns
+        emitted: list[Sequence] = []
+        for seq in step.batch:
+            if seq.cancelled:
+                self._kv_used -= seq.kv_tokens
+                continue
+            seq.emitted += 1
+            if seq.first_token_ns is None:
+                seq.first_token_ns = end_ns
+            if seq.emitted >= seq.target_tokens:
+                seq.finished_ns = end_ns
+                self._kv_used -= seq.kv_tokens
+            emitted.append(seq)
+        step.batch = emitted
+
+    def _start_step(self, at_ns: int, running: list[Sequence]) -> None:
+        if self._waiting and self._loaded_at_ns is not None:
+            at_ns = max(at_ns, self._loaded_at_ns)
+        admitted = 0
+        prefill_tokens = 0
+        p = self.profile
+        while self._waiting and len(running) < p.max_running:
+            seq = self._waiting[0]
+            if self._kv_used + seq.kv_tokens > p.kv_budget_tokens:
+                break  # first come, first served: the head blocks the queue until the cache frees up
+            self._waiting.popleft()
+            self._kv_used += seq.kv_tokens
+            seq.admitted_ns = at_ns
+            running.append(seq)
+            admitted += 1
+            prefill_tokens += seq.prompt_tokens
+        if not running:
+            self._idle_since_ns = at_ns
+            return
+        duration_ms = p.step_base_ms + p.step_per_seq_ms * len(running)
+        duration_ns = round(duration_ms * _NS_PER_MS + prefill_tokens * _NS_PER_S / p.prefill_tokens_per_s)
+        self._step = Step(at_ns, at_ns + duration_ns, running, admitted, prefill_tokens)
+
+    # --- state ----------------------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """No sequence running or waiting."""
+        return self._step is None and not self._waiting
+
+    @property
+    def num_running(self) -> int:
+        return 0 if self._step is None else sum(1 for s in self._step.batch if not s.cancelled)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def kv_used_tokens(self) -> int:
+        """KV tokens reserved by admitted sequences (prompt + output each)."""
+        return self._kv_used
+
+    @property
+    def kv_usage(self) -> float:
+        """Reserved share of the KV budget, 0..1."""
+        return self._kv_used / self.profile.kv_budget_tokens
+
+    def running(self) -> list[Sequence]:
+        """The sequences of the current step."""
+        return [] if self._step is None else [s for s in self._step.batch if not s.cancelled]

@@ -1,0 +1,49 @@
+"""llama-server's own routes: /health and /slots (its /metrics and OpenAI routes live elsewhere)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from simulator.http import Request, Response
+
+if TYPE_CHECKING:
+    from simulator.server import SimServer
+
+
+def register(server: SimServer) -> None:
+    server.add("GET", "/health", lambda req, resp: _health(server, req, resp))
+    server.add("GET", "/slots", lambda req, resp: _slots(server, req, resp))
+
+
+def _health(server: SimServer, request: Request, response: Response) -> None:
+    if server.runtime.engine.loaded(time.monotonic_ns()):
+        response.send_json(200, {"status": "ok"})
+    else:
+        error = {"code": 503, "message": "Loading model", "type": "unavailable_error"}
+        response.send_json(503, {"error": error})
+
+
+def _slots(server: SimServer, request: Request, response: Response) -> None:
+    """One entry per slot; busy slots show the sequence they decode, like ``llama-server --slots``."""
+    profile = server.profile
+    running = server.runtime.engine.running()
+    n_ctx = profile.kv_budget_tokens // profile.max_running
+    slots: list[dict[str, Any]] = []
+    for slot_id in range(profile.max_running):
+        seq = running[slot_id] if slot_id < len(running) else None
+        slots.append(
+            {
+                "id": slot_id,
+                "id_task": seq.id if seq else -1,
+                "n_ctx": n_ctx,
+                "is_processing": seq is not None,
+                "params": {"n_predict": seq.target_tokens if seq else -1},
+                "next_token": {
+                    "has_next_token": seq is not None,
+                    "n_remain": seq.target_tokens - seq.emitted if seq else -1,
+                    "n_decoded": seq.emitted if seq else 0,
+                },
+            }
+        )
+    response.send_json(200, slots)

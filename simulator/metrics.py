@@ -1,0 +1,138 @@
+"""Server-side metrics in the names vLLM and llama.cpp export, rendered by prometheus-client.
+
+Counters and histograms are plain numbers updated once per engine step or per request (never per token),
+and turned into metric families only when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from simulator.engine import Engine
+from simulator.profiles import Flavor
+
+_TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_TPOT_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+_E2E_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
+
+
+class Histogram:
+    """Bucket counts with a cheap ``observe(value, count)``: one bisect however many observations."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        self.counts[bisect_left(self.bounds, value)] += count
+        self.sum += value * count
+
+    def family(self, name: str, doc: str, model: str) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, doc, labels=["model_name"])
+        cumulative: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        family.add_metric([model], cumulative, self.sum)
+        return family
+
+
+class Stats:
+    """Running totals of the engine's work, updated by the runtime."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.prompt_seconds = 0.0
+        self.decode_seconds = 0.0
+        self.steps = 0
+        self.busy_slot_sum = 0
+        self.finished: dict[str, int] = {}
+        self.ttft_s = Histogram(_TTFT_BUCKETS_S)
+        self.tpot_s = Histogram(_TPOT_BUCKETS_S)
+        self.e2e_s = Histogram(_E2E_BUCKETS_S)
+
+
+class SimCollector(Collector):
+    """Reads the engine and :class:`Stats` at scrape time and yields the flavour's metric families."""
+
+    def __init__(self, flavor: Flavor, engine: Engine, stats: Stats, model: str) -> None:
+        self._flavor = flavor
+        self._engine = engine
+        self._stats = stats
+        self._model = model
+
+    def collect(self) -> Iterator[Metric]:
+        if self._flavor is Flavor.LLAMACPP:
+            yield from self._llamacpp()
+        else:
+            yield from self._vllm()
+
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=["model_name"])
+        family.add_metric([self._model], value)
+        return family
+
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=["model_name"])
+        family.add_metric([self._model], value)
+        return family
+
+    def _vllm(self) -> Iterator[Metric]:
+        e, s = self._engine, self._stats
+        yield self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.", e.num_running)
+        yield self._gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", e.num_waiting)
+        yield self._gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", e.kv_usage)
+        yield self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage)
+        yield self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens)
+        yield self._counter("vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens)
+        success = CounterMetricFamily(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            labels=["model_name", "finished_reason"],
+        )
+        for reason, count in sorted(s.finished.items()):
+            success.add_metric([self._model, reason], count)
+        yield success
+        yield s.ttft_s.family("vllm:time_to_first_token_seconds", "Histogram of time to first token.", self._model)
+        yield s.tpot_s.family("vllm:time_per_output_token_seconds", "Histogram of time per output token.", self._model)
+        yield s.e2e_s.family(
+            "vllm:e2e_request_latency_seconds", "Histogram of end to end request latency.", self._model
+        )
+
+    def _llamacpp(self) -> Iterator[Metric]:
+        e, s = self._engine, self._stats
+        yield self._counter("llamacpp:prompt_tokens", "Number of prompt tokens processed.", s.prompt_tokens)
+        yield self._counter("llamacpp:prompt_seconds", "Prompt process time.", s.prompt_seconds)
+        yield self._counter("llamacpp:tokens_predicted", "Number of generation tokens processed.", s.generation_tokens)
+        yield self._counter("llamacpp:tokens_predicted_seconds", "Predict process time.", s.decode_seconds)
+        yield self._counter("llamacpp:n_decode", "Total number of llama_decode() calls.", s.steps)
+        busy = s.busy_slot_sum / s.steps if s.steps else 0.0
+        yield self._gauge("llamacpp:n_busy_slots_per_decode", "Average number of busy slots per decode.", busy)
+        prompt_rate = s.prompt_tokens / s.prompt_seconds if s.prompt_seconds else 0.0
+        yield self._gauge("llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s.", prompt_rate)
+        gen_rate = s.generation_tokens / s.decode_seconds if s.decode_seconds else 0.0
+        yield self._gauge("llamacpp:predicted_tokens_seconds", "Average generation throughput in tokens/s.", gen_rate)
+        yield self._gauge("llamacpp:kv_cache_usage_ratio", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage)
+        yield self._gauge("llamacpp:kv_cache_tokens", "KV-cache tokens.", e.kv_used_tokens)
+        yield self._gauge("llamacpp:requests_processing", "Number of requests processing.", e.num_running)
+        yield self._gauge("llamacpp:requests_deferred", "Number of requests deferred.", e.num_waiting)
+
+
+def render(collector: SimCollector) -> bytes:
+    """The Prometheus text exposition of one collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)

@@ -1,0 +1,190 @@
+"""The OpenAI-compatible routes of every profile, driven by the official ``openai`` SDK.
+
+Each server runs in-process on a loopback port; ground truth from ``/sim/requests`` must agree with the
+usage the client was given and with what the client saw on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from simulator.profiles import Flavor, build_profile
+from simulator.server import SimServer, ThreadedServer, serve_in_thread
+from simulator.tokens import count_tokens
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+FAST = {"step_base_ms": 2.0, "step_per_seq_ms": 0.1, "load_ms": 50.0, "models": ["stampede-sim", "other"]}
+
+
+def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def truth_of(sim: ThreadedServer, response_id: str) -> dict[str, Any]:
+    """The ground-truth record of a response, matched by the numeric id the simulator put in its id."""
+    request_id = int(response_id.rsplit("-", 1)[1])
+    _, body = get_json(f"{sim.url}/sim/requests?since={request_id - 1}")
+    return next(r for r in body["requests"] if r["id"] == request_id)
+
+
+@pytest.fixture(scope="module", params=[f.value for f in Flavor])
+def sim(request: pytest.FixtureRequest) -> Iterator[ThreadedServer]:
+    server = serve_in_thread(SimServer(build_profile(Flavor(request.param), FAST)))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(sim: ThreadedServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
+
+
+MESSAGES = [{"role": "user", "content": "Count to five, please."}]
+
+
+def test_chat_completion_usage_matches_ground_truth(sim: ThreadedServer, client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=12)
+    assert reply.usage is not None
+    truth = truth_of(sim, reply.id)
+    assert reply.usage.completion_tokens == truth["completion_tokens"] == 12
+    assert reply.usage.prompt_tokens == truth["prompt_tokens"] == 7
+    assert count_tokens(reply.choices[0].message.content or "") == 12
+    assert reply.choices[0].finish_reason == "length"
+
+
+def test_streamed_chat_sends_one_chunk_per_token_then_usage(sim: ThreadedServer, client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="other", messages=MESSAGES, max_tokens=20, stream=True, stream_options={"include_usage": True}
+    )
+    received_ns: list[int] = []
+    usage = None
+    response_id = ""
+    for chunk in stream:
+        response_id = chunk.id
+        if chunk.choices and chunk.choices[0].delta.content:
+            received_ns.append(time.monotonic_ns())
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert usage is not None
+    truth = truth_of(sim, response_id)
+    assert len(received_ns) == usage.completion_tokens == truth["completion_tokens"] == 20
+    assert truth["model"] == "other"
+    # Same host, same monotonic clock: each token was seen after it was written, and soon after.
+    for written_ns, seen_ns in zip(truth["token_written_ns"], received_ns, strict=True):
+        assert 0 <= seen_ns - written_ns < 50_000_000
+    lateness_ns = [w - s for w, s in zip(truth["token_written_ns"], truth["token_scheduled_ns"], strict=True)]
+    assert max(lateness_ns) < 20_000_000
+
+
+def test_completions_stream_and_not(sim: ThreadedServer, client: openai.OpenAI) -> None:
+    whole = client.completions.create(model="stampede-sim", prompt="Once upon a time", max_tokens=5)
+    assert whole.usage is not None and whole.usage.completion_tokens == 5
+    assert count_tokens(whole.choices[0].text) == 5
+    pieces = [
+        c.choices[0].text
+        for c in client.completions.create(model="stampede-sim", prompt="Once", max_tokens=7, stream=True)
+        if c.choices
+    ]
+    assert len(pieces) == 7 and all(count_tokens(p) == 1 for p in pieces)
+
+
+def test_models_lists_the_served_names(sim: ThreadedServer, client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list()]
+    suffix = ":latest" if sim.server.profile.flavor is Flavor.OLLAMA else ""
+    assert ids == [f"stampede-sim{suffix}", f"other{suffix}"]
+
+
+def test_unknown_model_is_404_in_the_servers_own_shape(sim: ThreadedServer, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    error = caught.value.body
+    assert isinstance(error, dict) and "no-such-model" in error["message"]
+    flavor = sim.server.profile.flavor
+    expected_type = {Flavor.VLLM: "NotFoundError", Flavor.LLAMACPP: "not_found_error", Flavor.OLLAMA: "not_found_error"}
+    assert error["type"] == expected_type[flavor]
+
+
+def test_vllm_requires_the_api_key_on_v1_routes_only() -> None:
+    sim = serve_in_thread(SimServer(build_profile(Flavor.VLLM, FAST), api_key="sekret"))
+    try:
+        assert get_json(f"{sim.url}/v1/models") == (401, {"error": "Unauthorized"})
+        assert get_json(f"{sim.url}/v1/models", {"Authorization": "Bearer wrong"})[0] == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{sim.url}/v1", api_key="wrong", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="sekret", max_retries=0)
+        assert good.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=2).usage
+        assert get_json(f"{sim.url}/health")[0] == 200
+    finally:
+        sim.stop()
+
+
+def metric_values(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels.get("le")
+    }
+
+
+def test_vllm_metrics_show_requests_waiting_when_the_kv_budget_is_full() -> None:
+    profile = build_profile(Flavor.VLLM, {**FAST, "kv_budget_tokens": 2_000, "max_model_len": 1_000})
+    sim = serve_in_thread(SimServer(profile))
+    client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
+    streams = [
+        client.chat.completions.create(
+            model="stampede-sim", messages=MESSAGES, max_tokens=900, stream=True, extra_body={"ignore_eos": True}
+        )
+        for _ in range(4)
+    ]
+    try:
+        time.sleep(0.1)
+        values = metric_values(sim.url)
+        assert values["vllm:num_requests_running"] == 2
+        assert values["vllm:num_requests_waiting"] == 2
+        assert values["vllm:kv_cache_usage_perc"] == pytest.approx(2 * 907 / 2_000)
+        assert values["vllm:generation_tokens_total"] > 0
+        assert values["vllm:time_to_first_token_seconds_count"] == 2
+    finally:
+        for stream in streams:
+            stream.close()
+        sim.stop()
+
+
+def test_llamacpp_reports_timings_slots_and_its_metrics() -> None:
+    sim = serve_in_thread(SimServer(build_profile(Flavor.LLAMACPP, FAST)))
+    try:
+        client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="stampede-sim", messages=MESSAGES, max_tokens=6)
+        timings = json.loads(raw.content)["timings"]
+        assert timings["prompt_n"] == 7 and timings["predicted_n"] == 6
+        assert timings["predicted_ms"] == pytest.approx(5 * (2.0 + 0.1), rel=0.01)
+        stream = client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=400, stream=True)
+        time.sleep(0.05)
+        status, slots = get_json(f"{sim.url}/slots")
+        assert status == 200 and len(slots) == 4
+        assert [s["is_processing"] for s in slots] == [True, False, False, False]
+        values = metric_values(sim.url)
+        assert values["llamacpp:requests_processing"] == 1
+        assert values["llamacpp:tokens_predicted_total"] >= 6
+        stream.close()
+        assert get_json(f"{sim.url}/health") == (200, {"status": "ok"})
+    finally:
+        sim.stop()

@@ -1,0 +1,163 @@
+"""The load model on a virtual clock: slots, batching, queueing, KV budget, prefill, load, determinism."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from simulator.engine import ContextLengthError, Engine, QueueFullError, Sequence
+from simulator.profiles import Flavor, Profile, build_profile
+
+MS = 1_000_000
+
+
+def run_to_idle(engine: Engine) -> None:
+    """Advance the virtual clock from step to step until nothing is left to do."""
+    while (at_ns := engine.next_event_ns()) is not None:
+        engine.advance(at_ns)
+
+
+def burst(profile: Profile, n: int, prompt_tokens: int = 10, max_tokens: int = 100) -> list[Sequence]:
+    """``n`` requests arriving together at t=0, run to completion."""
+    engine = Engine(profile)
+    seqs = [engine.submit(prompt_tokens, max_tokens, 0, ignore_eos=True) for _ in range(n)]
+    run_to_idle(engine)
+    return seqs
+
+
+def output_tokens_per_s(seqs: list[Sequence]) -> float:
+    makespan_ns = max(s.finished_ns or 0 for s in seqs)
+    return sum(s.emitted for s in seqs) * 1e9 / makespan_ns
+
+
+def mean_ttft_ms(seqs: list[Sequence]) -> float:
+    return statistics.fmean((s.first_token_ns or 0) - s.arrived_ns for s in seqs) / MS
+
+
+OLLAMA = build_profile(Flavor.OLLAMA, {"load_ms": 0})
+VLLM = build_profile(Flavor.VLLM)
+
+
+def test_ollama_throughput_flattens_at_its_slot_count_while_ttft_grows() -> None:
+    by_n = {n: burst(OLLAMA, n) for n in (1, 2, 4, 8, 16)}
+    tput = {n: output_tokens_per_s(seqs) for n, seqs in by_n.items()}
+    assert tput[2] > 1.4 * tput[1]
+    assert tput[4] > 1.2 * tput[2]
+    assert tput[8] == pytest.approx(tput[4], rel=0.03)
+    assert tput[16] == pytest.approx(tput[4], rel=0.03)
+    ttft = {n: mean_ttft_ms(seqs) for n, seqs in by_n.items()}
+    assert ttft[8] > 3 * ttft[4]
+    assert ttft[16] > 1.8 * ttft[8]
+
+
+def test_ollama_per_stream_speed_is_in_the_consumer_gpu_range() -> None:
+    alone = burst(OLLAMA, 1)[0]
+    full = burst(OLLAMA, 4)[0]
+    for seq in (alone, full):
+        decode_s = ((seq.finished_ns or 0) - (seq.first_token_ns or 0)) / 1e9
+        assert 25 <= (seq.emitted - 1) / decode_s <= 120
+
+
+def test_vllm_aggregate_throughput_rises_nearly_linearly_with_batch() -> None:
+    single = output_tokens_per_s(burst(VLLM, 1))
+    previous = single
+    for n in (8, 16, 32, 64):
+        tput = output_tokens_per_s(burst(VLLM, n))
+        assert tput > 0.75 * n * single
+        assert tput > previous
+        previous = tput
+
+
+def test_each_step_gives_one_token_to_every_running_sequence_and_slows_with_batch() -> None:
+    engine = Engine(VLLM)
+    for _ in range(3):
+        engine.submit(0, 10, 0, ignore_eos=True)
+    steps = []
+    while (step := engine.advance(10**12)) is not None:
+        steps.append(step)
+    assert steps[0].end_ns - steps[0].start_ns == round((12.0 + 0.05 * 3) * MS)
+    assert all(len(step.batch) == 3 for step in steps)
+    assert len(steps) == 10
+
+
+def test_kv_budget_keeps_requests_waiting_until_the_cache_frees_up() -> None:
+    profile = build_profile(Flavor.VLLM, {"kv_budget_tokens": 1_000, "max_model_len": 500})
+    engine = Engine(profile)
+    first, second, third = (engine.submit(100, 300, 0, ignore_eos=True) for _ in range(3))
+    assert engine.num_running == 2
+    assert engine.num_waiting == 1
+    assert engine.kv_usage == pytest.approx(0.8)
+    run_to_idle(engine)
+    assert third.admitted_ns == first.finished_ns
+    assert (third.first_token_ns or 0) > (second.finished_ns or 0) - 1
+
+
+def test_prefill_time_is_proportional_to_prompt_tokens() -> None:
+    def ttft_ns(prompt_tokens: int) -> int:
+        seq = burst(OLLAMA, 1, prompt_tokens=prompt_tokens)[0]
+        return (seq.first_token_ns or 0) - seq.arrived_ns
+
+    extra_ns = ttft_ns(3_000) - ttft_ns(1_000)
+    assert extra_ns == pytest.approx(2_000 / OLLAMA.prefill_tokens_per_s * 1e9)
+
+
+def test_output_lengths_are_seeded_and_have_the_profile_mean() -> None:
+    def lengths(seed: int) -> list[int]:
+        engine = Engine(build_profile(Flavor.VLLM, {"seed": seed, "mean_output_tokens": 50.0}))
+        return [engine.submit(5, None, 0).target_tokens for _ in range(3_000)]
+
+    assert lengths(7) == lengths(7)
+    assert lengths(7) != lengths(8)
+    assert statistics.fmean(lengths(7)) == pytest.approx(50.0, rel=0.1)
+
+
+def test_max_tokens_caps_the_length_and_sets_finish_reason() -> None:
+    engine = Engine(build_profile(Flavor.VLLM, {"mean_output_tokens": 1_000.0}))
+    capped = engine.submit(5, 3, 0)
+    natural = Engine(build_profile(Flavor.VLLM, {"mean_output_tokens": 1.0})).submit(5, 50, 0)
+    assert (capped.target_tokens, capped.finish_reason) == (3, "length")
+    assert (natural.target_tokens, natural.finish_reason) == (1, "stop")
+
+
+def test_model_loads_on_first_use_and_unloads_after_keep_alive() -> None:
+    profile = build_profile(Flavor.OLLAMA, {"load_ms": 500.0, "keep_alive_s": 10.0})
+    engine = Engine(profile)
+    cold = engine.submit(0, 2, 0, ignore_eos=True)
+    joiner = engine.submit(0, 2, 100 * MS, ignore_eos=True)
+    assert cold.load_wait_ns == 500 * MS
+    assert joiner.load_wait_ns == 400 * MS
+    run_to_idle(engine)
+    assert cold.admitted_ns == joiner.admitted_ns == 500 * MS
+    idle_since = cold.finished_ns or 0
+    assert engine.loaded(idle_since + 9_000 * MS)
+    warm = engine.submit(0, 1, idle_since + 9_000 * MS)
+    run_to_idle(engine)
+    assert warm.load_wait_ns == 0
+    later = (warm.finished_ns or 0) + 10_001 * MS
+    assert not engine.loaded(later)
+    assert engine.submit(0, 1, later).load_wait_ns == 500 * MS
+    assert engine.loads == 2
+
+
+def test_cancelled_sequence_frees_its_slot_for_the_queue() -> None:
+    profile = build_profile(Flavor.LLAMACPP, {"max_running": 1})
+    engine = Engine(profile)
+    running = engine.submit(0, 100, 0, ignore_eos=True)
+    waiting = engine.submit(0, 1, 0, ignore_eos=True)
+    engine.advance(engine.next_event_ns() or 0)
+    engine.cancel(running)
+    run_to_idle(engine)
+    assert running.emitted == 1
+    assert waiting.finished_ns is not None
+    assert engine.kv_used_tokens == 0
+
+
+def test_requests_beyond_context_or_queue_are_refused() -> None:
+    engine = Engine(build_profile(Flavor.OLLAMA, {"max_queue": 1, "max_running": 1, "load_ms": 0}))
+    with pytest.raises(ContextLengthError):
+        engine.submit(8_000, 500, 0)
+    engine.submit(0, 10, 0)
+    engine.submit(0, 10, 0)
+    with pytest.raises(QueueFullError):
+        engine.submit(0, 10, 0)
