@@ -4,25 +4,37 @@ A sink never blocks a request: ``add_request`` only appends to a buffer. A flush
 batches to a delivery function, run in gevent's thread pool so database or Redis I/O never stalls
 the event loop. Jobs are named by dotted path, so this process never imports the worker code
 unless it is the in-process sink, which calls the very function an RQ worker would run.
+
+While deliveries fail, records wait in memory up to ``max_buffered_records``; past that, new jobs
+are appended to a local JSONL spill file, and replayed from it in order once deliveries succeed
+again. Jobs leave in the order they were added, so a run's final status is never overwritten by
+an earlier one replayed late.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+import time
 from abc import ABC, abstractmethod
-from typing import Any
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
 
 import gevent
 import orjson
 from gevent.event import Event
-from gevent.queue import Queue
 from rq.utils import import_attribute
 
 from stampede.records import RequestRecord, RunRecord, StepRecord
+from stampede.settings import get_settings
 
 STORE_REQUESTS = "workers.jobs.store_request_records"
 STORE_RUN = "workers.jobs.store_run"
 STORE_STEP = "workers.jobs.store_step"
+
+REDACTED = "**********"
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +43,64 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 5.0
 
 
+def known_secrets() -> list[str]:
+    """This process's secrets (API key, database and Redis passwords), to scrub from what it sends."""
+    settings = get_settings()
+    urls = [settings.database_url.get_secret_value()]
+    if settings.redis_url is not None:
+        urls.append(settings.redis_url.get_secret_value())
+    found = [settings.api_key.get_secret_value()] if settings.api_key is not None else []
+    for url in urls:
+        # The password sits between "user:" and "@"; parsing by hand avoids importing the database driver.
+        netloc = url.partition("://")[2].rpartition("@")[0]
+        if ":" in netloc:
+            found.append(netloc.partition(":")[2])
+    return [s for s in found if s]
+
+
 class Sink(ABC):
     """Batches records and delivers them in order from one flusher greenlet."""
 
-    def __init__(self, batch_size: int, flush_interval_s: float) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        flush_interval_s: float,
+        max_buffered_records: int = 100_000,
+        spill_path: Path | None = None,
+    ) -> None:
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
+        self.max_buffered_records = max_buffered_records
+        self.spill_path = spill_path or Path(tempfile.gettempdir()) / f"stampede-spill-{os.getpid()}-{id(self)}.jsonl"
         self.delivered_requests = 0
+        self._secrets = known_secrets()
         self._buffer: list[dict[str, Any]] = []
-        self._jobs: Queue[tuple[str, Any]] = Queue()
+        self._buffer_since = 0.0
+        self._jobs: deque[tuple[str, Any]] = deque()
+        self._buffered_records = 0
+        self._spill_writer: IO[bytes] | None = None
+        self._spill_reader: IO[bytes] | None = None
+        self._spilled_jobs = 0
+        self._failing = False
+        self._wake = Event()
         self._idle = Event()
         self._idle.set()
         self._flusher = gevent.spawn(self._run)
 
     def add_request(self, record: RequestRecord) -> None:
         """Queue one request record; never blocks."""
-        self._buffer.append(record.to_job_arg())
+        arg = record.to_job_arg()
+        if arg["error"] is not None:
+            arg["error"] = self._redact(arg["error"])
+        if not self._buffer:
+            self._buffer_since = time.monotonic()
+        self._buffer.append(arg)
         if len(self._buffer) >= self.batch_size:
             self._enqueue_buffer()
 
     def add_run(self, run: RunRecord) -> None:
-        """Queue a run row write (after any records already queued)."""
-        self._put(STORE_RUN, run.to_job_arg())
+        """Queue a run row write (after any records already queued); secrets in its config are masked."""
+        self._put(STORE_RUN, self._redact(run.to_job_arg()))
 
     def add_step(self, step: StepRecord) -> None:
         """Queue a step row write (after any records already queued)."""
@@ -67,7 +115,29 @@ class Sink(ABC):
         """Flush, then stop the flusher; True when nothing was left undelivered."""
         delivered = self.flush(timeout_s)
         self._flusher.kill()
+        if self._spill_writer is not None:
+            self._spill_writer.close()
+        if self._spill_reader is not None:
+            self._spill_reader.close()
+        if delivered:
+            self.spill_path.unlink(missing_ok=True)
+        else:
+            log.error(
+                "sink closed with records undelivered; jobs not yet spilled are lost, spilled ones are in %s",
+                self.spill_path,
+            )
         return delivered
+
+    def _redact(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: self._redact(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._redact(v) for v in value]
+        return value
 
     def _enqueue_buffer(self) -> None:
         if self._buffer:
@@ -76,18 +146,59 @@ class Sink(ABC):
 
     def _put(self, job: str, arg: Any) -> None:
         self._idle.clear()
-        self._jobs.put((job, arg))
+        size = len(arg) if job == STORE_REQUESTS else 1
+        if self._spilled_jobs == 0 and self._buffered_records + size <= self.max_buffered_records:
+            self._jobs.append((job, arg))
+            self._buffered_records += size
+        else:
+            self._spill(job, arg)
+        self._wake.set()
+
+    def _spill(self, job: str, arg: Any) -> None:
+        if self._spill_writer is None:
+            log.warning(
+                "store unreachable and %d records buffered; spilling to %s",
+                self._buffered_records,
+                self.spill_path,
+            )
+            self._spill_writer = self.spill_path.open("ab")
+        self._spill_writer.write(orjson.dumps({"job": job, "arg": arg}) + b"\n")
+        # Written through, so a process that dies during an outage leaves its records in the file.
+        self._spill_writer.flush()
+        self._spilled_jobs += 1
+
+    def _next_job(self) -> tuple[str, Any] | None:
+        if self._jobs:
+            job, arg = self._jobs.popleft()
+            self._buffered_records -= len(arg) if job == STORE_REQUESTS else 1
+            return job, arg
+        if self._spilled_jobs == 0:
+            return None
+        if self._spill_reader is None:
+            self._spill_reader = self.spill_path.open("rb")
+        entry = orjson.loads(self._spill_reader.readline())
+        self._spilled_jobs -= 1
+        if self._spilled_jobs == 0:
+            # Drained: later jobs go back to memory, and the next outage starts a fresh file.
+            self._spill_reader.close()
+            self._spill_writer.close()
+            self._spill_reader = self._spill_writer = None
+            self.spill_path.unlink(missing_ok=True)
+        return entry["job"], entry["arg"]
 
     def _run(self) -> None:
         while True:
-            try:
-                job, arg = self._jobs.get(timeout=self.flush_interval_s)
-            except gevent.queue.Empty:
-                self._enqueue_buffer()
-                continue
-            self._deliver_with_retry(job, arg)
-            if self._jobs.empty() and not self._buffer:
+            job = self._next_job()
+            if job is None:
                 self._idle.set()
+                self._wake.clear()
+                wait_s = self.flush_interval_s
+                if self._buffer:
+                    wait_s -= time.monotonic() - self._buffer_since
+                if not self._wake.wait(max(0.0, wait_s)) and self._buffer:
+                    self._enqueue_buffer()
+                continue
+            self._deliver_with_retry(*job)
 
     def _deliver_with_retry(self, job: str, arg: Any) -> None:
         pause_s = 0.1
@@ -95,10 +206,23 @@ class Sink(ABC):
             try:
                 gevent.get_hub().threadpool.apply(self._deliver, (job, arg))
             except Exception as exc:  # any store failure: keep the batch and try again
-                log.warning("could not deliver %s (%s); retrying in %.1f s", job, exc, pause_s)
+                if not self._failing:
+                    self._failing = True
+                    log.warning(
+                        "could not deliver %s (%s); buffering and retrying until the store is back",
+                        job,
+                        type(exc).__name__,
+                    )
                 gevent.sleep(pause_s)
                 pause_s = min(MAX_BACKOFF_S, pause_s * 2)
                 continue
+            if self._failing:
+                self._failing = False
+                log.warning(
+                    "store reachable again; delivering %d buffered records and %d spilled jobs",
+                    self._buffered_records,
+                    self._spilled_jobs,
+                )
             if job == STORE_REQUESTS:
                 self.delivered_requests += len(arg)
             return

@@ -14,21 +14,58 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Table
+from psycopg.errors import UniqueViolation
+from sqlalchemy import CursorResult
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from stampede import metrics
 from stampede.records import RequestRecord, RunRecord, StepRecord
-from stampede.schema import Request, Run, Step
+from stampede.schema import Base, Request, Run, Step
 
-# SQLite allows 32,766 bound parameters per statement; 21 columns x 1,000 rows stays well under it.
+# SQLite allows 32,766 bound parameters per statement; 27 columns x 1,000 rows stays well under it.
 ROWS_PER_STATEMENT = 1000
 
 # Emptied at each commit, so a batch never sees rows of another, even one that was rolled back.
 _INCOMING_REQUESTS = "stampede_incoming_requests"
 
+# The ``requests`` columns with their PostgreSQL types for binary COPY, which sends values unconverted.
+# The JSON column travels as text: the binary form of ``json`` is its text.
+REQUEST_COLUMNS = {
+    "id": "uuid",
+    "run_id": "uuid",
+    "target": "text",
+    "step_index": "int4",
+    "in_warmup": "bool",
+    "host": "text",
+    "pid": "int4",
+    "api": "text",
+    "model": "text",
+    "prompt_id": "text",
+    "outcome": "text",
+    "http_status": "int4",
+    "error": "text",
+    "started_at": "timestamptz",
+    "ttft_ms": "float8",
+    "e2e_ms": "float8",
+    "tpot_ms": "float8",
+    "prompt_tokens": "int4",
+    "output_tokens": "int4",
+    "output_chunks": "int4",
+    "chunk_offsets_ns": "text",
+    "chunk_tokens": "text",
+    "client_output_tokens": "int4",
+    "server_timings_ms": "text",
+    "send_delay_ms": "float8",
+    "response_ms": "float8",
+    "tokens_disagree": "bool",
+}
+_JSON_COLUMNS = [
+    i for i, name in enumerate(REQUEST_COLUMNS) if name in ("chunk_offsets_ns", "chunk_tokens", "server_timings_ms")
+]
 
-def _insert(session: Session, table: Table) -> Any:
+
+def _insert(session: Session, table: type[Base]) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
@@ -37,31 +74,43 @@ def _insert(session: Session, table: Table) -> Any:
     raise ValueError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
 
 
+def request_values(record: RequestRecord) -> tuple[Any, ...]:
+    """The ``requests`` row of a record, in :data:`REQUEST_COLUMNS` order: raw fields plus the
+    derived values used in SQL, as the record computes them."""
+    return (
+        record.id,
+        record.run_id,
+        record.target,
+        record.step_index,
+        record.in_warmup,
+        record.host,
+        record.pid,
+        record.api.value,
+        record.model,
+        record.prompt_id,
+        record.outcome.value,
+        record.http_status,
+        record.error,
+        record.started_at,
+        record.ttft_ms,
+        record.e2e_ms,
+        record.tpot_ms,
+        record.prompt_tokens,
+        record.output_tokens,
+        len(record.chunk_offsets_ns),
+        record.chunk_offsets_ns,
+        record.chunk_tokens,
+        record.client_output_tokens,
+        record.server_timings_ms,
+        record.send_delay_ns / metrics.NS_PER_MS,
+        record.response_ms,
+        record.tokens_disagree,
+    )
+
+
 def request_row(record: RequestRecord) -> dict[str, Any]:
-    """The ``requests`` row of a record: raw fields plus the derived latencies used in SQL."""
-    return {
-        "id": record.id,
-        "run_id": record.run_id,
-        "target": record.target,
-        "step_index": record.step_index,
-        "in_warmup": record.in_warmup,
-        "host": record.host,
-        "pid": record.pid,
-        "api": record.api.value,
-        "model": record.model,
-        "prompt_id": record.prompt_id,
-        "outcome": record.outcome.value,
-        "http_status": record.http_status,
-        "error": record.error,
-        "started_at": record.started_at,
-        "ttft_ms": record.ttft_ms,
-        "e2e_ms": record.e2e_ms,
-        "tpot_ms": record.tpot_ms,
-        "prompt_tokens": record.prompt_tokens,
-        "output_tokens": record.output_tokens,
-        "output_chunks": len(record.chunk_offsets_ns),
-        "chunk_offsets_ns": record.chunk_offsets_ns,
-    }
+    """The ``requests`` row of a record as a mapping of column names to values."""
+    return dict(zip(REQUEST_COLUMNS, request_values(record), strict=True))
 
 
 def insert_request_records(session: Session, records: Sequence[RequestRecord]) -> int:
@@ -70,32 +119,42 @@ def insert_request_records(session: Session, records: Sequence[RequestRecord]) -
         return 0
     if session.get_bind().dialect.name == "postgresql":
         return _copy_request_records(session, records)
-    table = Request.__table__
     stored = 0
     for start in range(0, len(records), ROWS_PER_STATEMENT):
         rows = [request_row(r) for r in records[start : start + ROWS_PER_STATEMENT]]
-        stmt = _insert(session, table).values(rows).on_conflict_do_nothing(index_elements=["id"])
-        stored += session.execute(stmt).rowcount
+        stmt = _insert(session, Request).values(rows).on_conflict_do_nothing(index_elements=["id"])
+        result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+        stored += result.rowcount
     return stored
 
 
 def _copy_request_records(session: Session, records: Sequence[RequestRecord]) -> int:
-    columns = [c.name for c in Request.__table__.columns]
-    names = ", ".join(columns)
-    json_column = columns.index("chunk_offsets_ns")
+    names = ", ".join(REQUEST_COLUMNS)
+    rows = []
+    for record in records:
+        row = list(request_values(record))
+        for i in _JSON_COLUMNS:
+            row[i] = orjson.dumps(row[i]).decode()
+        rows.append(row)
     # The psycopg connection under the session's, so COPY joins the caller's transaction.
     dbapi_connection = session.connection().connection.driver_connection
     assert dbapi_connection is not None
     with dbapi_connection.cursor() as cursor:
+        # A first delivery goes straight in. If any row is already there (a retried batch), the
+        # COPY fails as a whole and the batch goes through a temporary table and ON CONFLICT instead.
+        cursor.execute("SAVEPOINT stampede_copy")
+        try:
+            _copy_rows(cursor, Request.__tablename__, rows)
+        except UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT stampede_copy")
+        else:
+            cursor.execute("RELEASE SAVEPOINT stampede_copy")
+            return len(rows)
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING_REQUESTS} "
             f"(LIKE {Request.__tablename__}) ON COMMIT DELETE ROWS"
         )
-        with cursor.copy(f"COPY {_INCOMING_REQUESTS} ({names}) FROM STDIN") as copy:
-            for record in records:
-                row = list(request_row(record).values())
-                row[json_column] = orjson.dumps(row[json_column]).decode()
-                copy.write_row(row)
+        _copy_rows(cursor, _INCOMING_REQUESTS, rows)
         cursor.execute(
             f"INSERT INTO {Request.__tablename__} ({names}) SELECT {names} FROM {_INCOMING_REQUESTS} "
             "ON CONFLICT (id) DO NOTHING"
@@ -106,11 +165,18 @@ def _copy_request_records(session: Session, records: Sequence[RequestRecord]) ->
     return stored
 
 
+def _copy_rows(cursor: Any, table: str, rows: list[list[Any]]) -> None:
+    with cursor.copy(f"COPY {table} ({', '.join(REQUEST_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(list(REQUEST_COLUMNS.values()))
+        for row in rows:
+            copy.write_row(row)
+
+
 def upsert_run(session: Session, run: RunRecord) -> None:
     """Create the run row or update its status, end time and config."""
     values = run.model_dump(exclude_computed_fields=True)
     values["status"] = run.status.value
-    stmt = _insert(session, Run.__table__).values(values)
+    stmt = _insert(session, Run).values(values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["id"],
         set_={
@@ -126,7 +192,7 @@ def upsert_step(session: Session, step: StepRecord) -> None:
     """Create the step row or record its end."""
     values = step.model_dump(exclude_computed_fields=True)
     values["api"] = step.api.value
-    stmt = _insert(session, Step.__table__).values(values)
+    stmt = _insert(session, Step).values(values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["run_id", "target", "index"],
         set_={"users": stmt.excluded.users, "ended_at": stmt.excluded.ended_at},

@@ -1,0 +1,163 @@
+"""Ingest benchmark: request records per second that one worker stores into PostgreSQL.
+
+Two figures: the store path (the job function called directly with decoded batches: validation,
+COPY and the idempotent insert) and the full RQ path (batches enqueued with the JSON serializer,
+then one ``python -m workers --burst`` process dequeues, decodes and stores them). It works in a
+throwaway database and queue of its own and removes both afterwards.
+
+    python bench/ingest.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
+        --redis-url redis://127.0.0.1:6379/0 --records 200000 --batch-size 500 --chunks 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from stampede.db import make_engine, upgrade
+from stampede.records import Api, Outcome, RequestRecord
+from stampede.schema import Request
+
+STORE_REQUESTS = "workers.jobs.store_request_records"
+
+
+def make_batches(records: int, batch_size: int, chunks: int) -> list[list[dict[str, Any]]]:
+    """Job arguments shaped like a streamed chat run: ``chunks`` output chunks 20 ms apart."""
+    run_id = uuid.uuid4()
+    start = datetime.now(UTC)
+    args = [
+        RequestRecord(
+            run_id=run_id,
+            target="vllm-like",
+            step_index=i % 8,
+            in_warmup=False,
+            host="bench-host",
+            pid=4242,
+            api=Api.OPENAI_CHAT,
+            model="llama3.1:8b",
+            prompt_id=f"p{i % 100}",
+            outcome=Outcome.OK,
+            http_status=200,
+            started_at=start + timedelta(milliseconds=i),
+            chunk_offsets_ns=[150_000_000 + k * 20_000_000 + i % 997 for k in range(chunks)],
+            end_offset_ns=150_000_000 + chunks * 20_000_000,
+            prompt_tokens=120,
+            output_tokens=chunks,
+        ).to_job_arg()
+        for i in range(records)
+    ]
+    return [args[i : i + batch_size] for i in range(0, records, batch_size)]
+
+
+def stored_rows(url: str) -> int:
+    engine = make_engine(url)
+    with Session(engine) as session:
+        count = session.scalar(select(func.count()).select_from(Request)) or 0
+    engine.dispose()
+    return count
+
+
+def truncate_requests(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE requests"))
+    engine.dispose()
+
+
+def bench_store(batches: list[list[dict[str, Any]]]) -> float:
+    """Seconds to store every batch through the job function, in this process."""
+    from workers import jobs
+
+    jobs.store_request_records(batches[0][:1])  # connect outside the timing
+    # A worker holds one batch at a time; the benchmark holds all of them, which would make every
+    # full garbage collection walk the whole data set. Freezing it keeps the collector's work that of a worker.
+    gc.collect()
+    gc.freeze()
+    started = time.perf_counter()
+    for batch in batches:
+        jobs.store_request_records(batch)
+    return time.perf_counter() - started
+
+
+def bench_rq(batches: list[list[dict[str, Any]]], redis_url: str, simple: bool) -> tuple[float, float, float]:
+    """Seconds to enqueue, seconds the burst worker process ran, and seconds from first job start to last end."""
+    connection = Redis.from_url(redis_url)
+    name = f"stampede-bench-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, connection=connection, serializer=JSONSerializer)
+    try:
+        started = time.perf_counter()
+        jobs = [
+            queue.enqueue(STORE_REQUESTS, batch, job_id=f"{name}-{i}", job_timeout=60, result_ttl=600)
+            for i, batch in enumerate(batches)
+        ]
+        enqueue_s = time.perf_counter() - started
+        command = [sys.executable, "-m", "workers", name, "--burst", "--log-level", "WARNING", "--name", name]
+        started = time.perf_counter()
+        subprocess.run(command + (["--simple"] if simple else []), check=True, timeout=600)
+        worker_s = time.perf_counter() - started
+        for job in jobs:
+            job.refresh()
+        first = min(j.started_at for j in jobs if j.started_at)
+        last = max(j.ended_at for j in jobs if j.ended_at)
+        return enqueue_s, worker_s, (last - first).total_seconds()
+    finally:
+        for key in connection.scan_iter(match=f"*{name}*", count=1000):
+            connection.delete(key)
+        connection.srem("rq:workers", f"rq:worker:{name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--chunks", type=int, default=32, help="output chunks per record")
+    parser.add_argument("--simple", action="store_true", help="run the RQ worker with --simple (no fork per job)")
+    args = parser.parse_args()
+
+    admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
+    database = f"stampede_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {database}"))
+    url = make_url(args.pg_url).set(database=database).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        # Workers read the database from the environment, as in a fleet.
+        os.environ["STAMPEDE_DATABASE_URL"] = url
+        os.environ["STAMPEDE_REDIS_URL"] = args.redis_url
+        batches = make_batches(args.records, args.batch_size, args.chunks)
+        print(f"{args.records} records, {len(batches)} batches of {args.batch_size}, {args.chunks} chunks each")
+
+        store_s = bench_store(batches)
+        assert stored_rows(url) == args.records, "store path lost or doubled rows"
+        print(f"store path: {args.records / store_s:,.0f} records/s ({store_s:.2f} s)")
+
+        truncate_requests(url)
+        enqueue_s, worker_s, jobs_s = bench_rq(batches, args.redis_url, args.simple)
+        assert stored_rows(url) == args.records, "RQ path lost or doubled rows"
+        print(f"RQ enqueue: {args.records / enqueue_s:,.0f} records/s ({enqueue_s:.2f} s)")
+        print(f"RQ worker, first job start to last job end: {args.records / jobs_s:,.0f} records/s ({jobs_s:.2f} s)")
+        print(f"RQ worker process, start to exit: {args.records / worker_s:,.0f} records/s ({worker_s:.2f} s)")
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Sinks: batching, order, the bounded buffer and spill file while the store is away, secret masking.
+
+A fake sink records what it is given and fails on demand, standing in for Redis or the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from loadgen.sinks import REDACTED, STORE_REQUESTS, STORE_RUN, InProcessSink, Sink
+from stampede.db import make_engine, upgrade
+from stampede.records import Api, Outcome, RequestRecord, RunRecord, RunStatus
+from stampede.schema import Request
+from stampede.settings import get_settings
+
+RUN_ID = uuid.uuid4()
+
+
+def make_request(**overrides: object) -> RequestRecord:
+    fields: dict[str, object] = {
+        "run_id": RUN_ID,
+        "target": "t",
+        "step_index": 0,
+        "in_warmup": False,
+        "host": "h",
+        "pid": 1,
+        "api": Api.OPENAI_CHAT,
+        "model": "m",
+        "prompt_id": "p",
+        "outcome": Outcome.OK,
+        "started_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "end_offset_ns": 1_000_000,
+    }
+    fields.update(overrides)
+    return RequestRecord.model_validate(fields)
+
+
+class FakeSink(Sink):
+    """Keeps delivered jobs in order; raises ConnectionError while ``down``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.down = False
+        self.delivered: list[tuple[str, Any]] = []
+        super().__init__(*args, **kwargs)
+
+    def _deliver(self, job: str, arg: Any) -> None:
+        if self.down:
+            raise ConnectionError("store unreachable")
+        self.delivered.append((job, arg))
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("STAMPEDE_API_KEY", "STAMPEDE_DATABASE_URL", "STAMPEDE_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def request_ids(sink: FakeSink) -> list[str]:
+    return [r["id"] for job, arg in sink.delivered if job == STORE_REQUESTS for r in arg]
+
+
+def test_full_batches_go_at_once_and_a_partial_one_after_the_interval() -> None:
+    sink = FakeSink(batch_size=3, flush_interval_s=0.2)
+    records = [make_request() for _ in range(4)]
+    for r in records:
+        sink.add_request(r)
+    gevent.sleep(0.05)
+    assert [len(arg) for _, arg in sink.delivered] == [3]
+    gevent.sleep(0.4)
+    assert request_ids(sink) == [str(r.id) for r in records]
+    assert sink.close(timeout_s=2)
+    assert sink.delivered_requests == 4
+
+
+def test_outage_buffers_then_spills_then_replays_in_order(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spill = tmp_path / "spill.jsonl"
+    sink = FakeSink(batch_size=2, flush_interval_s=0.05, max_buffered_records=4, spill_path=spill)
+    sink.down = True
+    records = [make_request() for _ in range(12)]
+    with caplog.at_level(logging.WARNING, logger="loadgen.sinks"):
+        for r in records[:6]:
+            sink.add_request(r)
+        sink.add_run(RunRecord(id=RUN_ID, name="r", status=RunStatus.FINISHED, started_at=datetime.now(UTC)))
+        for r in records[6:]:
+            sink.add_request(r)
+        assert not sink.flush(timeout_s=0.3)
+        # The first two batches fill the bound of 4 records; the other four batches and the run go to the file.
+        assert spill.exists()
+        assert len(spill.read_text().splitlines()) == 5
+        sink.down = False
+        assert sink.close(timeout_s=10)
+    assert request_ids(sink) == [str(r.id) for r in records]
+    assert [job for job, _ in sink.delivered].index(STORE_RUN) == 3
+    assert not spill.exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("buffering and retrying" in m for m in messages) == 1
+    assert sum("reachable again" in m for m in messages) == 1
+    assert sum("spilling to" in m for m in messages) == 1
+
+
+def test_secrets_are_masked_in_run_config_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAMPEDE_API_KEY", "sk-planted-key")
+    monkeypatch.setenv("STAMPEDE_DATABASE_URL", "postgresql+psycopg://u:db-planted-pw@db/x")
+    get_settings.cache_clear()
+    sink = FakeSink(batch_size=10, flush_interval_s=0.05)
+    run = RunRecord(
+        id=RUN_ID,
+        name="r",
+        status=RunStatus.RUNNING,
+        started_at=datetime.now(UTC),
+        config={"headers": {"Authorization": "Bearer sk-planted-key"}, "db": ["db-planted-pw"]},
+    )
+    sink.add_run(run)
+    sink.add_request(make_request(outcome=Outcome.HTTP_ERROR, error="401: bad key sk-planted-key"))
+    assert sink.close(timeout_s=2)
+    sent = repr(sink.delivered)
+    assert "planted" not in sent
+    assert sent.count(REDACTED) == 3
+
+
+def test_in_process_sink_stores_through_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'sink.db'}"
+    upgrade(url)
+    monkeypatch.setenv("STAMPEDE_DATABASE_URL", url)
+    get_settings.cache_clear()
+    sink = InProcessSink(batch_size=5, flush_interval_s=0.05)
+    for _ in range(12):
+        sink.add_request(make_request())
+    assert sink.close(timeout_s=10)
+    engine = make_engine(url)
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Request)) == 12
+    engine.dispose()

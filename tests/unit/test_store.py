@@ -1,0 +1,88 @@
+"""The store on SQLite: idempotent request inserts, upserts, and the column list the PostgreSQL COPY uses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from stampede import store
+from stampede.db import make_engine, upgrade
+from stampede.records import Api, Outcome, RequestRecord, RunRecord, RunStatus
+from stampede.schema import Request, Run
+
+MS = 1_000_000
+
+
+def make_request(run_id: uuid.UUID, **overrides: object) -> RequestRecord:
+    fields: dict[str, object] = {
+        "run_id": run_id,
+        "target": "t",
+        "step_index": 0,
+        "in_warmup": False,
+        "host": "h",
+        "pid": 1,
+        "api": Api.OPENAI_CHAT,
+        "model": "m",
+        "prompt_id": "p",
+        "outcome": Outcome.OK,
+        "started_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "chunk_offsets_ns": [50 * MS, 60 * MS, 80 * MS],
+        "end_offset_ns": 90 * MS,
+        "output_tokens": 3,
+    }
+    fields.update(overrides)
+    return RequestRecord.model_validate(fields)
+
+
+@pytest.fixture
+def session(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with Session(engine) as session:
+        yield session
+    engine.dispose()
+
+
+def count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Request)) or 0
+
+
+def test_a_retried_batch_adds_no_rows(session: Session) -> None:
+    run_id = uuid.uuid4()
+    batch = [make_request(run_id) for _ in range(2500)]  # spans three multi-row statements
+    with session.begin():
+        assert store.insert_request_records(session, batch) == 2500
+    with session.begin():
+        assert store.insert_request_records(session, batch[1000:] + [make_request(run_id)]) == 1
+    assert count(session) == 2501
+
+
+def test_rows_carry_the_derived_latencies(session: Session) -> None:
+    record = make_request(uuid.uuid4())
+    with session.begin():
+        store.insert_request_records(session, [record])
+    row = session.get(Request, record.id)
+    assert row is not None
+    assert (row.ttft_ms, row.e2e_ms, row.tpot_ms, row.output_chunks) == (50.0, 90.0, 20.0, 3)
+    assert row.chunk_offsets_ns == [50 * MS, 60 * MS, 80 * MS]
+
+
+def test_copy_columns_are_the_request_table_columns() -> None:
+    # The PostgreSQL bulk path sends values by position with these types: a schema change must show here.
+    assert list(store.REQUEST_COLUMNS) == [c.name for c in Request.__table__.columns]
+    assert len(store.request_values(make_request(uuid.uuid4()))) == len(store.REQUEST_COLUMNS)
+
+
+def test_run_upsert_keeps_one_row_with_the_latest_status(session: Session) -> None:
+    run = RunRecord(id=uuid.uuid4(), name="r", status=RunStatus.RUNNING, started_at=datetime.now(UTC))
+    with session.begin():
+        store.upsert_run(session, run)
+    with session.begin():
+        store.upsert_run(session, run.model_copy(update={"status": RunStatus.FINISHED}))
+    assert session.scalars(select(Run.status)).all() == ["finished"]

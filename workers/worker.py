@@ -1,0 +1,67 @@
+"""The RQ worker process: stores record batches from our queues into the configured database.
+
+It is a plain RQ worker with the JSON serializer and a scheduler (``Retry`` intervals need one),
+so ``rq worker --with-scheduler --serializer rq.serializers.JSONSerializer`` runs the same jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import logging
+import sys
+
+from redis import Redis
+from rq import Queue, SimpleWorker, Worker
+from rq.serializers import JSONSerializer
+
+from stampede.settings import get_settings, redact_url
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Options of ``python -m workers`` (``stampede worker``)."""
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="stampede worker", description=__doc__)
+    parser.add_argument(
+        "queues", nargs="*", default=[settings.queue_name], help="queues to work on (default: STAMPEDE_QUEUE_NAME)"
+    )
+    parser.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    parser.add_argument(
+        "--simple",
+        action="store_true",
+        help="run jobs in this process instead of a forked one per job: faster, but a crash loses the "
+        "job to RQ's abandoned-job handling (about a minute) instead of an immediate retry",
+    )
+    parser.add_argument("--name", default=None, help="worker name (default: RQ's, unique per process)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Run a worker until stopped (or, with ``--burst``, until the queues are empty)."""
+    args = parse_args(argv)
+    settings = get_settings()
+    if settings.redis_url is None:
+        print("stampede worker: STAMPEDE_REDIS_URL is not set; workers need Redis", file=sys.stderr)
+        return 2
+    redis_url = settings.redis_url.get_secret_value()
+    connection = Redis.from_url(redis_url)
+    queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in args.queues]
+    worker_class = SimpleWorker if args.simple else Worker
+    worker = worker_class(queues, connection=connection, serializer=JSONSerializer, name=args.name)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info(
+        "worker for queues %s: Redis %s, database %s",
+        ",".join(args.queues),
+        redact_url(redis_url),
+        redact_url(settings.database_url.get_secret_value()),
+    )
+    # Load the jobs' code once here, so each forked job starts without paying for the imports; frozen,
+    # those objects are never walked by the collector. Connections are not shared: each job opens its own.
+    importlib.import_module("workers.jobs")
+    gc.freeze()
+    worker.work(burst=args.burst, with_scheduler=True, logging_level=args.log_level)
+    return 0
