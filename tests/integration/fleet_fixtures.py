@@ -1,0 +1,253 @@
+"""Fixtures for the fleet tests, used as a plugin (``pytest_plugins = ["tests.integration.fleet_fixtures"]``):
+throwaway PostgreSQL databases and clusters, Redis key spaces and servers, and real worker processes.
+Each test gets its own database and queue and removes them.
+
+The shared servers (PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379) are never flushed or
+restarted: tests that restart a server start an ephemeral one of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from redis import Redis
+
+from stampede.db import upgrade
+from tests.integration.fleet_helpers import free_port, wait_until
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+REDIS_SERVER = Path("/usr/bin/redis-server")
+HOW_TO_GET = (
+    "apt-get install postgresql redis-server, then start both (service postgresql start; service redis-server start)"
+)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _create_database(admin_url: str) -> str:
+    name = f"stampede_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return name
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def shared_pg() -> str:
+    try:
+        psycopg.connect(PG_ADMIN, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres; {HOW_TO_GET}")
+    return PG_ADMIN
+
+
+@pytest.fixture
+def pg_url(shared_pg: str) -> Iterator[str]:
+    """A fresh, migrated database on the shared server, dropped afterwards."""
+    name = _create_database(shared_pg)
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        _drop_database(shared_pg, name)
+
+
+def _remove_queue_keys(connection: Redis, queue_name: str) -> None:
+    # Our job ids, worker names and RQ's registries all contain the queue name.
+    for key in connection.scan_iter(match=f"*{queue_name}*", count=1000):
+        connection.delete(key)
+    for worker_key in connection.smembers("rq:workers"):
+        if queue_name.encode() in worker_key:
+            connection.srem("rq:workers", worker_key)
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"stampede-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def shared_redis(queue_name: str) -> Iterator[str]:
+    """The shared Redis, with this test's keys (those naming its queue) removed afterwards."""
+    connection = Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        connection.ping()
+    except Exception:
+        pytest.skip(f"Redis is not reachable at 127.0.0.1:6379; {HOW_TO_GET}")
+    try:
+        yield REDIS_URL
+    finally:
+        _remove_queue_keys(connection, queue_name)
+        connection.close()
+
+
+@dataclass
+class EphemeralRedis:
+    """A redis-server of this test's own, on a free port, that the test may stop and start."""
+
+    directory: Path
+    password: str | None = None
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [
+            str(REDIS_SERVER),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        command += ["--dir", str(self.directory)]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = Redis.from_url(self.url, socket_timeout=1)
+        wait_until(lambda: _pings(client), 10, "the ephemeral redis-server to answer")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def _pings(client: Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def ephemeral_redis(tmp_path: Path) -> Iterator[EphemeralRedis]:
+    if not REDIS_SERVER.exists():
+        pytest.skip(f"{REDIS_SERVER} is missing; {HOW_TO_GET}")
+    server = EphemeralRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class EphemeralPostgres:
+    """A PostgreSQL cluster of this test's own (initdb in a temporary directory), run as the postgres user."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(prefix + list(command), check=True, capture_output=True, timeout=60)
+
+    def init(self) -> None:
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.directory / "data"), "-U", "postgres", "--auth=trust")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.directory}"
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.directory / "data"), "-o", options, "-l",
+            str(self.directory / "log"), "-w", "-t", "30", "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.directory / "data"), "-m", mode, "-w", "stop")
+
+
+@pytest.fixture
+def ephemeral_pg() -> Iterator[EphemeralPostgres]:
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"{PG_BIN}/initdb is missing; {HOW_TO_GET}")
+    directory = Path(tempfile.mkdtemp(prefix="stampede-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres", "postgres")
+    cluster = EphemeralPostgres(directory)
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped by the test
+            cluster.stop("immediate")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class WorkerProcess:
+    """A ``python -m workers`` process, its log, and its forked children."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+    def kill(self) -> None:
+        for pid in self.children():
+            _kill(pid)
+        _kill(self.process.pid)
+        self.process.wait(timeout=10)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Starts workers with the given environment; kills what is left of them afterwards."""
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str], queue: str, *args: str) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        name = f"{queue}-w{len(started)}"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "workers", queue, "--name", name, *args],
+                cwd=REPO,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        worker = WorkerProcess(process, log)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.kill()
