@@ -11,18 +11,21 @@ record into the sink: the database directly, or RQ workers when STAMPEDE_REDIS_U
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+import gevent
 from geventhttpclient import HTTPClient
 from locust import User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 
-from loadgen.clients import APIS, ChatApi, encode_body, send_chat
+from loadgen.clients import APIS, ChatApi, Measurement, encode_body, send_chat
 from loadgen.options import add_chat_arguments, ensure_run_id
 from loadgen.prompts import PromptPicker, get_prompt_set
 from loadgen.run import HOSTNAME, PID, STEP_MESSAGE, RunContext
 from loadgen.sinks import InProcessSink, Sink
+from loadgen.tokenizers import TokenCounter, load_tokenizer
 from stampede.records import Api, Outcome, RequestRecord, utc_now
 from stampede.settings import Settings, get_settings
 
@@ -71,8 +74,8 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         return
     context.start_run()
     if environment.shape_class is None:
-        users = environment.parsed_options.num_users or 1
-        context.enter_step(0, users, environment.parsed_options.warmup_s)
+        opts = environment.parsed_options
+        context.enter_step(0, opts.num_users or 1, opts.warmup_s, opts.request_rate or None)
 
 
 @events.test_stop.add_listener
@@ -104,6 +107,7 @@ class ChatUser(User):
         self._context: RunContext = self.environment.stampede  # type: ignore[attr-defined]
         try:
             prompts = get_prompt_set(opts.prompt_set)
+            self._tokenizer: TokenCounter | None = load_tokenizer(opts.tokenizer) if opts.tokenizer else None
         except ValueError as exc:
             log.error("%s", exc)
             raise StopUser() from exc
@@ -132,17 +136,40 @@ class ChatUser(User):
             self._http.close()
             self._http = None
 
+    def _wait_until_due(self) -> int | None:
+        """Open loop: sleep until this user's next due time; returns it (None in closed loop)."""
+        pacer = self._context.pacer
+        if pacer.rate_per_s <= 0:
+            return None
+        due_ns = pacer.reserve()
+        if due_ns is not None:
+            wait_ns = due_ns - time.perf_counter_ns()
+            if wait_ns > 0:
+                gevent.sleep(wait_ns / 1e9)
+        return due_ns
+
+    def _count_tokens(self, m: Measurement) -> tuple[list[int], int | None]:
+        if self._tokenizer is None:
+            return [], None
+        # Chunks are counted one by one for per-token ITL; the total is counted on the whole text,
+        # since a tokenizer may merge across chunk boundaries.
+        return [self._tokenizer.count(t) for t in m.chunk_texts], self._tokenizer.count("".join(m.chunk_texts))
+
     @task
     def chat(self) -> None:
         opts = self.environment.parsed_options
         context = self._context
         prompt = self._picker.next()
-        body = encode_body(self.chat_api.body(opts.model, prompt.messages, opts.max_tokens))
+        max_tokens = prompt.max_tokens or opts.max_tokens
+        body = encode_body(self.chat_api.body(opts.model, prompt.messages, max_tokens, opts.ignore_eos))
+        due_ns = self._wait_until_due()
         step_index, in_warmup = context.step_index, context.in_warmup()
         started_at = utc_now()
+        send_ns = time.perf_counter_ns()
         m = send_chat(self._connection(), self.chat_api, body, self._headers, opts.request_timeout_s)
         if m.outcome is not Outcome.OK:
             self._drop_connection()  # the connection may be mid-stream or broken
+        chunk_tokens, client_tokens = self._count_tokens(m)
         record = RequestRecord(
             run_id=context.run_id,
             target=context.target,
@@ -161,6 +188,10 @@ class ChatUser(User):
             end_offset_ns=m.end_offset_ns,
             prompt_tokens=m.prompt_tokens,
             output_tokens=m.output_tokens,
+            chunk_tokens=chunk_tokens,
+            client_output_tokens=client_tokens,
+            server_timings_ms=m.server_timings_ms,
+            send_delay_ns=0 if due_ns is None else max(0, send_ns - due_ns),
         )
         context.sink.add_request(record)
         self.environment.events.request.fire(

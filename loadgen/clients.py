@@ -24,6 +24,7 @@ from loadgen.parsers import (
     OpenAIParser,
     OutputChunk,
     ServerError,
+    ServerTimings,
     StreamEnd,
     StreamParser,
     TokenCounts,
@@ -40,7 +41,9 @@ class ChatApi(ABC):
     path: str
 
     @abstractmethod
-    def body(self, model: str, messages: tuple[dict[str, str], ...], max_tokens: int) -> dict[str, Any]: ...
+    def body(
+        self, model: str, messages: tuple[dict[str, str], ...], max_tokens: int, ignore_eos: bool = False
+    ) -> dict[str, Any]: ...
 
     @abstractmethod
     def parser(self) -> StreamParser: ...
@@ -52,7 +55,10 @@ class OllamaChat(ChatApi):
     api = Api.OLLAMA_CHAT
     path = "/api/chat"
 
-    def body(self, model: str, messages: tuple[dict[str, str], ...], max_tokens: int) -> dict[str, Any]:
+    def body(
+        self, model: str, messages: tuple[dict[str, str], ...], max_tokens: int, ignore_eos: bool = False
+    ) -> dict[str, Any]:
+        # Ollama has no ignore_eos: num_predict caps the output and is all it offers.
         return {"model": model, "messages": messages, "stream": True, "options": {"num_predict": max_tokens}}
 
     def parser(self) -> StreamParser:
@@ -65,14 +71,19 @@ class OpenAIChat(ChatApi):
     api = Api.OPENAI_CHAT
     path = "/v1/chat/completions"
 
-    def body(self, model: str, messages: tuple[dict[str, str], ...], max_tokens: int) -> dict[str, Any]:
-        return {
+    def body(
+        self, model: str, messages: tuple[dict[str, str], ...], max_tokens: int, ignore_eos: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "model": model,
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": max_tokens,
         }
+        if ignore_eos:
+            body["ignore_eos"] = True  # vLLM and llama.cpp extension; other servers ignore or refuse it
+        return body
 
     def parser(self) -> StreamParser:
         return OpenAIParser()
@@ -92,6 +103,8 @@ class Measurement:
     end_offset_ns: int = 0
     prompt_tokens: int | None = None
     output_tokens: int | None = None
+    server_timings_ms: dict[str, float] = field(default_factory=dict)
+    chunk_texts: list[str] = field(default_factory=list)
     response_bytes: int = 0
 
     def fail(self, outcome: Outcome, error: str) -> None:
@@ -111,8 +124,11 @@ def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurem
         for event in parser.feed(line, offset_ns):
             if isinstance(event, OutputChunk):
                 m.chunk_offsets_ns.append(event.offset_ns)
+                m.chunk_texts.append(event.text)
             elif isinstance(event, TokenCounts):
                 m.prompt_tokens, m.output_tokens = event.prompt_tokens, event.output_tokens
+            elif isinstance(event, ServerTimings):
+                m.server_timings_ms.update(event.timings_ms)
             elif isinstance(event, StreamEnd):
                 ended = True
             elif isinstance(event, ServerError):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from loadgen.prompts import PROMPT_SETS
-
 
 def add_chat_arguments(parser: Any) -> None:
     """Register the options of ``loadgen/chat.py``."""
@@ -14,7 +12,20 @@ def add_chat_arguments(parser: Any) -> None:
     group.add_argument("--model", default="stampede-sim", help="Model name sent in every request.")
     group.add_argument("--max-tokens", type=int, default=128, help="Most output tokens asked per request.")
     group.add_argument(
-        "--prompt-set", default="seeds", choices=sorted(PROMPT_SETS), help="Prompts to draw requests from."
+        "--prompt-set",
+        default="seeds",
+        help="seeds | synthetic:input=DIST,output=DIST[,count=N] | jsonl:PATH | sharegpt:PATH "
+        "(DIST: N, uniform(A,B), normal(MEAN,SD)).",
+    )
+    group.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="Ask the server to generate exactly max tokens (vLLM and llama.cpp `ignore_eos`).",
+    )
+    group.add_argument(
+        "--tokenizer",
+        default="",
+        help="Count tokens on the client too: a tokenizer.json path or folder, or tiktoken:NAME (installed locally).",
     )
     group.add_argument("--target-name", default="", help="Label of the target in reports (default: host:port).")
     group.add_argument("--run-id", default="", help="Run id shared by all processes (default: a new one).")
@@ -26,7 +37,17 @@ def add_chat_arguments(parser: Any) -> None:
         help="Seconds at the start of each step left out of its figures.",
     )
     group.add_argument("--request-timeout-s", type=float, default=300.0, help="Longest a whole request may take.")
-    group.add_argument("--seed", type=int, default=0, help="Seed for prompt choice.")
+    group.add_argument("--seed", type=int, default=0, help="Seed for prompt choice and arrivals.")
+    group.add_argument(
+        "--request-rate",
+        type=float,
+        default=0.0,
+        help="Open loop: requests per second over all processes (0: closed loop); users cap requests in flight.",
+    )
+    group.add_argument("--arrival", default="poisson", choices=["constant", "poisson", "gamma"], help="Open-loop gaps.")
+    group.add_argument(
+        "--burstiness", type=float, default=1.0, help="Gamma arrivals: squared CV of the gaps (1 = Poisson)."
+    )
 
 
 def add_step_arguments(parser: Any) -> None:
@@ -34,6 +55,12 @@ def add_step_arguments(parser: Any) -> None:
     group = parser.add_argument_group("Stampede steps", "A ladder of concurrency levels")
     group.add_argument("--steps", default="1,2,4,8", help="Comma-separated user counts, one per step.")
     group.add_argument("--step-duration-s", type=float, default=10.0, help="Seconds each step lasts.")
+    group.add_argument(
+        "--rates",
+        default="",
+        help="Open-loop ladder: comma-separated request rates, one per step; --steps then gives one value, "
+        "the cap on requests in flight.",
+    )
 
 
 def parse_steps(text: str) -> list[int]:
@@ -45,6 +72,17 @@ def parse_steps(text: str) -> list[int]:
     if not steps or any(s < 1 for s in steps):
         raise ValueError(f"--steps needs at least one step and every step >= 1 user, got {text!r}")
     return steps
+
+
+def parse_rates(text: str) -> list[float]:
+    """``"0.5,2"`` → ``[0.5, 2.0]``; empty for closed loop; ValueError unless every rate is > 0."""
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--rates must be comma-separated numbers, got {text!r}") from None
+    if any(r <= 0 for r in rates):
+        raise ValueError(f"every rate in --rates must be > 0, got {text!r}")
+    return rates
 
 
 def ensure_run_id(options: Any) -> None:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from loadgen.arrivals import Arrival, ArrivalSchedule, Pacer
 from loadgen.clients import APIS, ChatApi
 from loadgen.sinks import Sink
 from stampede.records import Api, RunRecord, RunStatus, StepRecord, utc_now
@@ -46,6 +47,8 @@ class RunContext:
         self._measure_from_ns = 0
         self._step: StepRecord | None = None
         self._run: RunRecord | None = None
+        opts = environment.parsed_options
+        self.pacer = Pacer(ArrivalSchedule(Arrival(opts.arrival), opts.burstiness, opts.seed), time.perf_counter_ns)
 
     @property
     def options(self) -> Any:
@@ -87,7 +90,7 @@ class RunContext:
             "max_tokens": opts.max_tokens,
             "prompt_set": opts.prompt_set,
         }
-        for name in ("steps", "step_duration_s", "warmup_s"):
+        for name in ("steps", "rates", "step_duration_s", "warmup_s", "request_rate", "arrival", "burstiness"):
             if hasattr(opts, name):
                 config[name] = getattr(opts, name)
         self._run = RunRecord(
@@ -99,7 +102,7 @@ class RunContext:
         )
         self.sink.add_run(self._run)
 
-    def enter_step(self, index: int, users: int, warmup_s: float) -> None:
+    def enter_step(self, index: int, users: int, warmup_s: float, rate_per_s: float | None = None) -> None:
         """Make ``index`` the current step (no-op if it already is) and tell every process."""
         if self._step is not None and self._step.index == index:
             self._broadcast()  # late-joining workers learn the current step from the repeat
@@ -110,6 +113,7 @@ class RunContext:
             target=self.target,
             index=index,
             users=users,
+            request_rate_per_s=rate_per_s,
             api=self.chat_api.api,
             model=self.options.model,
             base_url=public_url(self.environment.host or ""),
@@ -133,14 +137,23 @@ class RunContext:
     def _broadcast(self) -> None:
         assert self._step is not None
         runner = self.environment.runner
-        data = {"run_id": str(self.run_id), "index": self._step.index, "warmup_s": self._step.warmup_s}
+        data = {
+            "run_id": str(self.run_id),
+            "index": self._step.index,
+            "warmup_s": self._step.warmup_s,
+            "rate_per_s": self._step.request_rate_per_s or 0.0,
+            "share": 1.0,
+        }
         if isinstance(runner, MasterRunner):
+            # Each worker paces its share of the rate; the share follows workers joining or leaving.
+            data["share"] = 1.0 / max(1, runner.worker_count)
             runner.send_message(STEP_MESSAGE, data)
         self.on_step(data)
 
     # Every process
 
     def on_step(self, data: dict[str, Any]) -> None:
+        self.pacer.set_rate(data["rate_per_s"] * data["share"])
         if data["index"] == self.step_index and self._measure_from_ns:
             return
         self.options.run_id = data["run_id"]

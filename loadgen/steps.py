@@ -12,7 +12,7 @@ from typing import Any
 
 from locust import LoadTestShape, events
 
-from loadgen.options import add_step_arguments, parse_steps
+from loadgen.options import add_step_arguments, parse_rates, parse_steps
 from loadgen.run import RunContext
 
 
@@ -22,18 +22,24 @@ def _add_arguments(parser: Any) -> None:
 
 
 class StepLoadShape(LoadTestShape):
-    """Holds each user count of ``--steps`` for ``--step-duration-s``, then stops the test."""
+    """Holds each step for ``--step-duration-s``, then stops the test.
+
+    Closed loop: step i runs ``--steps[i]`` users. Open loop (``--rates``): step i sends
+    ``--rates[i]`` requests per second with at most ``--steps`` (one value) in flight.
+    """
 
     def tick(self) -> tuple[int, float] | None:
         assert self.runner is not None
         environment = self.runner.environment
         opts = environment.parsed_options
-        steps = parse_steps(opts.steps)
+        users, rates = parse_steps(opts.steps), parse_rates(opts.rates)
+        if rates:
+            users = users[:1] * len(rates)
         index = int(self.get_run_time() // opts.step_duration_s)
         context: RunContext = environment.stampede  # type: ignore[attr-defined]
-        if index >= len(steps):
+        if index >= len(users):
             context.end_step()  # the last window closes now, not after in-flight requests drain
             return None
-        context.enter_step(index, steps[index], opts.warmup_s)
+        context.enter_step(index, users[index], opts.warmup_s, rates[index] if rates else None)
         # Start every step's users within about a second; the warm-up covers the ramp.
-        return steps[index], float(max(steps[index], 1))
+        return users[index], float(max(users[index], 1))

@@ -140,7 +140,10 @@ class StepRecord(_Record):
     run_id: uuid.UUID = Field(description="Run this step belongs to.")
     target: str = Field(description="Label of the target runtime.")
     index: int = Field(ge=0, description="Position of the step in the run, from 0.")
-    users: int = Field(ge=0, description="Concurrent users (closed-loop concurrency) during the step.")
+    users: int = Field(ge=0, description="Concurrent users: the concurrency (closed loop) or in-flight cap (open).")
+    request_rate_per_s: float | None = Field(
+        default=None, description="Open loop: intended requests per second over all processes; None if closed."
+    )
     api: Api = Field(description="Wire protocol used against the target.")
     model: str = Field(description="Model name requested.")
     base_url: str = Field(description="Target URL, credentials removed.")

@@ -51,6 +51,7 @@ class Step(Base):
     target: Mapped[str] = mapped_column(String(200))
     index: Mapped[int]
     users: Mapped[int]
+    request_rate_per_s: Mapped[float | None]
     api: Mapped[str] = mapped_column(String(40))
     model: Mapped[str] = mapped_column(String(200))
     base_url: Mapped[str] = mapped_column(String(500))

@@ -88,8 +88,15 @@ def test_a_cut_last_line_stays_pending() -> None:
 
 
 def test_ollama_durations_become_server_timings_in_ms() -> None:
-    final = {"done": True, "prompt_eval_count": 4, "eval_count": 2, "load_duration": 2_500_000_000,
-             "prompt_eval_duration": 30_000_000, "eval_duration": 200_000_000, "total_duration": 2_740_000_000}  # fmt: skip
+    final = {
+        "done": True,
+        "prompt_eval_count": 4,
+        "eval_count": 2,
+        "load_duration": 2_500_000_000,
+        "prompt_eval_duration": 30_000_000,
+        "eval_duration": 200_000_000,
+        "total_duration": 2_740_000_000,
+    }
     events = OllamaParser().feed(orjson.dumps(final) + b"\n", 1)
     assert ServerTimings({"load_ms": 2500.0, "prompt_eval_ms": 30.0, "eval_ms": 200.0, "total_ms": 2740.0}) in events
 
