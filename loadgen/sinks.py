@@ -203,15 +203,16 @@ class Sink(ABC):
     def _deliver_with_retry(self, job: str, arg: Any) -> None:
         pause_s = 0.1
         while True:
-            try:
-                gevent.get_hub().threadpool.apply(self._deliver, (job, arg))
-            except Exception as exc:  # any store failure: keep the batch and try again
+            failure = gevent.get_hub().threadpool.apply(self._try_deliver, (job, arg))
+            if failure is not None:
                 if not self._failing:
                     self._failing = True
+                    # Redacted and cut short: a driver's message may quote a URL or a whole batch.
                     log.warning(
-                        "could not deliver %s (%s); buffering and retrying until the store is back",
+                        "could not deliver %s (%s: %s); buffering and retrying until the store is back",
                         job,
-                        type(exc).__name__,
+                        type(failure).__name__,
+                        self._redact(str(failure))[:200],
                     )
                 gevent.sleep(pause_s)
                 pause_s = min(MAX_BACKOFF_S, pause_s * 2)
@@ -226,6 +227,14 @@ class Sink(ABC):
             if job == STORE_REQUESTS:
                 self.delivered_requests += len(arg)
             return
+
+    def _try_deliver(self, job: str, arg: Any) -> Exception | None:
+        # Returned, not raised: gevent's pool would print the traceback of a raised one to stderr.
+        try:
+            self._deliver(job, arg)
+        except Exception as exc:  # any store failure: the flusher keeps the batch and tries again
+            return exc
+        return None
 
     @abstractmethod
     def _deliver(self, job: str, arg: Any) -> None:

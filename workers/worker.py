@@ -11,7 +11,9 @@ import gc
 import importlib
 import logging
 import sys
+import time
 
+import redis
 from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 from rq.serializers import JSONSerializer
@@ -19,6 +21,8 @@ from rq.serializers import JSONSerializer
 from stampede.settings import get_settings, redact_url
 
 log = logging.getLogger(__name__)
+
+MAX_PAUSE_S = 30.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,10 +52,6 @@ def main(argv: list[str]) -> int:
         print("stampede worker: STAMPEDE_REDIS_URL is not set; workers need Redis", file=sys.stderr)
         return 2
     redis_url = settings.redis_url.get_secret_value()
-    connection = Redis.from_url(redis_url)
-    queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in args.queues]
-    worker_class = SimpleWorker if args.simple else Worker
-    worker = worker_class(queues, connection=connection, serializer=JSONSerializer, name=args.name)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info(
         "worker for queues %s: Redis %s, database %s",
@@ -63,5 +63,18 @@ def main(argv: list[str]) -> int:
     # those objects are never walked by the collector. Connections are not shared: each job opens its own.
     importlib.import_module("workers.jobs")
     gc.freeze()
-    worker.work(burst=args.burst, with_scheduler=True, logging_level=args.log_level)
-    return 0
+    pause_s = 1.0
+    while True:
+        connection = Redis.from_url(redis_url)
+        queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in args.queues]
+        worker_class = SimpleWorker if args.simple else Worker
+        worker = worker_class(queues, connection=connection, serializer=JSONSerializer, name=args.name)
+        try:
+            worker.work(burst=args.burst, with_scheduler=True, logging_level=args.log_level)
+            return 0
+        except redis.exceptions.ConnectionError as exc:
+            # RQ rides out Redis outages while waiting for jobs, not while starting: a worker started
+            # before Redis (docker compose, a reboot) waits for it instead of exiting.
+            log.warning("Redis unreachable (%s); starting again in %.0f s", type(exc).__name__, pause_s)
+            time.sleep(pause_s)
+            pause_s = min(MAX_PAUSE_S, pause_s * 2)

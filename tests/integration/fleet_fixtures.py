@@ -25,7 +25,7 @@ import pytest
 from redis import Redis
 
 from stampede.db import upgrade
-from tests.integration.fleet_helpers import free_port, wait_until
+from tests.integration.fleet_helpers import create_database, drop_database, free_port, wait_until
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -35,18 +35,6 @@ HOW_TO_GET = (
     "apt-get install postgresql redis-server, then start both (service postgresql start; service redis-server start)"
 )
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _create_database(admin_url: str) -> str:
-    name = f"stampede_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    return name
-
-
-def _drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")
@@ -61,13 +49,13 @@ def shared_pg() -> str:
 @pytest.fixture
 def pg_url(shared_pg: str) -> Iterator[str]:
     """A fresh, migrated database on the shared server, dropped afterwards."""
-    name = _create_database(shared_pg)
+    name = create_database(shared_pg)
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     try:
         upgrade(url)
         yield url
     finally:
-        _drop_database(shared_pg, name)
+        drop_database(shared_pg, name)
 
 
 def _remove_queue_keys(connection: Redis, queue_name: str) -> None:
@@ -101,17 +89,16 @@ def shared_redis(queue_name: str) -> Iterator[str]:
 
 @dataclass
 class EphemeralRedis:
-    """A redis-server of this test's own, on a free port, that the test may stop and start."""
+    """A redis-server of this test's own, on a free port and with a password, that the test may stop and start."""
 
     directory: Path
-    password: str | None = None
+    password: str = field(default_factory=lambda: f"redis-pw-{uuid.uuid4().hex[:12]}")
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         command = [
@@ -125,9 +112,7 @@ class EphemeralRedis:
             "--appendonly",
             "no",
         ]
-        command += ["--dir", str(self.directory)]
-        if self.password:
-            command += ["--requirepass", self.password]
+        command += ["--dir", str(self.directory), "--requirepass", self.password]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = Redis.from_url(self.url, socket_timeout=1)
         wait_until(lambda: _pings(client), 10, "the ephemeral redis-server to answer")

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from loadgen.sinks import Sink
 from stampede.db import make_engine
+from stampede.records import Api, Outcome, RequestRecord
 from stampede.schema import Request
 
 
@@ -39,3 +45,40 @@ def stored_requests(url: str) -> int:
         return -1
     finally:
         engine.dispose()
+
+
+def create_database(admin_url: str) -> str:
+    """Create an empty database with a random name on the server at ``admin_url``; returns the name."""
+    name = f"stampede_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return name
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def produce(sink: Sink, count: int, run_id: uuid.UUID | None = None, error: str | None = None) -> None:
+    """Add ``count`` request records of one run to ``sink``, as a Locust process would."""
+    run_id = run_id or uuid.uuid4()
+    for i in range(count):
+        sink.add_request(
+            RequestRecord(
+                run_id=run_id,
+                target="sim",
+                step_index=0,
+                in_warmup=False,
+                host="test",
+                pid=os.getpid(),
+                api=Api.OPENAI_CHAT,
+                model="m",
+                prompt_id=f"p{i}",
+                outcome=Outcome.OK if error is None else Outcome.HTTP_ERROR,
+                error=error,
+                started_at=datetime.now(UTC),
+                chunk_offsets_ns=[1_000_000, 2_000_000],
+                end_offset_ns=3_000_000,
+            )
+        )

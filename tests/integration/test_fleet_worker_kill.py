@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
-from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -20,8 +18,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from rq.serializers import JSONSerializer
 
 from loadgen.rq_sink import RQSink
-from stampede.records import Api, Outcome, RequestRecord
-from tests.integration.fleet_helpers import stored_requests, wait_until
+from tests.integration.fleet_helpers import produce, stored_requests, wait_until
 
 pytest_plugins = ["tests.integration.fleet_fixtures"]
 
@@ -29,28 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 RECORDS = 2000
 BATCH = 500
-
-
-def produce(sink: RQSink, count: int) -> None:
-    run_id = uuid.uuid4()
-    for i in range(count):
-        sink.add_request(
-            RequestRecord(
-                run_id=run_id,
-                target="sim",
-                step_index=0,
-                in_warmup=False,
-                host="test",
-                pid=os.getpid(),
-                api=Api.OPENAI_CHAT,
-                model="m",
-                prompt_id=f"p{i}",
-                outcome=Outcome.OK,
-                started_at=datetime.now(UTC),
-                chunk_offsets_ns=[1_000_000, 2_000_000],
-                end_offset_ns=3_000_000,
-            )
-        )
 
 
 def blocked_inserts(locker: psycopg.Connection) -> int:
