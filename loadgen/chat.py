@@ -11,6 +11,7 @@ record into the sink: the database directly, or RQ workers when STAMPEDE_REDIS_U
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -23,7 +24,7 @@ from locust.exception import StopUser
 from loadgen.clients import APIS, ChatApi, Measurement, encode_body, send_chat
 from loadgen.options import add_chat_arguments, ensure_run_id
 from loadgen.prompts import PromptPicker, get_prompt_set
-from loadgen.run import HOSTNAME, PID, STEP_MESSAGE, RunContext
+from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
 from loadgen.sinks import InProcessSink, Sink
 from loadgen.tokenizers import TokenCounter, load_tokenizer
 from stampede.records import Api, Outcome, RequestRecord, utc_now
@@ -176,7 +177,7 @@ class ChatUser(User):
             step_index=step_index,
             in_warmup=in_warmup,
             host=HOSTNAME,
-            pid=PID,
+            pid=os.getpid(),  # read per record: --processes forks after this module is imported
             api=self.chat_api.api,
             model=opts.model,
             prompt_id=prompt.id,

@@ -8,7 +8,6 @@ clock, so hosts need no clock agreement for it.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import uuid
@@ -25,7 +24,6 @@ from stampede.records import Api, RunRecord, RunStatus, StepRecord, utc_now
 
 STEP_MESSAGE = "stampede_step"
 HOSTNAME = socket.gethostname()
-PID = os.getpid()
 
 
 def public_url(url: str) -> str:

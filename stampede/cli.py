@@ -128,8 +128,8 @@ def sweep(
 @app.command(name="demo")
 def demo_command(
     steps: StepsOpt = DEMO_STEPS,
-    step_duration_s: StepDurationOpt = 8.0,
-    warmup_s: WarmupOpt = 3.0,
+    step_duration_s: StepDurationOpt = 10.0,
+    warmup_s: WarmupOpt = 4.0,
     max_tokens: MaxTokensOpt = 64,
     processes: ProcessesOpt = 1,
 ) -> None:
@@ -199,4 +199,3 @@ def worker(ctx: typer.Context) -> None:
 def agent(ctx: typer.Context) -> None:
     """Run the GPU and runtime sampling agent (arguments go to `python -m workers agent`)."""
     _forward(["workers", "agent"], ctx)
-

@@ -36,28 +36,41 @@ def _wait_ready(process: subprocess.Popen[bytes], log_path: Path, profile: str) 
     raise SweepError(f"the {profile} simulator was not ready within {READY_TIMEOUT_S:.0f} s; see {log_path}")
 
 
+def start_simulator(profile: str, port: int, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m simulator`` and return once it accepts connections."""
+    command = [sys.executable, "-m", "simulator", "--profile", profile, "--port", str(port), *args]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(process, log_path, profile)
+    except SweepError:
+        stop(process)
+        raise
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a child process, politely first."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def simulators(log_dir: Path) -> Iterator[list[Target]]:
     """Run one simulator per demo profile, logging into ``log_dir``; yields the targets."""
     processes: list[subprocess.Popen[bytes]] = []
     targets = []
-    log_dir.mkdir(parents=True, exist_ok=True)
     try:
         for name, profile, api in DEMO_PROFILES:
             port = free_port()
-            log_path = log_dir / f"simulator-{profile}.log"
-            command = [sys.executable, "-m", "simulator", "--profile", profile, "--port", str(port)]
-            with log_path.open("wb") as log:
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-            processes.append(process)
-            _wait_ready(process, log_path, profile)
+            processes.append(start_simulator(profile, port, log_dir / f"simulator-{profile}.log"))
             targets.append(Target(name=name, url=f"http://127.0.0.1:{port}", api=api, model=DEMO_MODEL))
         yield targets
     finally:
         for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)

@@ -1,0 +1,158 @@
+"""Locust against the simulator: every request completed is one stored row, whatever its outcome."""
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from stampede.db import upgrade
+from stampede.demo import free_port, start_simulator, stop
+from stampede.report import step_summaries
+from stampede.schema import Request, Run, Step
+from stampede.sweep import locustfiles
+
+RUN_TIMEOUT_S = 120
+
+
+@contextmanager
+def simulator(tmp_path: Path, profile: str, *args: str) -> Iterator[str]:
+    port = free_port()
+    process = start_simulator(profile, port, tmp_path / f"sim-{profile}.log", *args)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+def run_locust(tmp_path: Path, host: str, *args: str) -> tuple[str, int]:
+    """Run Locust headless into a fresh SQLite file; returns the database URL and Locust's request count."""
+    db_url = f"sqlite:///{tmp_path}/results.db"
+    upgrade(db_url)
+    # --json prints Locust's final statistics (its periodic CSV can be written before the last requests end).
+    command = [sys.executable, "-m", "locust", "--headless", "--json", "--host", host,
+               "--stop-timeout", "30s", "--exit-code-on-error", "0", *args]  # fmt: skip
+    result = subprocess.run(
+        command,
+        env={"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # With --processes each worker prints its own (empty) list before the master's totals.
+    decoder, text, docs = json.JSONDecoder(), result.stdout.strip(), []
+    while text:
+        doc, end = decoder.raw_decode(text)
+        docs.append(doc)
+        text = text[end:].strip()
+    return db_url, sum(entry["num_requests"] for entry in docs[-1])
+
+
+def stored(db_url: str, *where) -> int:
+    with Session(create_engine(db_url)) as session:
+        return session.scalar(select(func.count()).select_from(Request).where(*where)) or 0
+
+
+def test_a_plain_locust_run_stores_exactly_one_row_per_request(tmp_path: Path) -> None:
+    with simulator(tmp_path, "vllm") as host:
+        db_url, sent = run_locust(
+            tmp_path, host, "-f", locustfiles().split(",")[0], "-u", "8", "-r", "8", "-t", "4s",
+            "--max-tokens", "16", "--ignore-eos", "OpenAIChatUser",
+        )  # fmt: skip
+    assert sent > 20
+    assert stored(db_url) == sent
+    assert stored(db_url, Request.outcome == "ok") == sent
+    with Session(create_engine(db_url)) as session:
+        run = session.scalars(select(Run)).one()
+        step = session.scalars(select(Step)).one()
+        tokens = session.scalars(select(Request.output_tokens)).all()
+    assert run.status == "finished" and step.users == 8 and step.ended_at is not None
+    assert set(tokens) == {16}  # the server's usage count: exactly max tokens, as ignore_eos asks
+
+
+def test_a_stepped_run_over_two_processes_stores_every_request_by_step(tmp_path: Path) -> None:
+    with simulator(tmp_path, "ollama") as host:
+        db_url, sent = run_locust(
+            tmp_path, host, "-f", locustfiles(), "--processes", "2", "--steps", "2,6",
+            "--step-duration-s", "3", "--warmup-s", "1", "--max-tokens", "16", "OllamaChatUser",
+        )  # fmt: skip
+    assert stored(db_url) == sent
+    with Session(create_engine(db_url)) as session:
+        pids = session.scalars(select(Request.pid).distinct()).all()
+        run_id = session.scalars(select(Run.id)).one()
+        summaries = step_summaries(session, run_id)
+    assert len(pids) == 2
+    assert [(s.index, s.summary.users) for s in summaries] == [(0, 2), (1, 6)]
+    assert all(s.summary.requests > 0 and s.summary.errors == 0 for s in summaries)
+
+
+def test_server_faults_become_outcomes_and_are_still_stored(tmp_path: Path) -> None:
+    faults = ["--fault-500", "0.15", "--fault-truncate", "0.15", "--fault-malformed", "0.15", "--seed", "3"]
+    with simulator(tmp_path, "vllm", *faults) as host:
+        db_url, sent = run_locust(
+            tmp_path, host, "-f", locustfiles().split(",")[0], "-u", "6", "-r", "6", "-t", "4s",
+            "--max-tokens", "16", "OpenAIChatUser",
+        )  # fmt: skip
+    assert stored(db_url) == sent
+    with Session(create_engine(db_url)) as session:
+        outcomes = dict(session.execute(select(Request.outcome, func.count()).group_by(Request.outcome)).all())
+        statuses = set(session.scalars(select(Request.http_status).where(Request.outcome == "http_error")))
+    assert {"ok", "http_error", "truncated", "invalid_stream"} <= set(outcomes), outcomes
+    assert statuses == {500}
+
+
+def test_open_loop_over_capacity_records_how_late_each_request_was_sent(tmp_path: Path) -> None:
+    with simulator(tmp_path, "ollama", "--max-running", "1") as host:
+        db_url, sent = run_locust(
+            tmp_path, host, "-f", locustfiles(), "--steps", "2", "--rates", "20", "--step-duration-s", "3",
+            "--max-tokens", "16", "--arrival", "constant", "OllamaChatUser",
+        )  # fmt: skip
+    assert stored(db_url) == sent
+    with Session(create_engine(db_url)) as session:
+        delays = session.scalars(select(Request.send_delay_ms).order_by(Request.started_at)).all()
+        rate = session.scalars(select(Step.request_rate_per_s)).one()
+    assert rate == 20.0
+    # Two requests in flight cannot keep up with 20/s: sends fall further and further behind.
+    assert delays[-1] > delays[0] + 100
+
+
+def test_sweep_prints_one_line_per_step(tmp_path: Path) -> None:
+    with simulator(tmp_path, "vllm") as host:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stampede",
+                "sweep",
+                "--host",
+                host,
+                "--steps",
+                "1,3",
+                "--step-duration-s",
+                "2",
+                "--warmup-s",
+                "0.5",
+                "--max-tokens",
+                "8",
+                "--target-name",
+                "sim",
+            ],  # fmt: skip
+            env={"STAMPEDE_DATABASE_URL": f"sqlite:///{tmp_path}/s.db", "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines() if line.startswith("sim ")]
+    assert [(cols[1], cols[2]) for cols in lines] == [("0", "1"), ("1", "3")]
+    assert all(cols[-1].startswith("0/") for cols in lines)
+    run_id = result.stderr.split()[1].rstrip(":")
+    assert uuid.UUID(run_id)
