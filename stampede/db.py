@@ -35,13 +35,19 @@ def get_engine(url: str) -> Engine:
     return make_engine(url)
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema at ``url`` up to ``revision`` with the migrations in ``migrations/``."""
+def alembic_config(url: str) -> Any:
+    """Alembic's configuration for ``url``, whatever the working directory."""
     # Imported here: processes that only store records never need Alembic (nor its import-time logs).
-    from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = url
-    command.upgrade(config, revision)
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the schema at ``url`` up to ``revision`` with the migrations in ``migrations/``."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)

@@ -217,3 +217,16 @@ def summarize_step(
         model_loads=sum(s.had_model_load for s in ok),
         token_disagreements=sum(s.tokens_disagree for s in ok),
     )
+
+
+# Locust warns above 90% CPU; a loop lag past 10 ms shifts chunk timestamps by as much.
+SATURATED_CPU_PCT = 90.0
+SATURATED_LOOP_LAG_MS = 10.0
+
+
+def generator_saturated(cpu_pct: Iterable[float], loop_lag_ms: Iterable[float]) -> bool:
+    """True when a load-generating process, not the server, may have limited a step.
+
+    ``max(cpu_pct) >= 90`` or ``max(loop_lag_ms) >= 10`` over the step's samples of every process.
+    """
+    return max(cpu_pct, default=0.0) >= SATURATED_CPU_PCT or max(loop_lag_ms, default=0.0) >= SATURATED_LOOP_LAG_MS

@@ -159,6 +159,20 @@ class StepRecord(_Record):
         return max(0.0, (self.ended_at - self.started_at).total_seconds() - self.warmup_s)
 
 
+class LoadgenSampleRecord(_Record):
+    """One reading of a load-generating process's own health."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Unique id; makes stores idempotent.")
+    run_id: uuid.UUID = Field(description="Run the process was generating load for.")
+    target: str = Field(description="Label of the target runtime.")
+    step_index: int = Field(ge=0, description="Step current in the process when sampled.")
+    host: str = Field(description="Hostname of the process.")
+    pid: int = Field(description="Process id.")
+    sampled_at: AwareDatetime = Field(description="Wall-clock UTC end of the sampled interval.")
+    cpu_pct: float = Field(ge=0, description="CPU time (user + system) over wall time in the interval, percent.")
+    loop_lag_ms: float = Field(ge=0, description="Largest event-loop lag seen in the interval, ms.")
+
+
 def utc_now() -> datetime:
     """Timezone-aware UTC now."""
     return datetime.now(UTC)

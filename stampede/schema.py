@@ -146,3 +146,20 @@ class RuntimeSample(Base):
     metric: Mapped[str] = mapped_column(String(200))
     labels: Mapped[dict[str, Any]]
     value: Mapped[float]
+
+
+class LoadgenSample(Base):
+    """One reading of a load-generating process's own health (CPU, event-loop lag)."""
+
+    __tablename__ = "loadgen_samples"
+    __table_args__ = (Index(None, "run_id", "target", "step_index"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    target: Mapped[str] = mapped_column(String(200))
+    step_index: Mapped[int]
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    sampled_at: Mapped[datetime]
+    cpu_pct: Mapped[float]
+    loop_lag_ms: Mapped[float]
