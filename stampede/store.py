@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from stampede import metrics
 from stampede.records import RequestRecord, RunRecord, StepRecord
-from stampede.schema import Base, Request, Run, Step
+from stampede.samples import GpuSampleRecord, RuntimeSampleRecord
+from stampede.schema import Base, GpuSample, Request, Run, RuntimeSample, Step
 
 # SQLite allows 32,766 bound parameters per statement; 27 columns x 1,000 rows stays well under it.
 ROWS_PER_STATEMENT = 1000
@@ -198,3 +199,20 @@ def upsert_step(session: Session, step: StepRecord) -> None:
         set_={"users": stmt.excluded.users, "ended_at": stmt.excluded.ended_at},
     )
     session.execute(stmt)
+
+
+def insert_gpu_samples(session: Session, samples: Sequence[GpuSampleRecord]) -> int:
+    """Insert GPU readings in one multi-row statement; returns how many rows were written."""
+    if not samples:
+        return 0
+    rows = [s.model_dump() | {"processes": [p.model_dump() for p in s.processes]} for s in samples]
+    session.execute(_insert(session, GpuSample).values(rows))
+    return len(rows)
+
+
+def insert_runtime_samples(session: Session, samples: Sequence[RuntimeSampleRecord]) -> int:
+    """Insert scraped runtime values in one multi-row statement; returns how many rows were written."""
+    if not samples:
+        return 0
+    session.execute(_insert(session, RuntimeSample).values([s.model_dump() for s in samples]))
+    return len(samples)
