@@ -28,6 +28,7 @@ _PROFILE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--kv-budget-tokens", "kv_budget_tokens", int, "KV cache size in tokens (32768, 131072, 16384)"),
     ("--max-model-len", "max_model_len", int, "context length of one request (8192, 8192, 4096)"),
     ("--mean-output-tokens", "mean_output_tokens", float, "mean EOS-like output length (200)"),
+    ("--replicas", "replicas", int, "independent engines behind a least-loaded balancer (1)"),
     ("--max-queue", "max_queue", int, "waiting requests before 503 (ollama 512, others unbounded)"),
     ("--load-ms", "load_ms", float, "model load time on first use (ollama 1500, others 0)"),
     ("--keep-alive-s", "keep_alive_s", float, "idle seconds before unload, <0 never (ollama 300)"),

@@ -79,13 +79,17 @@ class Step:
 class Engine:
     """Slots plus a FIFO queue; call :meth:`advance` at :meth:`next_event_ns` to run the step due."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, replica: int = 0) -> None:
         self.profile = profile
-        self._rng = random.Random(profile.seed)
+        self._rng = random.Random(profile.seed * 1_000_003 + replica)
         self._waiting: deque[Sequence] = deque()
         self._step: Step | None = None
         self._kv_used = 0
-        self._next_id = 1
+        # Replicas number their sequences apart (k+1, k+1+n, ...) so ids stay unique across a server.
+        self._next_id = 1 + replica
+        self._id_step = profile.replicas
+        self.active = 0
+        """Sequences submitted and neither finished nor cancelled: what a balancer compares."""
         self._loaded_at_ns: int | None = None if profile.load_ms > 0 else 0
         self._idle_since_ns = 0
         self.loads = 0
@@ -108,7 +112,8 @@ class Engine:
         drawn = cap if ignore_eos and max_tokens is not None else self._draw_length()
         target, reason = (cap, "length") if drawn >= cap else (drawn, "stop")
         seq = Sequence(self._next_id, prompt_tokens, target, reason, now_ns)
-        self._next_id += 1
+        self._next_id += self._id_step
+        self.active += 1
         seq.load_wait_ns = self._ensure_loaded(now_ns)
         self._waiting.append(seq)
         if self._step is not None and self._step.start_ns >= now_ns:
@@ -128,6 +133,7 @@ class Engine:
         if seq.cancelled or seq.finished_ns is not None:
             return
         seq.cancelled = True
+        self.active -= 1
         if seq.admitted_ns is None:
             self._waiting.remove(seq)
 
@@ -197,6 +203,7 @@ class Engine:
             if seq.emitted >= seq.target_tokens:
                 seq.finished_ns = end_ns
                 self._kv_used -= seq.kv_tokens
+                self.active -= 1
             emitted.append(seq)
         step.batch = emitted
 

@@ -78,7 +78,9 @@ class Response:
 
     def chunk(self, data: bytes) -> None:
         """Write one chunk of a streaming response (one ``write`` call, so one socket send)."""
-        self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        transport = self._conn.transport
+        if transport is not None:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
     def end(self) -> None:
         """Close the chunked body; the connection then serves the next request."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from simulator.engine import Sequence
 from simulator.http import Request, Response
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ def register(server: SimServer) -> None:
 
 
 def _health(server: SimServer, request: Request, response: Response) -> None:
-    if server.runtime.engine.loaded(time.monotonic_ns()):
+    if server.runtime.loaded(time.monotonic_ns()):
         response.send_json(200, {"status": "ok"})
     else:
         error = {"code": 503, "message": "Loading model", "type": "unavailable_error"}
@@ -25,25 +26,27 @@ def _health(server: SimServer, request: Request, response: Response) -> None:
 
 
 def _slots(server: SimServer, request: Request, response: Response) -> None:
-    """One entry per slot; busy slots show the sequence they decode, like ``llama-server --slots``."""
+    """One entry per slot (of every replica, in order); busy slots show the sequence they decode."""
     profile = server.profile
-    running = server.runtime.engine.running()
     n_ctx = profile.kv_budget_tokens // profile.max_running
     slots: list[dict[str, Any]] = []
-    for slot_id in range(profile.max_running):
-        seq = running[slot_id] if slot_id < len(running) else None
-        slots.append(
-            {
-                "id": slot_id,
-                "id_task": seq.id if seq else -1,
-                "n_ctx": n_ctx,
-                "is_processing": seq is not None,
-                "params": {"n_predict": seq.target_tokens if seq else -1},
-                "next_token": {
-                    "has_next_token": seq is not None,
-                    "n_remain": seq.target_tokens - seq.emitted if seq else -1,
-                    "n_decoded": seq.emitted if seq else 0,
-                },
-            }
-        )
+    for running in server.runtime.running():
+        for slot in range(profile.max_running):
+            seq = running[slot] if slot < len(running) else None
+            slots.append(_slot(len(slots), n_ctx, seq))
     response.send_json(200, slots)
+
+
+def _slot(slot_id: int, n_ctx: int, seq: Sequence | None) -> dict[str, Any]:
+    return {
+        "id": slot_id,
+        "id_task": seq.id if seq else -1,
+        "n_ctx": n_ctx,
+        "is_processing": seq is not None,
+        "params": {"n_predict": seq.target_tokens if seq else -1},
+        "next_token": {
+            "has_next_token": seq is not None,
+            "n_remain": seq.target_tokens - seq.emitted if seq else -1,
+            "n_decoded": seq.emitted if seq else 0,
+        },
+    }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -18,8 +19,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from simulator.engine import Engine
 from simulator.profiles import Flavor
+
+if TYPE_CHECKING:
+    from simulator.runtime import Runtime
 
 _TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _TPOT_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
@@ -66,12 +69,11 @@ class Stats:
 
 
 class SimCollector(Collector):
-    """Reads the engine and :class:`Stats` at scrape time and yields the flavour's metric families."""
+    """Reads the runtime and its :class:`Stats` at scrape time and yields the flavour's metric families."""
 
-    def __init__(self, flavor: Flavor, engine: Engine, stats: Stats, model: str) -> None:
+    def __init__(self, flavor: Flavor, runtime: Runtime, model: str) -> None:
         self._flavor = flavor
-        self._engine = engine
-        self._stats = stats
+        self._runtime = runtime
         self._model = model
 
     def collect(self) -> Iterator[Metric]:
@@ -91,7 +93,7 @@ class SimCollector(Collector):
         return family
 
     def _vllm(self) -> Iterator[Metric]:
-        e, s = self._engine, self._stats
+        e, s = self._runtime, self._runtime.stats
         yield self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.", e.num_running)
         yield self._gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", e.num_waiting)
         yield self._gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", e.kv_usage)
@@ -113,7 +115,7 @@ class SimCollector(Collector):
         )
 
     def _llamacpp(self) -> Iterator[Metric]:
-        e, s = self._engine, self._stats
+        e, s = self._runtime, self._runtime.stats
         yield self._counter("llamacpp:prompt_tokens", "Number of prompt tokens processed.", s.prompt_tokens)
         yield self._counter("llamacpp:prompt_seconds", "Prompt process time.", s.prompt_seconds)
         yield self._counter("llamacpp:tokens_predicted", "Number of generation tokens processed.", s.generation_tokens)

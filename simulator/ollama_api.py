@@ -73,11 +73,11 @@ def _model_entries(server: SimServer) -> list[dict[str, Any]]:
 
 
 def _loaded_entries(server: SimServer) -> list[dict[str, Any]]:
-    engine = server.runtime.engine
+    runtime = server.runtime
     now_ns = time.monotonic_ns()
-    if not engine.loaded(now_ns):
+    if not runtime.loaded(now_ns):
         return []
-    unload_ns = engine.unloads_at_ns()
+    unload_ns = runtime.unloads_at_ns()
     if server.profile.keep_alive_s < 0:
         expires = _FOREVER
     else:

@@ -44,6 +44,9 @@ class Profile:
     """Context length: prompt + output tokens of one request may not exceed it."""
     mean_output_tokens: float
     """Mean of the EOS-like (geometric) output length drawn when a request sets no max tokens."""
+    replicas: int = 1
+    """Independent engines (GPUs, data-parallel ranks, server instances) behind a least-loaded balancer;
+    each has its own ``max_running`` slots, KV budget and model residency."""
     max_queue: int | None = None
     """Requests allowed to wait; past it new ones are refused (Ollama's OLLAMA_MAX_QUEUE). None: unbounded."""
     load_ms: float = 0.0
@@ -61,8 +64,8 @@ class Profile:
     faults: FaultPlan = field(default_factory=FaultPlan)
 
     def __post_init__(self) -> None:
-        if self.max_running < 1:
-            raise ValueError("max_running must be at least 1")
+        if self.max_running < 1 or self.replicas < 1:
+            raise ValueError("max_running and replicas must be at least 1")
         if self.kv_budget_tokens < self.max_model_len:
             raise ValueError("kv_budget_tokens must hold at least one max_model_len request")
         if self.step_base_ms <= 0 or self.step_per_seq_ms < 0 or self.prefill_tokens_per_s <= 0:

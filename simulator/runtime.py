@@ -1,8 +1,9 @@
-"""Drives the pure engine on the event loop with ONE timer, and streams each step's tokens to clients.
+"""Drives the pure engines on the event loop with ONE timer, and streams each step's tokens to clients.
 
-The timer is armed about a millisecond before the step's scheduled end (event-loop timers have ms
-granularity) and the last fraction is slept, so tokens leave at their scheduled time rather than up to a
-millisecond late. Each :class:`Exchange` renders one response in its wire format, records ground truth
+Event-loop timers have millisecond granularity, so the timer is armed a millisecond before the next
+step ends, re-armed (serving I/O meanwhile) while it is still early, and only the last ~0.15 ms is slept:
+tokens leave at their scheduled time rather than up to a millisecond late, and the loop never blocks
+for long. Each :class:`Exchange` renders one response in its wire format, records ground truth
 and plays its fault.
 """
 
@@ -23,36 +24,77 @@ if TYPE_CHECKING:
     from simulator.server import SimServer
 
 _EARLY_NS = 1_000_000
-"""Wake this much before a step ends; the remainder is slept precisely."""
+"""Arm the timer this much before a step ends."""
+_SLEEP_MAX_NS = 150_000
+"""Sleep (blocking the loop) at most this long to hit a step's end exactly; earlier, poll again."""
+
+
+def _active(engine: Engine) -> int:
+    return engine.active
 
 
 class Runtime:
-    """One engine, one timer, and the per-step bookkeeping (stats, token fan-out)."""
+    """The profile's engine replicas, one timer for all, and the per-step bookkeeping (stats, fan-out)."""
 
     def __init__(self, profile: Profile, truth: TruthLog) -> None:
-        self.engine = Engine(profile)
+        self.profile = profile
+        self.engines = [Engine(profile, replica) for replica in range(profile.replicas)]
         self.stats = Stats()
         self.truth = truth
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at_ns: int | None = None
 
     def submit(self, prompt_tokens: int, max_tokens: int | None, ignore_eos: bool, exchange: Exchange) -> Sequence:
-        """Queue a request in the engine; raises the engine's QueueFullError / ContextLengthError."""
-        seq = self.engine.submit(prompt_tokens, max_tokens, time.monotonic_ns(), ignore_eos)
+        """Queue a request on the least-loaded replica; raises the engine's QueueFullError / ContextLengthError."""
+        engine = min(self.engines, key=_active)
+        seq = engine.submit(prompt_tokens, max_tokens, time.monotonic_ns(), ignore_eos)
         seq.listener = exchange
+        exchange.engine = engine
         self._arm()
         return seq
 
-    def cancel(self, seq: Sequence) -> None:
-        self.engine.cancel(seq)
+    # --- views over all replicas, for /metrics, /api/ps and /slots --------------------------------------
+    @property
+    def num_running(self) -> int:
+        return sum(e.num_running for e in self.engines)
+
+    @property
+    def num_waiting(self) -> int:
+        return sum(e.num_waiting for e in self.engines)
+
+    @property
+    def kv_used_tokens(self) -> int:
+        return sum(e.kv_used_tokens for e in self.engines)
+
+    @property
+    def kv_usage(self) -> float:
+        """Reserved share of all replicas' KV budgets, 0..1."""
+        return self.kv_used_tokens / (self.profile.kv_budget_tokens * len(self.engines))
+
+    def loaded(self, now_ns: int) -> bool:
+        """Whether any replica has the model resident."""
+        return any(e.loaded(now_ns) for e in self.engines)
+
+    def unloads_at_ns(self) -> int | None:
+        """When the last idle replica unloads; None while any is busy or none ever unloads."""
+        times = [e.unloads_at_ns() for e in self.engines]
+        return None if None in times else max(t for t in times if t is not None)
+
+    def running(self) -> list[list[Sequence]]:
+        """Each replica's current batch."""
+        return [e.running() for e in self.engines]
 
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
+    def _next_event_ns(self) -> int | None:
+        times = [t for e in self.engines if (t := e.next_event_ns()) is not None]
+        return min(times) if times else None
+
     def _arm(self) -> None:
-        at_ns = self.engine.next_event_ns()
+        at_ns = self._next_event_ns()
         if at_ns is None or at_ns == self._timer_at_ns:
             return
         if self._timer is not None:
@@ -64,19 +106,26 @@ class Runtime:
     def _tick(self) -> None:
         self._timer = None
         self._timer_at_ns = None
-        at_ns = self.engine.next_event_ns()
+        at_ns = self._next_event_ns()
+        if at_ns is None:
+            return
+        remaining_ns = at_ns - time.monotonic_ns()
+        if remaining_ns > _SLEEP_MAX_NS:
+            self._timer_at_ns = at_ns
+            self._timer = asyncio.get_running_loop().call_later((remaining_ns - _SLEEP_MAX_NS) / 1e9, self._tick)
+            return
+        if remaining_ns > 0:
+            time.sleep(remaining_ns / 1e9)
         now_ns = time.monotonic_ns()
-        if at_ns is not None and at_ns > now_ns:
-            time.sleep((at_ns - now_ns) / 1e9)
-            now_ns = time.monotonic_ns()
         stats = self.stats
-        while (step := self.engine.advance(now_ns)) is not None:
-            batch = step.batch
-            end_ns = step.end_ns
-            self._account(step.start_ns, end_ns, batch, step.admitted, step.prefill_tokens)
-            for seq in batch:
-                seq.listener.on_token(seq, end_ns)
-            stats.steps += 1
+        for engine in self.engines:
+            while (step := engine.advance(now_ns)) is not None:
+                batch = step.batch
+                end_ns = step.end_ns
+                self._account(step.start_ns, end_ns, batch, step.admitted, step.prefill_tokens)
+                for seq in batch:
+                    seq.listener.on_token(seq, end_ns)
+                stats.steps += 1
         self._arm()
 
     def _account(self, start_ns: int, end_ns: int, batch: list[Sequence], admitted: int, prefill: int) -> None:
@@ -86,7 +135,7 @@ class Runtime:
         stats.generation_tokens += n
         stats.busy_slot_sum += n
         stats.prompt_tokens += prefill
-        prefill_s = prefill / self.engine.profile.prefill_tokens_per_s
+        prefill_s = prefill / self.profile.prefill_tokens_per_s
         stats.prompt_seconds += prefill_s
         stats.decode_seconds += step_s - prefill_s
         first = 0
@@ -119,6 +168,8 @@ class Exchange:
         self.fault = fault if stream or fault is None or not fault.mid_stream else None
         truth.fault = self.fault.value if self.fault else None
         self.seq: Sequence | None = None
+        self.engine: Engine | None = None
+        """The replica running this request (set by :meth:`Runtime.submit`)."""
         self._fault_at = -1
         self._held: list[bytes] | None = None
         self._finish_held = False
@@ -153,7 +204,7 @@ class Exchange:
     def on_token(self, seq: Sequence, scheduled_ns: int) -> None:
         """Hot path: called by the engine loop for every token of every stream."""
         truth = self.truth
-        if self._fault_at == len(truth.token_scheduled_ns):
+        if self._fault_at == seq.emitted - 1:
             self._fault_at = -1
             if not self._strike(seq):
                 return
@@ -172,7 +223,7 @@ class Exchange:
         """Play the mid-stream fault; returns whether the stream goes on."""
         if self.fault is FaultKind.RESET:
             self.truth.outcome = "reset"
-            self.server.runtime.cancel(seq)
+            self._cancel()
             self.response.reset()
             self._close()
             return False
@@ -226,8 +277,11 @@ class Exchange:
             truth.first_token_ns = truth.token_written_ns[0]
         self.server.truth.close(truth, time.monotonic_ns())
 
+    def _cancel(self) -> None:
+        if self.engine is not None and self.seq is not None:
+            self.engine.cancel(self.seq)
+
     def _disconnected(self) -> None:
-        if self.seq is not None:
-            self.server.runtime.cancel(self.seq)
+        self._cancel()
         self.truth.outcome = "disconnected"
         self._close()

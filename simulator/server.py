@@ -40,7 +40,7 @@ class HttpFault:
 
 
 class SimServer:
-    """One simulated runtime: an engine, its ground truth, its faults and its HTTP routes."""
+    """One simulated runtime: its engine replicas, ground truth, faults and HTTP routes."""
 
     def __init__(
         self,
@@ -54,7 +54,7 @@ class SimServer:
         self.truth = TruthLog(truth_limit, truth_path)
         self.runtime = Runtime(profile, self.truth)
         self.faults = FaultPicker(profile.faults, profile.seed)
-        self.collector = SimCollector(profile.flavor, self.runtime.engine, self.runtime.stats, profile.models[0])
+        self.collector = SimCollector(profile.flavor, self.runtime, profile.models[0])
         self.started_ns = time.monotonic_ns()
         self.started_unix_s = int(time.time())
         self._routes: dict[tuple[str, str], Handler] = {}

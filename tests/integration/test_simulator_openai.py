@@ -168,6 +168,27 @@ def test_vllm_metrics_show_requests_waiting_when_the_kv_budget_is_full() -> None
         sim.stop()
 
 
+def test_replicas_each_add_slots_behind_a_least_loaded_balancer() -> None:
+    sim = serve_in_thread(SimServer(build_profile(Flavor.VLLM, {**FAST, "replicas": 2, "max_running": 1})))
+    client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
+    streams = []
+    try:
+        for expected_running, expected_waiting in ((1, 0), (2, 0), (2, 1)):
+            streams.append(
+                client.completions.create(
+                    model="stampede-sim", prompt="x", max_tokens=900, stream=True, extra_body={"ignore_eos": True}
+                )
+            )
+            time.sleep(0.05)
+            values = metric_values(sim.url)
+            assert values["vllm:num_requests_running"] == expected_running
+            assert values["vllm:num_requests_waiting"] == expected_waiting
+    finally:
+        for stream in streams:
+            stream.close()
+        sim.stop()
+
+
 def test_llamacpp_reports_timings_slots_and_its_metrics() -> None:
     sim = serve_in_thread(SimServer(build_profile(Flavor.LLAMACPP, FAST)))
     try:

@@ -161,3 +161,16 @@ def test_requests_beyond_context_or_queue_are_refused() -> None:
     engine.submit(0, 10, 0)
     with pytest.raises(QueueFullError):
         engine.submit(0, 10, 0)
+
+
+def test_replicas_number_sequences_apart_and_draw_their_own_lengths() -> None:
+    profile = build_profile(Flavor.VLLM, {"replicas": 2})
+    first, second = Engine(profile, 0), Engine(profile, 1)
+    a = [first.submit(0, None, 0) for _ in range(50)]
+    b = [second.submit(0, None, 0) for _ in range(50)]
+    assert [s.id for s in a[:3]] == [1, 3, 5]
+    assert [s.id for s in b[:3]] == [2, 4, 6]
+    assert [s.target_tokens for s in a] != [s.target_tokens for s in b]
+    assert first.active == 50
+    first.cancel(a[0])
+    assert first.active == 49
