@@ -31,6 +31,9 @@ def add_chat_arguments(parser: Any) -> None:
     group.add_argument("--run-id", default="", help="Run id shared by all processes (default: a new one).")
     group.add_argument("--run-name", default="", help="Human label for the run.")
     group.add_argument(
+        "--sweep-config", default="", help="The sweep file behind this run, as JSON (set by `stampede sweep`)."
+    )
+    group.add_argument(
         "--warmup-s",
         type=float,
         default=0.0,

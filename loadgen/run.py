@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
@@ -91,6 +92,8 @@ class RunContext:
         for name in ("steps", "rates", "step_duration_s", "warmup_s", "request_rate", "arrival", "burstiness"):
             if hasattr(opts, name):
                 config[name] = getattr(opts, name)
+        if opts.sweep_config:
+            config["sweep"] = orjson.loads(opts.sweep_config)
         self._run = RunRecord(
             id=self.run_id,
             name=opts.run_name or f"{self.target} {utc_now():%Y-%m-%d %H:%M}",

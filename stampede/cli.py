@@ -12,15 +12,17 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from stampede import db, demo, report
 from stampede.records import Api
 from stampede.settings import get_settings, redact_url
-from stampede.sweep import SweepError, SweepPlan, Target, check_reachable, read_progress, run_target
+from stampede.sweep import SweepError, SweepPlan, check_reachable, read_progress, run_target
+from stampede.sweepfile import SweepFile, TargetSpec, load_sweep_file
 from stampede.table import format_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -47,43 +49,51 @@ def _database_url() -> str:
     return get_settings().database_url.get_secret_value()
 
 
-def _parse_steps(text: str) -> list[int]:
+def _parse_list(text: str, kind: type[int] | type[float], flag: str) -> list[Any]:
     try:
-        steps = [int(part) for part in text.split(",") if part.strip()]
+        return [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise _fail(f"--steps must be comma-separated integers, got {text!r}") from None
-    if not steps or min(steps) < 1:
-        raise _fail(f"--steps needs at least one step and every step >= 1 user, got {text!r}")
-    return steps
+        raise _fail(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
 
-def _sweep(targets: list[Target], plan: SweepPlan) -> None:
+def _spec(**fields: Any) -> SweepFile:
+    try:
+        return SweepFile.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise _fail(problems) from None
+
+
+def _sweep(plan: SweepPlan) -> None:
     """Run ``plan`` on each target in turn, with a progress line, then print the summary."""
     url = _database_url()
-    embedded = get_settings().redis_url is None
-    if embedded:
-        db.upgrade(url)
+    for target in plan.spec.targets:
+        check_reachable(target)  # all of them before any load, so a typo fails in seconds
+    if get_settings().redis_url is None:
+        db.upgrade(url)  # embedded: the store is ours to create
     engine = db.get_engine(url)
     interactive = sys.stderr.isatty()
+    loads = plan.loads
+    unit = "req/s" if plan.spec.rates else "users"
     typer.echo(f"run {plan.run_id}: results in {redact_url(url)}", err=True)
-    for target in targets:
-        last_line = ""
+    for target in plan.spec.targets:
+        last_step = ""
 
-        def tick(elapsed_s: float, target: Target = target) -> None:
-            nonlocal last_line
+        def tick(elapsed_s: float, target: TargetSpec = target) -> None:
+            nonlocal last_step
             with Session(engine) as session:
                 progress = read_progress(session, plan.run_id, target.name)
-            step = "starting" if progress.step_index is None else f"step {progress.step_index + 1}/{len(plan.steps)}"
-            users = "" if progress.step_index is None else f" ({plan.steps[progress.step_index]} users)"
+            index = progress.step_index
+            step = "starting" if index is None else f"step {index + 1}/{len(loads)} ({loads[index]} {unit})"
             line = (
-                f"{target.name}: {step}{users}  {elapsed_s:4.0f}/{plan.duration_s:.0f} s"
+                f"{target.name}: {step}  {elapsed_s:4.0f}/{plan.duration_s:.0f} s"
                 f"  {progress.requests} requests stored, {progress.errors} errors"
             )
             if interactive:
                 typer.echo(f"\r{line:<100}", nl=False, err=True)
-            elif line.split("  ")[0] != last_line.split("  ")[0]:
+            elif step != last_step:
                 typer.echo(line, err=True)
-            last_line = line
+            last_step = step
 
         run_target(target, plan, LOG_DIR / f"{plan.run_id}-{target.name}.log", tick)
         tick(plan.duration_s)
@@ -93,36 +103,53 @@ def _sweep(targets: list[Target], plan: SweepPlan) -> None:
         typer.echo(format_summary(report.step_summaries(session, plan.run_id)))
 
 
+def _run(plan: SweepPlan) -> None:
+    try:
+        _sweep(plan)
+    except SweepError as exc:
+        raise _fail(str(exc)) from None
+
+
 @app.command()
 def sweep(
-    host: Annotated[str, typer.Option(help="Base URL of the target runtime.")],
+    host: Annotated[str, typer.Option(help="Base URL of the target runtime.")] = "",
+    file: Annotated[Path | None, typer.Option(help="A sweep file (TOML or JSON); replaces the other options.")] = None,
     api: Annotated[Api, typer.Option(help="Wire protocol: Ollama's native API or the OpenAI API.")] = Api.OPENAI_CHAT,
     model: Annotated[str, typer.Option(help="Model name to request.")] = "stampede-sim",
     target_name: Annotated[str, typer.Option(help="Label of the target in reports.")] = "",
     steps: StepsOpt = "1,2,4,8,16,32",
+    rates: Annotated[str, typer.Option(help="Open loop: requests/s per step; --steps then caps in flight.")] = "",
     step_duration_s: StepDurationOpt = 20.0,
     warmup_s: WarmupOpt = 5.0,
     max_tokens: MaxTokensOpt = 128,
-    prompt_set: Annotated[str, typer.Option(help="Prompt set to draw from.")] = "seeds",
+    ignore_eos: Annotated[bool, typer.Option(help="Ask for exactly max tokens (vLLM, llama.cpp).")] = False,
+    prompt_set: Annotated[str, typer.Option(help="seeds, synthetic:..., jsonl:PATH or sharegpt:PATH.")] = "seeds",
     processes: ProcessesOpt = 1,
     run_name: Annotated[str, typer.Option(help="Human label for the run.")] = "",
 ) -> None:
-    """Sweep one target through a ladder of concurrency steps and print the summary."""
-    target = Target(name=target_name or host.split("://")[-1].rstrip("/"), url=host, api=api, model=model)
-    plan = SweepPlan(
-        steps=_parse_steps(steps),
-        step_duration_s=step_duration_s,
-        warmup_s=warmup_s,
-        max_tokens=max_tokens,
-        prompt_set=prompt_set,
-        processes=processes,
-        run_name=run_name,
-    )
-    try:
-        check_reachable(target)
-        _sweep([target], plan)
-    except SweepError as exc:
-        raise _fail(str(exc)) from None
+    """Sweep a target through a ladder of load steps and print the summary."""
+    if file is not None:
+        try:
+            spec = load_sweep_file(file)
+        except ValueError as exc:
+            raise _fail(f"{file}: {exc}") from None
+    elif not host:
+        raise _fail("give --host URL (or --file SWEEP.toml)")
+    else:
+        name = target_name or host.split("://")[-1].rstrip("/")
+        spec = _spec(
+            name=run_name or name,
+            targets=[{"name": name, "url": host, "api": api, "model": model}],
+            steps=_parse_list(steps, int, "--steps"),
+            rates=_parse_list(rates, float, "--rates"),
+            step_duration_s=step_duration_s,
+            warmup_s=warmup_s,
+            max_tokens=max_tokens,
+            ignore_eos=ignore_eos,
+            prompt_set=prompt_set,
+            processes=processes,
+        )
+    _run(SweepPlan(spec))
 
 
 @app.command(name="demo")
@@ -134,17 +161,18 @@ def demo_command(
     processes: ProcessesOpt = 1,
 ) -> None:
     """Sweep the built-in simulator, Ollama-like then vLLM-like, into the configured database."""
-    plan = SweepPlan(
-        steps=_parse_steps(steps),
-        step_duration_s=step_duration_s,
-        warmup_s=warmup_s,
-        max_tokens=max_tokens,
-        processes=processes,
-        run_name=f"demo {time.strftime('%Y-%m-%d %H:%M')}",
-    )
     try:
         with demo.simulators(LOG_DIR) as targets:
-            _sweep(targets, plan)
+            spec = _spec(
+                name=f"demo {time.strftime('%Y-%m-%d %H:%M')}",
+                targets=[t.model_dump() for t in targets],
+                steps=_parse_list(steps, int, "--steps"),
+                step_duration_s=step_duration_s,
+                warmup_s=warmup_s,
+                max_tokens=max_tokens,
+                processes=processes,
+            )
+            _sweep(SweepPlan(spec))
     except SweepError as exc:
         raise _fail(str(exc)) from None
 

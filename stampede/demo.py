@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stampede.records import Api
-from stampede.sweep import SweepError, Target
+from stampede.sweep import SweepError
+from stampede.sweepfile import TargetSpec
 
 READY_TIMEOUT_S = 30.0
 DEMO_PROFILES = (("ollama-like", "ollama", Api.OLLAMA_CHAT), ("vllm-like", "vllm", Api.OPENAI_CHAT))
@@ -61,7 +62,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def simulators(log_dir: Path) -> Iterator[list[Target]]:
+def simulators(log_dir: Path) -> Iterator[list[TargetSpec]]:
     """Run one simulator per demo profile, logging into ``log_dir``; yields the targets."""
     processes: list[subprocess.Popen[bytes]] = []
     targets = []
@@ -69,7 +70,7 @@ def simulators(log_dir: Path) -> Iterator[list[Target]]:
         for name, profile, api in DEMO_PROFILES:
             port = free_port()
             processes.append(start_simulator(profile, port, log_dir / f"simulator-{profile}.log"))
-            targets.append(Target(name=name, url=f"http://127.0.0.1:{port}", api=api, model=DEMO_MODEL))
+            targets.append(TargetSpec(name=name, url=f"http://127.0.0.1:{port}", api=api, model=DEMO_MODEL))
         yield targets
     finally:
         for process in processes:

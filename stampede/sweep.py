@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from stampede.records import Api, Outcome
 from stampede.schema import Request, Step
+from stampede.sweepfile import SweepFile, TargetSpec
 
 USER_CLASSES = {Api.OLLAMA_CHAT: "OllamaChatUser", Api.OPENAI_CHAT: "OpenAIChatUser"}
 PROBE_PATHS = {Api.OLLAMA_CHAT: "/api/tags", Api.OPENAI_CHAT: "/v1/models"}
@@ -34,35 +35,24 @@ class SweepError(Exception):
 
 
 @dataclass(frozen=True)
-class Target:
-    """A runtime to load."""
-
-    name: str
-    url: str
-    api: Api
-    model: str
-
-
-@dataclass(frozen=True)
 class SweepPlan:
-    """How to load each target."""
+    """A sweep file bound to a run."""
 
-    steps: list[int]
-    step_duration_s: float
-    warmup_s: float
-    max_tokens: int
-    prompt_set: str = "seeds"
-    processes: int = 1
-    stop_timeout_s: float = 120.0
+    spec: SweepFile
     run_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    run_name: str = ""
+    stop_timeout_s: float = 120.0
+
+    @property
+    def loads(self) -> list[int] | list[float]:
+        """The load of each step: users (closed loop) or requests/s (open loop)."""
+        return self.spec.rates or self.spec.steps
 
     @property
     def duration_s(self) -> float:
-        return len(self.steps) * self.step_duration_s
+        return len(self.loads) * self.spec.step_duration_s
 
 
-def check_reachable(target: Target) -> None:
+def check_reachable(target: TargetSpec) -> None:
     """Raise SweepError in one line if the target does not answer HTTP or refuses our key."""
     url = target.url.rstrip("/") + PROBE_PATHS[target.api]
     try:
@@ -86,27 +76,36 @@ def locustfiles() -> str:
     return f"{folder / 'chat.py'},{folder / 'steps.py'}"
 
 
-def locust_command(target: Target, plan: SweepPlan) -> list[str]:
+def locust_command(target: TargetSpec, plan: SweepPlan) -> list[str]:
     """The Locust command line that runs ``plan`` against ``target``."""
+    spec = plan.spec
     command = [
         sys.executable, "-m", "locust",
         "-f", locustfiles(),
         "--headless", "--only-summary",
         "--host", target.url,
-        "--steps", ",".join(str(s) for s in plan.steps),
-        "--step-duration-s", str(plan.step_duration_s),
-        "--warmup-s", str(plan.warmup_s),
-        "--max-tokens", str(plan.max_tokens),
+        "--steps", ",".join(str(s) for s in spec.steps),
+        "--step-duration-s", str(spec.step_duration_s),
+        "--warmup-s", str(spec.warmup_s),
+        "--max-tokens", str(spec.max_tokens),
         "--model", target.model,
-        "--prompt-set", plan.prompt_set,
+        "--prompt-set", spec.prompt_set,
+        "--arrival", spec.arrival,
+        "--burstiness", str(spec.burstiness),
+        "--seed", str(spec.seed),
         "--target-name", target.name,
         "--run-id", str(plan.run_id),
-        "--run-name", plan.run_name or target.name,
+        "--run-name", spec.name,
+        "--sweep-config", spec.model_dump_json(),
         "--stop-timeout", f"{plan.stop_timeout_s:.0f}s",
         "--exit-code-on-error", "0",
     ]  # fmt: skip
-    if plan.processes > 1:
-        command += ["--processes", str(plan.processes)]
+    if spec.rates:
+        command += ["--rates", ",".join(str(r) for r in spec.rates)]
+    if spec.ignore_eos:
+        command.append("--ignore-eos")
+    if spec.processes > 1:
+        command += ["--processes", str(spec.processes)]
     return [*command, USER_CLASSES[target.api]]
 
 
@@ -131,7 +130,7 @@ def read_progress(session: Session, run_id: uuid.UUID, target: str) -> Progress:
 
 
 def run_target(
-    target: Target,
+    target: TargetSpec,
     plan: SweepPlan,
     log_path: Path,
     on_tick: Callable[[float], None],

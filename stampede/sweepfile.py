@@ -1,0 +1,122 @@
+"""A sweep described in a file (TOML or JSON), so it can be repeated exactly and scheduled.
+
+    name = "ollama vs vllm, 1B"
+    steps = [1, 2, 4, 8, 16, 32]
+    step_duration_s = 30
+    warmup_s = 10
+    max_tokens = 128
+
+    [slo]
+    ttft_ms = 500
+    tpot_ms = 50
+
+    [[targets]]
+    name = "ollama"
+    url = "http://127.0.0.1:11434"
+    api = "ollama_chat"
+    model = "llama3.2:1b"
+
+API keys never go in the file: they come from STAMPEDE_API_KEY.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stampede.records import Api
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TargetSpec(_Spec):
+    """A runtime to load."""
+
+    name: str = Field(min_length=1, description="Label in reports; unique within the file.")
+    url: str = Field(description="Base URL, without credentials.")
+    api: Api = Field(default=Api.OPENAI_CHAT, description="ollama_chat or openai_chat.")
+    model: str = Field(description="Model name to request.")
+
+
+class SloSpec(_Spec):
+    """Service-level objectives: the knee is the highest load that meets all that are set."""
+
+    ttft_ms: float | None = Field(default=None, gt=0, description="p99 TTFT limit, ms.")
+    tpot_ms: float | None = Field(default=None, gt=0, description="p99 TPOT limit, ms.")
+    e2e_ms: float | None = Field(default=None, gt=0, description="p99 E2E limit, ms.")
+    max_error_rate: float | None = Field(default=None, ge=0, le=1, description="Largest error share.")
+
+
+class RegressionSpec(_Spec):
+    """How far a run may fall behind its baseline before it is marked a regression."""
+
+    throughput_drop_pct: float = Field(default=10.0, gt=0, description="Output tokens/s drop, percent.")
+    latency_rise_pct: float = Field(default=20.0, gt=0, description="TTFT/ITL/E2E p99 rise, percent.")
+
+
+class SweepFile(_Spec):
+    """Everything a sweep needs besides secrets."""
+
+    name: str = Field(min_length=1)
+    targets: list[TargetSpec] = Field(min_length=1)
+    steps: list[int] = Field(default=[1, 2, 4, 8, 16, 32], min_length=1, description="Users per step.")
+    rates: list[float] = Field(default=[], description="Open loop: requests/s per step; steps[0] caps in flight.")
+    step_duration_s: float = Field(default=30.0, gt=0)
+    warmup_s: float = Field(default=10.0, ge=0)
+    max_tokens: int = Field(default=128, ge=1)
+    prompt_set: str = "seeds"
+    ignore_eos: bool = False
+    arrival: str = Field(default="poisson", pattern="^(constant|poisson|gamma)$")
+    burstiness: float = Field(default=1.0, gt=0)
+    seed: int = 0
+    processes: int = Field(default=1, ge=1, description="Locust processes.")
+    slo: SloSpec = SloSpec()
+    regression: RegressionSpec = RegressionSpec()
+
+    @field_validator("steps")
+    @classmethod
+    def _positive_steps(cls, steps: list[int]) -> list[int]:
+        if min(steps) < 1:
+            raise ValueError("every step needs at least one user")
+        return steps
+
+    @field_validator("rates")
+    @classmethod
+    def _positive_rates(cls, rates: list[float]) -> list[float]:
+        if rates and min(rates) <= 0:
+            raise ValueError("every rate must be > 0")
+        return rates
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, targets: list[TargetSpec]) -> list[TargetSpec]:
+        names = [t.name for t in targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"target names must be unique, got {names}")
+        return targets
+
+
+def parse_sweep_file(text: str, suffix: str) -> SweepFile:
+    """Parse TOML (or JSON when ``suffix`` is ``.json``); ValueError with every problem found."""
+    try:
+        data = json.loads(text) if suffix == ".json" else tomllib.loads(text)
+        return SweepFile.model_validate(data)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"not valid {'JSON' if suffix == '.json' else 'TOML'}: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ValueError(problems) from None
+
+
+def load_sweep_file(path: Path) -> SweepFile:
+    """Read and validate a sweep file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_sweep_file(text, path.suffix)

@@ -1,0 +1,57 @@
+"""Sweep files: what a valid one gives, and how a broken one is reported."""
+
+import pytest
+
+from stampede.records import Api
+from stampede.sweepfile import load_sweep_file, parse_sweep_file
+
+EXAMPLE = """
+name = "ollama vs vllm"
+steps = [1, 4]
+step_duration_s = 15
+[slo]
+ttft_ms = 500
+[[targets]]
+name = "ollama"
+url = "http://127.0.0.1:11434"
+api = "ollama_chat"
+model = "llama3.2:1b"
+[[targets]]
+name = "vllm"
+url = "http://127.0.0.1:8000"
+model = "m"
+"""
+
+
+def test_a_toml_file_gives_targets_steps_slos_and_defaults() -> None:
+    spec = parse_sweep_file(EXAMPLE, ".toml")
+    assert [t.api for t in spec.targets] == [Api.OLLAMA_CHAT, Api.OPENAI_CHAT]
+    assert spec.steps == [1, 4] and spec.step_duration_s == 15 and spec.warmup_s == 10
+    assert spec.slo.ttft_ms == 500 and spec.slo.tpot_ms is None
+    assert spec.regression.throughput_drop_pct == 10
+
+
+def test_json_round_trips(tmp_path) -> None:
+    spec = parse_sweep_file(EXAMPLE, ".toml")
+    path = tmp_path / "s.json"
+    path.write_text(spec.model_dump_json())
+    assert load_sweep_file(path) == spec
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('name = "x"\ntargets = []', "targets: List should have at least 1 item"),
+        (EXAMPLE.replace('name = "vllm"', 'name = "ollama"'), "target names must be unique"),
+        (EXAMPLE + "\nsurprise = 1", "surprise: Extra inputs are not permitted"),
+        ("name = ", "not valid TOML"),
+    ],
+)
+def test_problems_are_named(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_sweep_file(text, ".toml")
+
+
+def test_an_unreadable_file_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match="cannot read"):
+        load_sweep_file(tmp_path / "missing.toml")
