@@ -20,8 +20,10 @@ from geventhttpclient import HTTPClient
 from locust import User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
+from locust.runners import MasterRunner
 
 from loadgen.clients import APIS, ChatApi, Measurement, encode_body, send_chat
+from loadgen.health import HealthMonitor
 from loadgen.options import add_chat_arguments, ensure_run_id
 from loadgen.prompts import PromptPicker, get_prompt_set
 from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
@@ -64,6 +66,9 @@ def _on_init(environment: Environment, **_: Any) -> None:
     ensure_run_id(environment.parsed_options)
     context = RunContext(environment, make_sink(get_settings()))
     environment.stampede = context  # type: ignore[attr-defined]
+    environment.stampede_health = HealthMonitor(  # type: ignore[attr-defined]
+        context.sink.add_loadgen_sample, lambda: (context.run_id, context.target, context.step_index), HOSTNAME
+    )
     if environment.runner is not None:
         environment.runner.register_message(STEP_MESSAGE, lambda msg, **_: context.on_step(msg.data))
 
@@ -71,6 +76,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_: Any) -> None:
     context: RunContext = environment.stampede  # type: ignore[attr-defined]
+    if not isinstance(environment.runner, MasterRunner):
+        environment.stampede_health.start()  # type: ignore[attr-defined]  # processes that send requests
     if not context.is_coordinator:
         return
     context.start_run()
@@ -82,6 +89,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     context: RunContext = environment.stampede  # type: ignore[attr-defined]
+    environment.stampede_health.stop()  # type: ignore[attr-defined]
     if context.is_coordinator:
         context.end_run()
     context.sink.flush(SINK_CLOSE_TIMEOUT_S)
@@ -183,6 +191,7 @@ class ChatUser(User):
             prompt_id=prompt.id,
             outcome=m.outcome,
             http_status=m.http_status,
+            server_request_id=m.server_request_id,
             error=m.error,
             started_at=started_at,
             chunk_offsets_ns=m.chunk_offsets_ns,

@@ -98,6 +98,7 @@ class Measurement:
 
     outcome: Outcome = Outcome.OK
     http_status: int | None = None
+    server_request_id: str | None = None
     error: str | None = None
     chunk_offsets_ns: list[int] = field(default_factory=list)
     end_offset_ns: int = 0
@@ -151,6 +152,8 @@ def send_chat(http: HTTPClient, api: ChatApi, body: bytes, headers: dict[str, st
         with gevent.Timeout(timeout_s):
             response = http.request("POST", api.path, body=body, headers=headers)
             m.http_status = response.status_code
+            request_id = response.get("x-request-id")
+            m.server_request_id = request_id if isinstance(request_id, str) else None
             if m.http_status != 200:
                 text = response.read(ERROR_BODY_BYTES)
                 m.response_bytes = len(text)

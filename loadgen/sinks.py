@@ -27,12 +27,13 @@ import orjson
 from gevent.event import Event
 from rq.utils import import_attribute
 
-from stampede.records import RequestRecord, RunRecord, StepRecord
+from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.settings import get_settings
 
 STORE_REQUESTS = "workers.jobs.store_request_records"
 STORE_RUN = "workers.jobs.store_run"
 STORE_STEP = "workers.jobs.store_step"
+STORE_LOADGEN_SAMPLES = "workers.jobs.store_loadgen_samples"
 
 REDACTED = "**********"
 
@@ -105,6 +106,10 @@ class Sink(ABC):
     def add_step(self, step: StepRecord) -> None:
         """Queue a step row write (after any records already queued)."""
         self._put(STORE_STEP, step.to_job_arg())
+
+    def add_loadgen_sample(self, sample: LoadgenSampleRecord) -> None:
+        """Queue one health sample of this load-generating process."""
+        self._put(STORE_LOADGEN_SAMPLES, [sample.to_job_arg()])
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Deliver everything queued so far; True when all of it was delivered in time."""

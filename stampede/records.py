@@ -65,6 +65,9 @@ class RequestRecord(_Record):
     prompt_id: str = Field(description="Identifier of the prompt within its prompt set.")
     outcome: Outcome = Field(description="How the request ended.")
     http_status: int | None = Field(default=None, description="HTTP status of the response, if one came.")
+    server_request_id: str | None = Field(
+        default=None, description="The server's id for the request (X-Request-Id), to match server logs."
+    )
     error: str | None = Field(default=None, description="Short error description for failed requests.")
     started_at: AwareDatetime = Field(description="Wall-clock UTC time the request was sent; bucketing only.")
     chunk_offsets_ns: list[int] = Field(

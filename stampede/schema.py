@@ -78,6 +78,7 @@ class Request(Base):
     prompt_id: Mapped[str] = mapped_column(String(200))
     outcome: Mapped[str] = mapped_column(String(20))
     http_status: Mapped[int | None]
+    server_request_id: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(String(500))
     started_at: Mapped[datetime]
     ttft_ms: Mapped[float | None]

@@ -20,9 +20,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from stampede import metrics
-from stampede.records import RequestRecord, RunRecord, StepRecord
+from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.samples import GpuSampleRecord, RuntimeSampleRecord
-from stampede.schema import Base, GpuSample, Request, Run, RuntimeSample, Step
+from stampede.schema import Base, GpuSample, LoadgenSample, Request, Run, RuntimeSample, Step
 
 # SQLite allows 32,766 bound parameters per statement; 27 columns x 1,000 rows stays well under it.
 ROWS_PER_STATEMENT = 1000
@@ -45,6 +45,7 @@ REQUEST_COLUMNS = {
     "prompt_id": "text",
     "outcome": "text",
     "http_status": "int4",
+    "server_request_id": "text",
     "error": "text",
     "started_at": "timestamptz",
     "ttft_ms": "float8",
@@ -91,6 +92,7 @@ def request_values(record: RequestRecord) -> tuple[Any, ...]:
         record.prompt_id,
         record.outcome.value,
         record.http_status,
+        record.server_request_id,
         record.error,
         record.started_at,
         record.ttft_ms,
@@ -216,3 +218,12 @@ def insert_runtime_samples(session: Session, samples: Sequence[RuntimeSampleReco
         return 0
     session.execute(_insert(session, RuntimeSample).values([s.model_dump() for s in samples]))
     return len(samples)
+
+
+def insert_loadgen_samples(session: Session, samples: Sequence[LoadgenSampleRecord]) -> int:
+    """Insert load-generator health samples, ignoring ones already stored; returns how many were new."""
+    if not samples:
+        return 0
+    rows = [sample.model_dump() for sample in samples]
+    stmt = _insert(session, LoadgenSample).values(rows).on_conflict_do_nothing(index_elements=["id"])
+    return int(session.execute(stmt).rowcount)  # type: ignore[attr-defined]

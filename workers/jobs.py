@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from stampede import store
 from stampede.db import get_engine
-from stampede.records import RequestRecord, RunRecord, StepRecord
+from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.settings import get_settings
 
 
@@ -39,3 +39,10 @@ def store_step(step: dict[str, Any]) -> None:
     parsed = StepRecord.model_validate(step)
     with _session() as session, session.begin():
         store.upsert_step(session, parsed)
+
+
+def store_loadgen_samples(samples: list[dict[str, Any]]) -> int:
+    """Validate and store load-generator health samples; returns how many were new."""
+    parsed = [LoadgenSampleRecord.model_validate(s) for s in samples]
+    with _session() as session, session.begin():
+        return store.insert_loadgen_samples(session, parsed)

@@ -41,6 +41,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("server_timings_ms", sa.JSON(), server_default="{}", nullable=False))
         batch_op.add_column(sa.Column("send_delay_ms", sa.Double(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("response_ms", sa.Double(), nullable=True))
+        batch_op.add_column(sa.Column("server_request_id", sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column("tokens_disagree", sa.Boolean(), server_default=sa.false(), nullable=False))
 
     with op.batch_alter_table("steps", schema=None) as batch_op:
@@ -53,6 +54,7 @@ def downgrade() -> None:
 
     with op.batch_alter_table("requests", schema=None) as batch_op:
         batch_op.drop_column("tokens_disagree")
+        batch_op.drop_column("server_request_id")
         batch_op.drop_column("response_ms")
         batch_op.drop_column("send_delay_ms")
         batch_op.drop_column("server_timings_ms")

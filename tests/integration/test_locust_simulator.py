@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from stampede.db import upgrade
 from stampede.demo import free_port, start_simulator, stop
 from stampede.report import step_summaries
-from stampede.schema import Request, Run, Step
+from stampede.schema import LoadgenSample, Request, Run, Step
 from stampede.sweep import locustfiles
 
 RUN_TIMEOUT_S = 120
@@ -73,8 +73,12 @@ def test_a_plain_locust_run_stores_exactly_one_row_per_request(tmp_path: Path) -
         run = session.scalars(select(Run)).one()
         step = session.scalars(select(Step)).one()
         tokens = session.scalars(select(Request.output_tokens)).all()
+        request_ids = session.scalars(select(Request.server_request_id)).all()
+        health = session.scalars(select(LoadgenSample)).all()
     assert run.status == "finished" and step.users == 8 and step.ended_at is not None
     assert set(tokens) == {16}  # the server's usage count: exactly max tokens, as ignore_eos asks
+    assert None not in request_ids and len(set(request_ids)) == sent  # the simulator's X-Request-Id
+    assert len(health) >= 2 and {h.run_id for h in health} == {run.id}  # one self-check a second
 
 
 def test_a_stepped_run_over_two_processes_stores_every_request_by_step(tmp_path: Path) -> None:
