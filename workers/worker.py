@@ -23,6 +23,9 @@ from stampede.settings import get_settings, redact_url
 log = logging.getLogger(__name__)
 
 MAX_PAUSE_S = 30.0
+# RQ finds jobs abandoned by a dead worker (heartbeat expired, about 90 s) during maintenance, by
+# default every 10 minutes; every minute gets their batches retried within about 2.5 minutes.
+MAINTENANCE_INTERVAL_S = 60
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -68,7 +71,13 @@ def main(argv: list[str]) -> int:
         connection = Redis.from_url(redis_url)
         queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in args.queues]
         worker_class = SimpleWorker if args.simple else Worker
-        worker = worker_class(queues, connection=connection, serializer=JSONSerializer, name=args.name)
+        worker = worker_class(
+            queues,
+            connection=connection,
+            serializer=JSONSerializer,
+            name=args.name,
+            maintenance_interval=MAINTENANCE_INTERVAL_S,
+        )
         try:
             worker.work(burst=args.burst, with_scheduler=True, logging_level=args.log_level)
             return 0
