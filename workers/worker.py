@@ -40,7 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--simple",
         action="store_true",
         help="run jobs in this process instead of a forked one per job: faster, but a crash loses the "
-        "job to RQ's abandoned-job handling (about a minute) instead of an immediate retry",
+        "job to RQ's abandoned-job handling (a retry within about 2.5 minutes) instead of an immediate one",
     )
     parser.add_argument("--name", default=None, help="worker name (default: RQ's, unique per process)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
