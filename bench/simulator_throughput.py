@@ -8,7 +8,8 @@ a series of ``--max-tokens`` requests on one keep-alive connection; the first re
 is shortened to ``1 + i * max_tokens / streams`` tokens so request boundaries do not all coincide.
 Figures come from the simulator's ground truth: tokens/s and mean concurrent streams over the measured
 window (after ``--warmup-s``), and lateness (written minus scheduled) of every token in it; plus the
-server's CPU use from /proc.
+server's CPU use from /proc. For scale it also times the floor: a bare Python loop of ``socket.send``
+to ``--floor-sockets`` loopback TCP sockets, which is what fanning one step's tokens out costs at least.
 
     python bench/simulator_throughput.py --streams 2000 --rate 50 --duration-s 20 --client-procs 4
 """
@@ -22,6 +23,8 @@ import multiprocessing
 import os
 import platform
 import re
+import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -99,6 +102,46 @@ def _client_process(port: int, streams: range, total: int, max_tokens: int, stop
     print(json.dumps({"tokens": tokens, "requests": requests}), flush=True)
 
 
+def _drain(port: int, n: int, seconds: float, cpus: set[int]) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for key, _ in selector.select(0.05):
+                key.fileobj.recv(65_536)  # type: ignore[union-attr]
+
+
+def _send_floor_us(n: int, server_cpu: int, others: set[int]) -> float:
+    """Median microseconds of one 150-byte ``send`` on a loopback TCP socket, over rounds of ``n`` sockets."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    reader = multiprocessing.get_context("spawn").Process(
+        target=_drain, args=(listener.getsockname()[1], n, 5.0, others)
+    )
+    reader.start()
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {server_cpu})
+    try:
+        conns = [listener.accept()[0] for _ in range(n)]
+        for conn in conns:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rounds = []
+        for _ in range(10):
+            start = time.perf_counter()
+            for conn in conns:
+                conn.send(b"x" * 150)
+            rounds.append((time.perf_counter() - start) / n * 1e6)
+            time.sleep(0.05)
+    finally:
+        os.sched_setaffinity(0, own)
+        reader.join()
+        listener.close()
+    return float(np.median(rounds))
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
@@ -148,6 +191,7 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--client-procs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--server-cpu", type=int, default=0, help="core the simulator is pinned to")
+    parser.add_argument("--floor-sockets", type=int, default=1_000)
     args = parser.parse_args()
 
     others = set(range(os.cpu_count() or 1)) - {args.server_cpu}
@@ -192,6 +236,7 @@ def main() -> None:
     with open("/proc/cpuinfo", encoding="ascii") as cpuinfo:
         models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
     cpu_model = models[0] if models else platform.processor()
+    figures["send_floor_us"] = _send_floor_us(args.floor_sockets, args.server_cpu, others)
     print(json.dumps({"args": vars(args), "nproc": os.cpu_count(), "cpu": cpu_model, **figures}, indent=2))
 
 

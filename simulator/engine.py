@@ -151,6 +151,16 @@ class Engine:
             self.loads += 1
         return max(0, self._loaded_at_ns - now_ns)
 
+    def preload(self, now_ns: int) -> int:
+        """Load the model with no request (Ollama's empty prompt); returns ns until it is resident.
+
+        An idle engine's keep-alive then counts from the moment the model is resident.
+        """
+        wait_ns = self._ensure_loaded(now_ns)
+        if self.idle:
+            self._idle_since_ns = now_ns + wait_ns
+        return wait_ns
+
     def _expired(self, now_ns: int) -> bool:
         keep_alive_ns = self.profile.keep_alive_s * _NS_PER_S
         return (

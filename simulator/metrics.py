@@ -75,6 +75,9 @@ class SimCollector(Collector):
         self._flavor = flavor
         self._runtime = runtime
         self._model = model
+        # vLLM labels every series with the served model; llama-server exports bare series.
+        self._labels = ["model_name"] if flavor is Flavor.VLLM else []
+        self._values = [model] if flavor is Flavor.VLLM else []
 
     def collect(self) -> Iterator[Metric]:
         if self._flavor is Flavor.LLAMACPP:
@@ -83,13 +86,13 @@ class SimCollector(Collector):
             yield from self._vllm()
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(name, doc, labels=["model_name"])
-        family.add_metric([self._model], value)
+        family = GaugeMetricFamily(name, doc, labels=self._labels)
+        family.add_metric(self._values, value)
         return family
 
     def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
-        family = CounterMetricFamily(name, doc, labels=["model_name"])
-        family.add_metric([self._model], value)
+        family = CounterMetricFamily(name, doc, labels=self._labels)
+        family.add_metric(self._values, value)
         return family
 
     def _vllm(self) -> Iterator[Metric]:

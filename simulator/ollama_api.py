@@ -3,11 +3,13 @@
 A stream is one JSON object per line per token, then a ``"done": true`` object with the durations (ns)
 Ollama reports: ``total_duration``, ``load_duration`` (the model load this request waited for),
 ``prompt_eval_duration`` (the engine step that prefilled the prompt and produced the first token) and
-``eval_duration`` (first token to last).
+``eval_duration`` (first token to last). A request with no prompt (no messages) only loads the model
+and answers ``"done_reason": "load"`` once it is resident, as Ollama does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from datetime import UTC, datetime
@@ -143,6 +145,9 @@ def _generate(server: SimServer, request: Request, response: Response, chat: boo
         response.send_json(http_fault.status, {"error": http_fault.message}, http_fault.headers)
         server.refuse(truth, http_fault.status)
         return
+    if prompt_tokens == 0:
+        _load_only(server, response, truth, requested, chat)
+        return
     stream = body.get("stream", True) is not False
     exchange = OllamaExchange(server, response, truth, stream, fault, chat, requested)
     try:
@@ -156,6 +161,24 @@ def _generate(server: SimServer, request: Request, response: Response, chat: boo
         server.refuse(truth, 503)
         return
     exchange.begin(seq, _NDJSON_TYPE, {"X-Request-Id": str(truth.id)})
+
+
+def _load_only(server: SimServer, response: Response, truth: RequestTruth, model: str, chat: bool) -> None:
+    """Load the model and answer once it is resident, without generating."""
+    wait_ns = server.runtime.preload(time.monotonic_ns())
+
+    def answer() -> None:
+        body: dict[str, Any] = {"model": model, "created_at": iso_ns(time.time_ns())}
+        if chat:
+            body["message"] = {"role": "assistant", "content": ""}
+        else:
+            body["response"] = ""
+        body.update(done=True, done_reason="load")
+        response.send_json(200, body, {"X-Request-Id": str(truth.id)})
+        truth.finish_reason = "load"
+        server.truth.close(truth, time.monotonic_ns())
+
+    asyncio.get_running_loop().call_later(wait_ns / 1e9, answer)
 
 
 class OllamaExchange(Exchange):

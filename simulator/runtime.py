@@ -71,6 +71,10 @@ class Runtime:
         """Reserved share of all replicas' KV budgets, 0..1."""
         return self.kv_used_tokens / (self.profile.kv_budget_tokens * len(self.engines))
 
+    def preload(self, now_ns: int) -> int:
+        """Load the model on every replica; returns ns until all have it resident."""
+        return max(e.preload(now_ns) for e in self.engines)
+
     def loaded(self, now_ns: int) -> bool:
         """Whether any replica has the model resident."""
         return any(e.loaded(now_ns) for e in self.engines)

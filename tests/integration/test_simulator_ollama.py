@@ -78,6 +78,16 @@ def test_ps_shows_partial_offload_until_keep_alive_unloads(sim: ThreadedServer) 
     assert client.ps().models == []
 
 
+def test_a_request_without_prompt_only_loads_the_model(sim: ThreadedServer) -> None:
+    client = ollama.Client(host=sim.url)
+    started = time.monotonic()
+    reply = client.generate(model="stampede-sim")
+    assert time.monotonic() - started >= 0.2
+    assert reply.done and reply.done_reason == "load" and reply.response == ""
+    assert [m.model for m in client.ps().models] == ["stampede-sim:latest"]
+    assert client.chat(model="stampede-sim", messages=[]).done_reason == "load"
+
+
 def test_list_version_and_unknown_model(sim: ThreadedServer) -> None:
     client = ollama.Client(host=sim.url)
     assert [m.model for m in client.list().models] == ["stampede-sim:latest"]

@@ -119,6 +119,20 @@ def test_unknown_model_is_404_in_the_servers_own_shape(sim: ThreadedServer, clie
     assert error["type"] == expected_type[flavor]
 
 
+def test_bad_requests_are_400_in_the_servers_shape(sim: ThreadedServer, client: openai.OpenAI) -> None:
+    too_long = sim.server.profile.max_model_len
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=too_long)
+    with pytest.raises(openai.BadRequestError, match="max_tokens must be a positive integer"):
+        client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=0)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="stampede-sim", messages=MESSAGES, extra_headers={"X-Sim-Fault": "boom"})
+    bad_json = urllib.request.Request(f"{sim.url}/v1/completions", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(bad_json, timeout=10)
+    assert caught.value.code == 400
+
+
 def test_vllm_requires_the_api_key_on_v1_routes_only() -> None:
     sim = serve_in_thread(SimServer(build_profile(Flavor.VLLM, FAST), api_key="sekret"))
     try:

@@ -174,3 +174,12 @@ def test_replicas_number_sequences_apart_and_draw_their_own_lengths() -> None:
     assert first.active == 50
     first.cancel(a[0])
     assert first.active == 49
+
+
+def test_preload_makes_the_model_resident_and_starts_keep_alive_from_then() -> None:
+    engine = Engine(build_profile(Flavor.OLLAMA, {"load_ms": 300.0, "keep_alive_s": 1.0}))
+    assert engine.preload(0) == 300 * MS
+    assert not engine.loaded(299 * MS)
+    assert engine.loaded(1_299 * MS)
+    assert not engine.loaded(1_300 * MS)
+    assert engine.preload(100 * MS) == 200 * MS
