@@ -10,6 +10,7 @@ and plays its fault.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,10 @@ _EARLY_NS = 1_000_000
 """Arm the timer this much before a step ends."""
 _SLEEP_MAX_NS = 150_000
 """Sleep (blocking the loop) at most this long to hit a step's end exactly; earlier, poll again."""
+_LAG_WARN_NS = 50_000_000
+"""Warn (at most every 10 s) when a step's tokens go out this late: the simulator itself is short of CPU."""
+
+log = logging.getLogger(__name__)
 
 
 def _active(engine: Engine) -> int:
@@ -43,6 +48,7 @@ class Runtime:
         self.truth = truth
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at_ns: int | None = None
+        self._warned_ns = -(10**12)
 
     def submit(self, prompt_tokens: int, max_tokens: int | None, ignore_eos: bool, exchange: Exchange) -> Sequence:
         """Queue a request on the least-loaded replica; raises the engine's QueueFullError / ContextLengthError."""
@@ -130,7 +136,20 @@ class Runtime:
                 for seq in batch:
                     seq.listener.on_token(seq, end_ns)
                 stats.steps += 1
+        self._check_lag(at_ns)
         self._arm()
+
+    def _check_lag(self, scheduled_ns: int) -> None:
+        """The engine never slips its schedule, so a starved process shows up as tokens written late."""
+        now_ns = time.monotonic_ns()
+        lag_ns = now_ns - scheduled_ns
+        if lag_ns > _LAG_WARN_NS and now_ns - self._warned_ns > 10_000_000_000:
+            self._warned_ns = now_ns
+            log.warning(
+                "simulator is %.0f ms behind its schedule: it is short of CPU, so latencies measured now "
+                "include its own delay (ground truth at /sim/requests shows how much)",
+                lag_ns / 1e6,
+            )
 
     def _account(self, start_ns: int, end_ns: int, batch: list[Sequence], admitted: int, prefill: int) -> None:
         stats = self.stats
