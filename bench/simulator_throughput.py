@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -82,11 +83,11 @@ async def _client(port: int, streams: range, total: int, max_tokens: int, stop_a
     loop = asyncio.get_running_loop()
     counts = [0, 0]
     request = _request_bytes(port, max_tokens)
-    protocols = []
+    protocols: list[_Stream] = []
     for i in streams:
         first = _request_bytes(port, 1 + i * max_tokens // total)
         _, protocol = await loop.create_connection(
-            lambda first=first: _Stream(first, request, stop_at, counts), "127.0.0.1", port
+            functools.partial(_Stream, first, request, stop_at, counts), "127.0.0.1", port
         )
         protocols.append(protocol)
     await asyncio.gather(*(p.closed for p in protocols))

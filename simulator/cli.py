@@ -65,13 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes (vllm, llamacpp)")
     parser.add_argument("--ground-truth", type=Path, help="also append each finished request to this JSONL")
     parser.add_argument("--ground-truth-limit", type=int, default=10_000, help="records kept for /sim/requests")
-    for flag, field_name, kind, text in _PROFILE_FLAGS:
-        parser.add_argument(flag, dest=field_name, type=kind, help=text)
-    for kind in FaultKind:
-        flag = "--fault-" + kind.value.removeprefix("http_").replace("_", "-")
-        parser.add_argument(flag, dest=f"rate_{kind.value}", type=float, help=f"probability of a {kind.value} fault")
-    for flag, field_name, kind, text in _FAULT_FLAGS:
-        parser.add_argument(flag, dest=f"fault_{field_name}", type=kind, help=text)
+    for flag, field_name, convert, text in _PROFILE_FLAGS:
+        parser.add_argument(flag, dest=field_name, type=convert, help=text)
+    for fault in FaultKind:
+        flag = "--fault-" + fault.value.removeprefix("http_").replace("_", "-")
+        parser.add_argument(flag, dest=f"rate_{fault.value}", type=float, help=f"probability of a {fault.value} fault")
+    for flag, field_name, convert, text in _FAULT_FLAGS:
+        parser.add_argument(flag, dest=f"fault_{field_name}", type=convert, help=text)
     parser.add_argument("--fault-window", metavar="START:END", help="rates apply only in this window (s since start)")
     return parser
 

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from simulator.profiles import Flavor, build_profile
 from simulator.server import SimServer, ThreadedServer, serve_in_thread
@@ -18,7 +19,8 @@ from simulator.server import SimServer, ThreadedServer, serve_in_thread
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 PROFILE = {"step_base_ms": 2.0, "step_per_seq_ms": 0.1, "faults": {"stall_s": 0.4, "retry_after_s": 7}}
-CHAT = {"model": "stampede-sim", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "stream": True}
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+CHAT = {"model": "stampede-sim", "messages": MESSAGES, "max_tokens": 10, "stream": True}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_http_faults_answer_with_their_status(
         base_url=f"{vllm.url}/v1", api_key="x", max_retries=0, default_headers={"X-Sim-Fault": fault}
     )
     with pytest.raises(error) as caught:
-        client.chat.completions.create(model="stampede-sim", messages=CHAT["messages"])
+        client.chat.completions.create(model="stampede-sim", messages=MESSAGES)
     assert caught.value.status_code == status
     if status == 429:
         assert caught.value.response.headers["retry-after"] == "7"
@@ -65,7 +67,10 @@ def test_reset_cuts_the_connection_after_the_configured_tokens(vllm: ThreadedSer
     client = openai.OpenAI(base_url=f"{vllm.url}/v1", api_key="x", max_retries=0)
     received = []
     with pytest.raises(openai.APIConnectionError):
-        for chunk in client.chat.completions.create(**CHAT, extra_headers={"X-Sim-Fault": "reset"}):
+        stream = client.chat.completions.create(
+            model="stampede-sim", messages=MESSAGES, max_tokens=10, stream=True, extra_headers={"X-Sim-Fault": "reset"}
+        )
+        for chunk in stream:
             received.append(chunk)
     assert len(received) == 3
     truth = last_truth(vllm)

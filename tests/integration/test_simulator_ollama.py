@@ -61,7 +61,7 @@ def test_generate_streams_one_line_per_token_then_the_final_object(sim: Threaded
     )
     tokens, final = parts[:-1], parts[-1]
     assert [p.done for p in tokens] == [False] * 6
-    assert all(count_tokens(p.response) == 1 for p in tokens)
+    assert all(count_tokens(p.response or "") == 1 for p in tokens)
     assert final.done and final.eval_count == 6 and final.prompt_eval_count == 4
     (truth,) = truths(sim)
     assert truth["stream"] and len(truth["token_written_ns"]) == 6

@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from simulator.profiles import Flavor, build_profile
@@ -54,7 +55,7 @@ def client(sim: ThreadedServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
 
 
-MESSAGES = [{"role": "user", "content": "Count to five, please."}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Count to five, please."}]
 
 
 def test_chat_completion_usage_matches_ground_truth(sim: ThreadedServer, client: openai.OpenAI) -> None:
