@@ -18,16 +18,21 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from stampede import db, demo, report
+from stampede import baseline, db, demo, report, schedules
 from stampede.records import Api
 from stampede.settings import get_settings, redact_url
-from stampede.sweep import SweepError, SweepPlan, check_reachable, read_progress, run_target
+from stampede.sweep import SweepError, SweepPlan, check_reachable, read_progress, run_target, wait_until_stored
 from stampede.sweepfile import SweepFile, TargetSpec, load_sweep_file
 from stampede.table import format_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 db_app = typer.Typer(no_args_is_help=True, help="Manage the results database schema.")
 app.add_typer(db_app, name="db")
+schedule_app = typer.Typer(no_args_is_help=True, help="Sweeps run by the worker fleet on a cron expression.")
+app.add_typer(schedule_app, name="schedule")
+REGRESSION_EXIT = 3
+# In a fleet, records reach the database through RQ workers: give them this long to catch up.
+STORE_WAIT_S = 120.0
 
 FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 DEMO_STEPS = "1,2,4,8,16,32,50"
@@ -64,8 +69,11 @@ def _spec(**fields: Any) -> SweepFile:
         raise _fail(problems) from None
 
 
-def _sweep(plan: SweepPlan) -> None:
-    """Run ``plan`` on each target in turn, with a progress line, then print the summary."""
+def _sweep(plan: SweepPlan, check: bool = False) -> None:
+    """Run ``plan`` on each target in turn, with a progress line, then print the summary.
+
+    With ``check``, compare the run with its baseline and exit with status 3 on a regression.
+    """
     url = _database_url()
     for target in plan.spec.targets:
         check_reachable(target)  # all of them before any load, so a typo fails in seconds
@@ -95,17 +103,28 @@ def _sweep(plan: SweepPlan) -> None:
                 typer.echo(line, err=True)
             last_step = step
 
-        run_target(target, plan, LOG_DIR / f"{plan.run_id}-{target.name}.log", tick)
+        sent = run_target(target, plan, LOG_DIR / f"{plan.run_id}-{target.name}.log", tick)
+        stored = wait_until_stored(lambda: Session(engine), plan.run_id, target.name, sent, STORE_WAIT_S)
         tick(plan.duration_s)
         if interactive:
             typer.echo("", err=True)
+        if stored < sent:
+            typer.echo(f"warning: {sent - stored} of {sent} requests to {target.name} not stored yet", err=True)
     with Session(engine) as session:
         typer.echo(format_summary(report.step_summaries(session, plan.run_id)))
+    if check:
+        with Session(engine) as session, session.begin():
+            findings = baseline.check_run(session, plan.run_id, plan.spec.regression)
+        for finding in findings:
+            typer.echo(f"regression: {finding.describe()}", err=True)
+        if findings:
+            raise typer.Exit(REGRESSION_EXIT)
+        typer.echo("no regression against the baseline", err=True)
 
 
-def _run(plan: SweepPlan) -> None:
+def _run(plan: SweepPlan, check: bool) -> None:
     try:
-        _sweep(plan)
+        _sweep(plan, check)
     except SweepError as exc:
         raise _fail(str(exc)) from None
 
@@ -126,6 +145,10 @@ def sweep(
     prompt_set: Annotated[str, typer.Option(help="seeds, synthetic:..., jsonl:PATH or sharegpt:PATH.")] = "seeds",
     processes: ProcessesOpt = 1,
     run_name: Annotated[str, typer.Option(help="Human label for the run.")] = "",
+    run_id: Annotated[str, typer.Option(help="Id for the new run (default: a new UUID).")] = "",
+    check: Annotated[
+        bool, typer.Option(help="Compare with the sweep's baseline; exit status 3 on a regression.")
+    ] = False,
 ) -> None:
     """Sweep a target through a ladder of load steps and print the summary."""
     if file is not None:
@@ -149,7 +172,11 @@ def sweep(
             prompt_set=prompt_set,
             processes=processes,
         )
-    _run(SweepPlan(spec))
+    try:
+        chosen_id = uuid.UUID(run_id) if run_id else uuid.uuid4()
+    except ValueError:
+        raise _fail(f"not a run id: {run_id!r}") from None
+    _run(SweepPlan(spec, run_id=chosen_id), check)
 
 
 @app.command(name="demo")
@@ -196,6 +223,50 @@ def report_command(
         typer.echo(format_summary(report.step_summaries(session, chosen)))
 
 
+@app.command()
+def accept(run_id: Annotated[str, typer.Argument(help="Run to accept as its sweep's baseline.")]) -> None:
+    """Accept a run as the baseline later runs of its sweep are compared with."""
+    try:
+        with Session(db.get_engine(_database_url())) as session, session.begin():
+            baseline.accept_run(session, uuid.UUID(run_id))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"run {run_id} is now the baseline of its sweep")
+
+
+@schedule_app.command("add")
+def schedule_add(
+    name: Annotated[str, typer.Argument(help="Name of the schedule.")],
+    cron: Annotated[str, typer.Option(help="When to run, e.g. '0 3 * * *' (UTC).")],
+    file: Annotated[Path, typer.Option(help="The sweep file to run.")],
+) -> None:
+    """Run a sweep file on the worker fleet on a cron expression (replaces a schedule of that name)."""
+    try:
+        spec = load_sweep_file(file)
+        with Session(db.get_engine(_database_url())) as session, session.begin():
+            schedules.add_schedule(session, name, cron, spec)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"scheduled {name!r} at '{cron}': {spec.name}")
+
+
+@schedule_app.command("list")
+def schedule_list() -> None:
+    """List scheduled sweeps."""
+    with Session(db.get_engine(_database_url())) as session:
+        for item in schedules.list_schedules(session):
+            typer.echo(f"{item.name}\t{item.cron}\t{item.sweep['name']}\t{len(item.sweep['targets'])} target(s)")
+
+
+@schedule_app.command("remove")
+def schedule_remove(name: Annotated[str, typer.Argument(help="Name of the schedule.")]) -> None:
+    """Stop running a scheduled sweep."""
+    with Session(db.get_engine(_database_url())) as session, session.begin():
+        if not schedules.remove_schedule(session, name):
+            raise _fail(f"no schedule named {name!r}")
+    typer.echo(f"removed {name!r}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Apply schema migrations to STAMPEDE_DATABASE_URL."""
@@ -221,6 +292,12 @@ def sim(ctx: typer.Context) -> None:
 def worker(ctx: typer.Context) -> None:
     """Run an RQ worker that stores records (arguments go to `python -m workers`)."""
     _forward(["workers"], ctx)
+
+
+@app.command(context_settings=FORWARD)
+def scheduler(ctx: typer.Context) -> None:
+    """Enqueue scheduled sweeps when due (arguments go to `python -m workers scheduler`)."""
+    _forward(["workers", "scheduler"], ctx)
 
 
 @app.command(context_settings=FORWARD)

@@ -38,6 +38,10 @@ class Run(Base):
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
     config: Mapped[dict[str, Any]]
+    accepted: Mapped[bool] = mapped_column(server_default=false())
+    baseline_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    regression: Mapped[bool | None]
+    findings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, server_default="[]")
 
 
 class Step(Base):
@@ -164,3 +168,14 @@ class LoadgenSample(Base):
     sampled_at: Mapped[datetime]
     cpu_pct: Mapped[float]
     loop_lag_ms: Mapped[float]
+
+
+class Schedule(Base):
+    """A sweep to run on the worker fleet on a cron expression."""
+
+    __tablename__ = "schedules"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    cron: Mapped[str] = mapped_column(String(100))
+    sweep: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]

@@ -8,8 +8,10 @@ module only plans, launches, watches and reports; it imports nothing from ``load
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -82,7 +85,7 @@ def locust_command(target: TargetSpec, plan: SweepPlan) -> list[str]:
     command = [
         sys.executable, "-m", "locust",
         "-f", locustfiles(),
-        "--headless", "--only-summary",
+        "--headless", "--json",
         "--host", target.url,
         "--steps", ",".join(str(s) for s in spec.steps),
         "--step-duration-s", str(spec.step_duration_s),
@@ -129,17 +132,27 @@ def read_progress(session: Session, run_id: uuid.UUID, target: str) -> Progress:
     return Progress(step, counts[0], counts[1])
 
 
+def sent_requests(locust_stdout: str) -> int:
+    """Requests Locust counted, from its ``--json`` output (the master's list comes last)."""
+    decoder, text = json.JSONDecoder(), locust_stdout.strip()
+    last: list[dict[str, Any]] = []
+    while text:
+        last, end = decoder.raw_decode(text)  # with --processes each worker prints its own list first
+        text = text[end:].strip()
+    return sum(int(entry["num_requests"]) for entry in last)
+
+
 def run_target(
     target: TargetSpec,
     plan: SweepPlan,
     log_path: Path,
     on_tick: Callable[[float], None],
     tick_s: float = 1.0,
-) -> None:
-    """Run Locust for one target, calling ``on_tick(elapsed_s)`` while it runs."""
+) -> int:
+    """Run Locust for one target, calling ``on_tick(elapsed_s)`` while it runs; returns requests sent."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
-        process = subprocess.Popen(locust_command(target, plan), stdout=log, stderr=subprocess.STDOUT)
+    with log_path.open("w") as log, tempfile.TemporaryFile("w+") as stats:
+        process = subprocess.Popen(locust_command(target, plan), stdout=stats, stderr=log)
         started = time.monotonic()
         try:
             while process.poll() is None:
@@ -149,5 +162,23 @@ def run_target(
             process.terminate()  # Locust stops its users and flushes its records on SIGTERM
             process.wait(timeout=plan.stop_timeout_s)
             raise
-    if process.returncode != 0:
-        raise SweepError(f"locust exited with status {process.returncode} for {target.name}; see {log_path}")
+        if process.returncode != 0:
+            raise SweepError(f"locust exited with status {process.returncode} for {target.name}; see {log_path}")
+        stats.seek(0)
+        try:
+            return sent_requests(stats.read())
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SweepError(f"could not read Locust's statistics for {target.name} ({exc}); see {log_path}") from None
+
+
+def wait_until_stored(
+    session_factory: Callable[[], Session], run_id: uuid.UUID, target: str, expected: int, timeout_s: float
+) -> int:
+    """Wait until ``expected`` request rows of a target are stored (RQ workers may lag); returns the count."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with session_factory() as session:
+            stored = read_progress(session, run_id, target).requests
+        if stored >= expected or time.monotonic() > deadline:
+            return stored
+        time.sleep(0.5)

@@ -1,6 +1,5 @@
 """Locust against the simulator: every request completed is one stored row, whatever its outcome."""
 
-import json
 import subprocess
 import sys
 import uuid
@@ -15,7 +14,7 @@ from stampede.db import upgrade
 from stampede.demo import free_port, start_simulator, stop
 from stampede.report import step_summaries
 from stampede.schema import LoadgenSample, Request, Run, Step
-from stampede.sweep import locustfiles
+from stampede.sweep import locustfiles, sent_requests
 
 RUN_TIMEOUT_S = 120
 
@@ -46,13 +45,7 @@ def run_locust(tmp_path: Path, host: str, *args: str) -> tuple[str, int]:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # With --processes each worker prints its own (empty) list before the master's totals.
-    decoder, text, docs = json.JSONDecoder(), result.stdout.strip(), []
-    while text:
-        doc, end = decoder.raw_decode(text)
-        docs.append(doc)
-        text = text[end:].strip()
-    return db_url, sum(entry["num_requests"] for entry in docs[-1])
+    return db_url, sent_requests(result.stdout)
 
 
 def stored(db_url: str, *where) -> int:

@@ -1,0 +1,155 @@
+"""Scheduled sweeps: RQ's cron scheduler enqueues them, a worker runs them and checks for regressions.
+
+``python -m workers scheduler`` (``stampede scheduler``) reads the schedules from the database and
+keeps one of RQ's cron jobs (``rq.cron.CronJob``: cron parsing, due times) per schedule, reloading
+the list every minute. RQ's cron jobs enqueue with RQ's default (pickle) serializer, which our
+workers never read from Redis; ours enqueue with the JSON serializer and carry only the schedule's
+name, a plain string. A worker on the sweeps queue (``stampede worker stampede-sweeps``) runs
+``run_scheduled_sweep``: the sweep file as a ``stampede sweep --file ... --check`` subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.cron import CronJob
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from sqlalchemy.orm import Session
+
+from stampede.db import get_engine
+from stampede.schedules import list_schedules
+from stampede.schema import Run, Schedule
+from stampede.settings import get_settings, redact_url
+from stampede.sweepfile import SweepFile
+
+SWEEPS_QUEUE = "stampede-sweeps"
+RUN_SCHEDULED_SWEEP = "workers.sweeps.run_scheduled_sweep"
+RELOAD_S = 60.0
+REGRESSION_EXIT = 3
+# Headroom over a sweep's planned length: start-up, draining in-flight requests, the summary.
+JOB_MARGIN_S = 600
+
+log = logging.getLogger(__name__)
+
+
+def _session() -> Session:
+    return Session(get_engine(get_settings().database_url.get_secret_value()))
+
+
+def planned_s(spec: SweepFile) -> float:
+    """How long a sweep's load lasts: steps x step duration, per target."""
+    return len(spec.rates or spec.steps) * spec.step_duration_s * len(spec.targets)
+
+
+def run_scheduled_sweep(name: str) -> dict[str, Any]:
+    """Run the scheduled sweep ``name`` and compare it with its baseline; returns the verdict."""
+    with _session() as session:
+        schedule = session.get(Schedule, name)
+        if schedule is None:
+            raise ValueError(f"no schedule named {name!r} (removed since it was enqueued?)")
+        spec = SweepFile.model_validate(schedule.sweep)
+    run_id = uuid.uuid4()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "sweep.json"
+        path.write_text(spec.model_dump_json())
+        command = [sys.executable, "-m", "stampede", "sweep", "--file", str(path), "--run-id", str(run_id), "--check"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=planned_s(spec) + JOB_MARGIN_S)
+    if result.returncode not in (0, REGRESSION_EXIT):
+        raise RuntimeError(f"sweep {name!r} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    with _session() as session:
+        run = session.get(Run, run_id)
+        findings = run.findings if run is not None else []
+    log.info("scheduled sweep %s: run %s, %d finding(s)", name, run_id, len(findings))
+    return {"run_id": str(run_id), "regression": result.returncode == REGRESSION_EXIT, "findings": findings}
+
+
+class JsonCronJob(CronJob):
+    """RQ's cron job, enqueued with the JSON serializer our workers read."""
+
+    def enqueue(self, connection: Redis) -> Job:
+        queue = Queue(self.queue_name, connection=connection, serializer=JSONSerializer)
+        job = queue.enqueue(self.func_name, *self.args, **self.kwargs, **self.job_options)
+        log.info("enqueued scheduled sweep %s on %s", self.args[0], self.queue_name)
+        return job
+
+
+def cron_job(schedule: Schedule, queue_name: str) -> JsonCronJob:
+    """The cron job that enqueues ``run_scheduled_sweep(name)`` for a schedule."""
+    return JsonCronJob(
+        queue_name=queue_name,
+        func_name=RUN_SCHEDULED_SWEEP,
+        args=(schedule.name,),
+        cron=schedule.cron,
+        job_timeout=int(planned_s(SweepFile.model_validate(schedule.sweep)) + JOB_MARGIN_S),
+        name=f"stampede-schedule:{schedule.name}",
+    )
+
+
+class SweepScheduler:
+    """RQ cron jobs for the schedules in the database, kept in step with it."""
+
+    def __init__(self, connection: Redis, queue_name: str) -> None:
+        self.connection = connection
+        self.queue_name = queue_name
+        self.jobs: dict[str, tuple[str, JsonCronJob]] = {}  # name -> (definition, cron job)
+
+    def reload(self) -> None:
+        """Add, replace or drop cron jobs so they match the schedules table."""
+        with _session() as session:
+            current = {s.name: s for s in list_schedules(session)}
+        for name in set(self.jobs) - set(current):
+            del self.jobs[name]
+        for name, schedule in current.items():
+            definition = schedule.cron + json.dumps(schedule.sweep, sort_keys=True)
+            if self.jobs.get(name, ("", None))[0] != definition:
+                self.jobs[name] = (definition, cron_job(schedule, self.queue_name))
+                log.info("schedule %s: '%s'", name, schedule.cron)
+
+    def enqueue_due(self) -> list[str]:
+        """Enqueue every sweep that is due; returns their names."""
+        due = []
+        for name, (_, job) in self.jobs.items():
+            if job.should_run():
+                job.enqueue(self.connection)
+                job.set_enqueue_time(datetime.now(UTC))
+                due.append(name)
+        return due
+
+    def sleep_s(self) -> float:
+        """Seconds until the next sweep is due, at most the reload interval."""
+        times = [job.next_enqueue_time for _, job in self.jobs.values() if job.next_enqueue_time]
+        if not times:
+            return RELOAD_S
+        return max(0.0, min(RELOAD_S, (min(times) - datetime.now(UTC)).total_seconds()))
+
+
+def main(argv: list[str]) -> int:
+    """``python -m workers scheduler``: enqueue scheduled sweeps when due, until stopped."""
+    parser = argparse.ArgumentParser(prog="stampede scheduler", description=__doc__)
+    parser.add_argument("--queue", default=SWEEPS_QUEUE, help=f"queue for the sweeps (default: {SWEEPS_QUEUE})")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    if settings.redis_url is None:
+        print("stampede scheduler: STAMPEDE_REDIS_URL is not set; scheduling needs Redis", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redis_url = settings.redis_url.get_secret_value()
+    log.info("scheduler: Redis %s, queue %s", redact_url(redis_url), args.queue)
+    scheduler = SweepScheduler(Redis.from_url(redis_url), args.queue)
+    while True:
+        scheduler.reload()
+        scheduler.enqueue_due()
+        time.sleep(scheduler.sleep_s())
