@@ -38,7 +38,7 @@ class RQSink(Sink):
         queue_name: str,
         batch_size: int,
         flush_interval_s: float,
-        max_buffered_records: int = 100_000,
+        max_buffered_records: int = 20_000,
         spill_path: Path | None = None,
     ) -> None:
         connection = Redis.from_url(redis_url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S)

@@ -66,7 +66,7 @@ class Sink(ABC):
         self,
         batch_size: int,
         flush_interval_s: float,
-        max_buffered_records: int = 100_000,
+        max_buffered_records: int = 20_000,
         spill_path: Path | None = None,
     ) -> None:
         self.batch_size = batch_size
@@ -162,7 +162,7 @@ class Sink(ABC):
     def _spill(self, job: str, arg: Any) -> None:
         if self._spill_writer is None:
             log.warning(
-                "store unreachable and %d records buffered; spilling to %s",
+                "%d records waiting (the store is away or slower than the load); spilling further ones to %s",
                 self._buffered_records,
                 self.spill_path,
             )

@@ -18,6 +18,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 
+from stampede.db import get_engine
 from stampede.settings import get_settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _warm_up_engine(url: str) -> None:
+    # One connection here makes SQLAlchemy learn the server's dialect details once, instead of in
+    # every forked job. The pool is then emptied: a connection must never be shared across a fork,
+    # so each job still opens its own.
+    engine = get_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # database not up yet: each job will find out, and retry
+        log.warning("database unreachable at start (%s); jobs will retry until it is back", type(exc).__name__)
+    engine.dispose()
+
+
 def main(argv: list[str]) -> int:
     """Run a worker until stopped (or, with ``--burst``, until the queues are empty)."""
     args = parse_args(argv)
@@ -63,8 +77,9 @@ def main(argv: list[str]) -> int:
         redact_url(settings.database_url.get_secret_value()),
     )
     # Load the jobs' code once here, so each forked job starts without paying for the imports; frozen,
-    # those objects are never walked by the collector. Connections are not shared: each job opens its own.
+    # those objects are never walked by the collector.
     importlib.import_module("workers.jobs")
+    _warm_up_engine(settings.database_url.get_secret_value())
     gc.freeze()
     pause_s = 1.0
     while True:

@@ -108,7 +108,7 @@ def test_outage_buffers_then_spills_then_replays_in_order(tmp_path: Path, caplog
     messages = [r.getMessage() for r in caplog.records]
     assert sum("buffering and retrying" in m for m in messages) == 1
     assert sum("reachable again" in m for m in messages) == 1
-    assert sum("spilling to" in m for m in messages) == 1
+    assert sum("spilling further ones to" in m for m in messages) == 1
 
 
 def test_secrets_are_masked_in_run_config_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
