@@ -69,9 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, dest=field_name, type=convert, help=text)
     for fault in FaultKind:
         flag = "--fault-" + fault.value.removeprefix("http_").replace("_", "-")
-        parser.add_argument(flag, dest=f"rate_{fault.value}", type=float, help=f"probability of a {fault.value} fault")
+        parser.add_argument(
+            flag, dest=f"rate_{fault.value}", type=float, metavar="RATE", help=f"probability of a {fault.value} fault"
+        )
     for flag, field_name, convert, text in _FAULT_FLAGS:
-        parser.add_argument(flag, dest=f"fault_{field_name}", type=convert, help=text)
+        parser.add_argument(flag, dest=f"fault_{field_name}", type=convert, metavar="N", help=text)
     parser.add_argument("--fault-window", metavar="START:END", help="rates apply only in this window (s since start)")
     return parser
 
