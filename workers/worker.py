@@ -82,18 +82,19 @@ def main(argv: list[str]) -> int:
     _warm_up_engine(settings.database_url.get_secret_value())
     gc.freeze()
     pause_s = 1.0
+    worker_class = SimpleWorker if args.simple else Worker
     while True:
         connection = Redis.from_url(redis_url)
         queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in args.queues]
-        worker_class = SimpleWorker if args.simple else Worker
-        worker = worker_class(
-            queues,
-            connection=connection,
-            serializer=JSONSerializer,
-            name=args.name,
-            maintenance_interval=MAINTENANCE_INTERVAL_S,
-        )
         try:
+            # Constructing the worker talks to Redis already.
+            worker = worker_class(
+                queues,
+                connection=connection,
+                serializer=JSONSerializer,
+                name=args.name,
+                maintenance_interval=MAINTENANCE_INTERVAL_S,
+            )
             worker.work(burst=args.burst, with_scheduler=True, logging_level=args.log_level)
             return 0
         except redis.exceptions.ConnectionError as exc:

@@ -74,3 +74,15 @@ def test_postgres_restart_mid_run_is_ridden_out_by_job_retries(
 def failed_attempts(redis_url: str, queue: str) -> int:
     """Jobs waiting for a retry: RQ puts a failed job with retries left in the scheduled registry."""
     return int(Redis.from_url(redis_url).zcard(f"rq:scheduled:{queue}"))
+
+
+def test_worker_started_before_redis_waits_for_it(pg_url, ephemeral_redis, queue_name, start_worker) -> None:
+    ephemeral_redis.stop()
+    worker = start_worker({"STAMPEDE_DATABASE_URL": pg_url, "STAMPEDE_REDIS_URL": ephemeral_redis.url}, queue_name)
+    wait_until(lambda: b"Redis unreachable" in worker.log.read_bytes(), 20, "the worker to find Redis away")
+    assert worker.process.poll() is None
+    ephemeral_redis.start()
+    sink = RQSink(ephemeral_redis.url, queue_name, 250, 0.1)
+    produce(sink, 500)
+    assert sink.close(timeout_s=10)
+    wait_until(lambda: stored_requests(pg_url) == 500, 30, "the records to be stored once Redis is up")
