@@ -1,0 +1,66 @@
+"""The PostgreSQL bulk path: COPY for a first delivery, and the ON CONFLICT fallback that keeps a
+retried or overlapping batch from doubling a row. SQLite's path is in tests/unit/test_store.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy.orm import Session
+
+from stampede import store
+from stampede.db import make_engine
+from stampede.records import Api, Outcome, RequestRecord
+from stampede.schema import Request
+from tests.integration.fleet_helpers import stored_requests
+
+pytest_plugins = ["tests.integration.fleet_fixtures"]
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def make_request(run_id: uuid.UUID) -> RequestRecord:
+    return RequestRecord(
+        run_id=run_id,
+        target="t",
+        step_index=0,
+        in_warmup=False,
+        host="h",
+        pid=1,
+        api=Api.OPENAI_CHAT,
+        model="m",
+        prompt_id="p",
+        outcome=Outcome.OK,
+        started_at=datetime.now(UTC),
+        chunk_offsets_ns=[50_000_000, 60_000_000, 80_000_000],
+        chunk_tokens=[1, 1, 1],
+        server_timings_ms={"total_ms": 85.0},
+        end_offset_ns=90_000_000,
+        output_tokens=3,
+    )
+
+
+def test_retried_and_overlapping_batches_add_only_new_rows(pg_url: str) -> None:
+    run_id = uuid.uuid4()
+    first = [make_request(run_id) for _ in range(1000)]
+    engine = make_engine(pg_url)
+    try:
+        with Session(engine) as session, session.begin():
+            assert store.insert_request_records(session, first) == 1000  # straight COPY
+        with Session(engine) as session, session.begin():
+            assert store.insert_request_records(session, first) == 0  # a retry: the fallback path
+        overlap = first[500:] + [make_request(run_id) for _ in range(10)]
+        with Session(engine) as session, session.begin():
+            assert store.insert_request_records(session, overlap) == 10
+            # Several batches in one transaction: the temporary table starts empty each time.
+            assert store.insert_request_records(session, overlap + [make_request(run_id)]) == 1
+        assert stored_requests(pg_url) == 1011
+        with Session(engine) as session:
+            row = session.get(Request, first[0].id)
+            assert row is not None
+            assert (row.ttft_ms, row.e2e_ms, row.output_chunks) == (50.0, 90.0, 3)
+            assert (row.chunk_tokens, row.server_timings_ms) == ([1, 1, 1], {"total_ms": 85.0})
+    finally:
+        engine.dispose()
