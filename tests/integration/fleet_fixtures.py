@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -175,6 +176,8 @@ class EphemeralPostgres:
 def ephemeral_pg() -> Iterator[EphemeralPostgres]:
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"{PG_BIN}/initdb is missing; {HOW_TO_GET}")
+    if os.geteuid() == 0 and not _user_exists("postgres"):
+        pytest.skip(f"initdb refuses to run as root and there is no postgres user to run it as; {HOW_TO_GET}")
     directory = Path(tempfile.mkdtemp(prefix="stampede-pg-"))
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres", "postgres")
@@ -187,6 +190,14 @@ def ephemeral_pg() -> Iterator[EphemeralPostgres]:
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped by the test
             cluster.stop("immediate")
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @dataclass
