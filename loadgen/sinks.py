@@ -21,11 +21,13 @@ from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
 import gevent
 import orjson
 from gevent.event import Event
 from rq.utils import import_attribute
+from sqlalchemy.engine import make_url
 
 from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.settings import get_settings
@@ -36,6 +38,7 @@ STORE_STEP = "workers.jobs.store_step"
 STORE_LOADGEN_SAMPLES = "workers.jobs.store_loadgen_samples"
 
 REDACTED = "**********"
+MIN_SECRET_CHARS = 4
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,12 @@ def known_secrets() -> list[str]:
         urls.append(settings.redis_url.get_secret_value())
     found = [settings.api_key.get_secret_value()] if settings.api_key is not None else []
     for url in urls:
-        # The password sits between "user:" and "@"; parsing by hand avoids importing the database driver.
-        netloc = url.partition("://")[2].rpartition("@")[0]
-        if ":" in netloc:
-            found.append(netloc.partition(":")[2])
-    return [s for s in found if s]
+        password = make_url(url).password
+        if password:
+            # As written in the URL (percent-encoded) and as the server sees it.
+            found += [str(password), quote(str(password), safe="")]
+    # Masking a secret of a few characters would garble every string it occurs in.
+    return sorted({s for s in found if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
 
 
 class Sink(ABC):

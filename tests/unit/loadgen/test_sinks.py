@@ -113,7 +113,7 @@ def test_outage_buffers_then_spills_then_replays_in_order(tmp_path: Path, caplog
 
 def test_secrets_are_masked_in_run_config_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STAMPEDE_API_KEY", "sk-planted-key")
-    monkeypatch.setenv("STAMPEDE_DATABASE_URL", "postgresql+psycopg://u:db-planted-pw@db/x")
+    monkeypatch.setenv("STAMPEDE_DATABASE_URL", "postgresql+psycopg://u:db-planted%40pw@db/x")
     get_settings.cache_clear()
     sink = FakeSink(batch_size=10, flush_interval_s=0.05)
     run = RunRecord(
@@ -121,14 +121,17 @@ def test_secrets_are_masked_in_run_config_and_errors(monkeypatch: pytest.MonkeyP
         name="r",
         status=RunStatus.RUNNING,
         started_at=datetime.now(UTC),
-        config={"headers": {"Authorization": "Bearer sk-planted-key"}, "db": ["db-planted-pw"]},
+        config={
+            "headers": {"Authorization": "Bearer sk-planted-key"},
+            "db": ["db-planted@pw", "postgresql+psycopg://u:db-planted%40pw@db/x"],
+        },
     )
     sink.add_run(run)
     sink.add_request(make_request(outcome=Outcome.HTTP_ERROR, error="401: bad key sk-planted-key"))
     assert sink.close(timeout_s=2)
     sent = repr(sink.delivered)
     assert "planted" not in sent
-    assert sent.count(REDACTED) == 3
+    assert sent.count(REDACTED) == 4
 
 
 def test_in_process_sink_stores_through_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
