@@ -10,7 +10,7 @@ keeps the insert idempotent, which COPY alone cannot. SQLite gets multi-row INSE
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -116,48 +116,62 @@ def request_row(record: RequestRecord) -> dict[str, Any]:
     return dict(zip(REQUEST_COLUMNS, request_values(record), strict=True))
 
 
-def insert_request_records(session: Session, records: Sequence[RequestRecord]) -> int:
-    """Insert records, ignoring ones already stored; returns how many rows were new."""
-    if not records:
-        return 0
+def insert_request_records(session: Session, records: Iterable[RequestRecord]) -> int:
+    """Insert records, ignoring ones already stored; returns how many rows were new.
+
+    ``records`` may be a generator: on PostgreSQL it is consumed while COPY sends rows, so a caller
+    that validates lazily overlaps its work with the server's. An exception it raises aborts the
+    whole insert.
+    """
     if session.get_bind().dialect.name == "postgresql":
         return _copy_request_records(session, records)
+    batch = list(records)
     stored = 0
-    for start in range(0, len(records), ROWS_PER_STATEMENT):
-        rows = [request_row(r) for r in records[start : start + ROWS_PER_STATEMENT]]
+    for start in range(0, len(batch), ROWS_PER_STATEMENT):
+        rows = [request_row(r) for r in batch[start : start + ROWS_PER_STATEMENT]]
         stmt = _insert(session, Request).values(rows).on_conflict_do_nothing(index_elements=["id"])
         result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
         stored += result.rowcount
     return stored
 
 
-def _copy_request_records(session: Session, records: Sequence[RequestRecord]) -> int:
+def _copy_row(record: RequestRecord) -> list[Any]:
+    row = list(request_values(record))
+    for i in _JSON_COLUMNS:
+        row[i] = orjson.dumps(row[i]).decode()
+    return row
+
+
+def _copy_request_records(session: Session, records: Iterable[RequestRecord]) -> int:
     names = ", ".join(REQUEST_COLUMNS)
-    rows = []
-    for record in records:
-        row = list(request_values(record))
-        for i in _JSON_COLUMNS:
-            row[i] = orjson.dumps(row[i]).decode()
-        rows.append(row)
+    sent: list[RequestRecord] = []
+
+    def rows() -> Iterator[list[Any]]:
+        for record in records:
+            sent.append(record)
+            yield _copy_row(record)
+
     # The psycopg connection under the session's, so COPY joins the caller's transaction.
     dbapi_connection = session.connection().connection.driver_connection
     assert dbapi_connection is not None
     with dbapi_connection.cursor() as cursor:
-        # A first delivery goes straight in. If any row is already there (a retried batch), the
-        # COPY fails as a whole and the batch goes through a temporary table and ON CONFLICT instead.
+        # A first delivery goes straight in, each row built as COPY sends it, so the server stores
+        # some while this process prepares the next. If any row is already there (a retried batch),
+        # the COPY fails as a whole and the batch goes through a temporary table and ON CONFLICT.
         cursor.execute("SAVEPOINT stampede_copy")
         try:
-            _copy_rows(cursor, Request.__tablename__, rows)
+            _copy_rows(cursor, Request.__tablename__, rows())
         except UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT stampede_copy")
         else:
             cursor.execute("RELEASE SAVEPOINT stampede_copy")
-            return len(rows)
+            return len(sent)
+        sent.extend(records)  # the server may have refused the COPY before every row was read
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING_REQUESTS} "
             f"(LIKE {Request.__tablename__}) ON COMMIT DELETE ROWS"
         )
-        _copy_rows(cursor, _INCOMING_REQUESTS, rows)
+        _copy_rows(cursor, _INCOMING_REQUESTS, (_copy_row(r) for r in sent))
         cursor.execute(
             f"INSERT INTO {Request.__tablename__} ({names}) SELECT {names} FROM {_INCOMING_REQUESTS} "
             "ON CONFLICT (id) DO NOTHING"
@@ -168,7 +182,7 @@ def _copy_request_records(session: Session, records: Sequence[RequestRecord]) ->
     return stored
 
 
-def _copy_rows(cursor: Any, table: str, rows: list[list[Any]]) -> None:
+def _copy_rows(cursor: Any, table: str, rows: Iterable[list[Any]]) -> None:
     with cursor.copy(f"COPY {table} ({', '.join(REQUEST_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(list(REQUEST_COLUMNS.values()))
         for row in rows:

@@ -22,7 +22,9 @@ def _session() -> Session:
 
 def store_request_records(records: list[dict[str, Any]]) -> int:
     """Validate and store a batch of request records; returns how many were new (retries add none)."""
-    parsed = [RequestRecord.model_validate(r) for r in records]
+    # Validated as the store consumes them, so on PostgreSQL validation overlaps with the server
+    # storing earlier rows; an invalid record still fails the whole batch, as the transaction rolls back.
+    parsed = (RequestRecord.model_validate(r) for r in records)
     with _session() as session, session.begin():
         return store.insert_request_records(session, parsed)
 

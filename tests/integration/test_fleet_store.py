@@ -1,5 +1,6 @@
-"""The PostgreSQL bulk path: COPY for a first delivery, and the ON CONFLICT fallback that keeps a
-retried or overlapping batch from doubling a row. SQLite's path is in tests/unit/test_store.py.
+"""The PostgreSQL bulk path: COPY for a first delivery, the ON CONFLICT fallback that keeps a
+retried or overlapping batch from doubling a row, and the job validating records as COPY sends
+them. SQLite's path is in tests/unit/test_store.py.
 """
 
 from __future__ import annotations
@@ -8,13 +9,16 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from stampede import store
 from stampede.db import make_engine
 from stampede.records import Api, Outcome, RequestRecord
 from stampede.schema import Request
+from stampede.settings import get_settings
 from tests.integration.fleet_helpers import stored_requests
+from workers import jobs
 
 pytest_plugins = ["tests.integration.fleet_fixtures"]
 
@@ -64,3 +68,21 @@ def test_retried_and_overlapping_batches_add_only_new_rows(pg_url: str) -> None:
             assert (row.chunk_tokens, row.server_timings_ms) == ([1, 1, 1], {"total_ms": 85.0})
     finally:
         engine.dispose()
+
+
+def test_the_job_validates_while_copying_and_an_invalid_record_fails_the_batch(pg_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("STAMPEDE_DATABASE_URL", pg_url)
+    get_settings.cache_clear()
+    try:
+        run_id = uuid.uuid4()
+        batch = [make_request(run_id).to_job_arg() for _ in range(600)]
+        assert jobs.store_request_records(batch) == 600
+        # A retry: the generator of validated records is partly consumed when COPY is refused.
+        assert jobs.store_request_records(batch + [make_request(run_id).to_job_arg()]) == 1
+        broken = [make_request(run_id).to_job_arg() for _ in range(600)]
+        broken[300]["step_index"] = -1
+        with pytest.raises(ValidationError):
+            jobs.store_request_records(broken)
+        assert stored_requests(pg_url) == 601  # nothing of the broken batch
+    finally:
+        get_settings.cache_clear()
