@@ -59,6 +59,10 @@ class Pacer:
     def rate_per_s(self) -> float:
         return self._rate_per_s
 
+    def set_schedule(self, schedule: ArrivalSchedule) -> None:
+        """Draw gaps from ``schedule`` from the next due time on."""
+        self._schedule = schedule
+
     def set_rate(self, rate_per_s: float) -> None:
         """Change the rate from the next due time on; 0 pauses the pacer."""
         if rate_per_s != self._rate_per_s:

@@ -23,12 +23,10 @@ from locust.exception import StopUser
 from locust.runners import MasterRunner
 
 from loadgen.clients import APIS, ChatApi, Measurement, encode_body, send_chat
-from loadgen.health import HealthMonitor
 from loadgen.options import add_chat_arguments, ensure_run_id
-from loadgen.prompts import PromptPicker, get_prompt_set
+from loadgen.prompts import PromptPicker
 from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
 from loadgen.sinks import InProcessSink, Sink
-from loadgen.tokenizers import TokenCounter, load_tokenizer
 from stampede.records import Api, Outcome, RequestRecord, utc_now
 from stampede.settings import Settings, get_settings
 
@@ -66,9 +64,6 @@ def _on_init(environment: Environment, **_: Any) -> None:
     ensure_run_id(environment.parsed_options)
     context = RunContext(environment, make_sink(get_settings()))
     environment.stampede = context  # type: ignore[attr-defined]
-    environment.stampede_health = HealthMonitor(  # type: ignore[attr-defined]
-        context.sink.add_loadgen_sample, lambda: (context.run_id, context.target, context.step_index), HOSTNAME
-    )
     if environment.runner is not None:
         environment.runner.register_message(STEP_MESSAGE, lambda msg, **_: context.on_step(msg.data))
 
@@ -77,7 +72,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
 def _on_test_start(environment: Environment, **_: Any) -> None:
     context: RunContext = environment.stampede  # type: ignore[attr-defined]
     if not isinstance(environment.runner, MasterRunner):
-        environment.stampede_health.start()  # type: ignore[attr-defined]  # processes that send requests
+        context.health.start()  # the processes that send requests watch themselves
     if not context.is_coordinator:
         return
     context.start_run()
@@ -89,7 +84,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     context: RunContext = environment.stampede  # type: ignore[attr-defined]
-    environment.stampede_health.stop()  # type: ignore[attr-defined]
+    context.health.stop()
     if context.is_coordinator:
         context.end_run()
     context.sink.flush(SINK_CLOSE_TIMEOUT_S)
@@ -112,15 +107,14 @@ class ChatUser(User):
     network_timeout_s = 120.0
 
     def on_start(self) -> None:
-        opts = self.environment.parsed_options
         self._context: RunContext = self.environment.stampede  # type: ignore[attr-defined]
         try:
-            prompts = get_prompt_set(opts.prompt_set)
-            self._tokenizer: TokenCounter | None = load_tokenizer(opts.tokenizer) if opts.tokenizer else None
+            prompts = self._context.prompts()
+            self._tokenizer = self._context.tokenizer()
         except ValueError as exc:
             log.error("%s", exc)
             raise StopUser() from exc
-        self._picker = PromptPicker(prompts, seed=opts.seed * 1_000_003 + id(self) % 1_000_003)
+        self._picker = PromptPicker(prompts, seed=self._context.user_seed())
         self._headers = {"Content-Type": "application/json", "Accept": "*/*"}
         api_key = get_settings().api_key
         if api_key is not None:

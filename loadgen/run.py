@@ -8,6 +8,7 @@ clock, so hosts need no clock agreement for it.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 import uuid
@@ -20,7 +21,10 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from loadgen.arrivals import Arrival, ArrivalSchedule, Pacer
 from loadgen.clients import APIS, ChatApi
+from loadgen.health import HealthMonitor
+from loadgen.prompts import Prompt, get_prompt_set
 from loadgen.sinks import Sink
+from loadgen.tokenizers import TokenCounter, load_tokenizer
 from stampede.records import Api, RunRecord, RunStatus, StepRecord, utc_now
 
 STEP_MESSAGE = "stampede_step"
@@ -46,8 +50,13 @@ class RunContext:
         self._measure_from_ns = 0
         self._step: StepRecord | None = None
         self._run: RunRecord | None = None
-        opts = environment.parsed_options
-        self.pacer = Pacer(ArrivalSchedule(Arrival(opts.arrival), opts.burstiness, opts.seed), time.perf_counter_ns)
+        # Arrivals are configured by the step messages, which carry the master's options to workers.
+        self.pacer = Pacer(ArrivalSchedule(Arrival.POISSON), time.perf_counter_ns)
+        self._arrivals: tuple[str, float, int] | None = None
+        self.health = HealthMonitor(sink.add_loadgen_sample, self._describe, HOSTNAME)
+        self._users = itertools.count()
+        self._prompts: dict[str, tuple[Prompt, ...]] = {}
+        self._tokenizers: dict[str, TokenCounter] = {}
 
     @property
     def options(self) -> Any:
@@ -75,8 +84,30 @@ class RunContext:
         """True for the process that owns steps: the master, or the only process."""
         return not isinstance(self.environment.runner, WorkerRunner)
 
+    def _describe(self) -> tuple[uuid.UUID, str, int]:
+        return self.run_id, self.target, self.step_index
+
+    def user_seed(self) -> int:
+        """A seed for the next user of this process: runs with the same ``--seed`` repeat."""
+        worker = getattr(self.environment.runner, "worker_index", 0)
+        return hash((self.options.seed, worker, next(self._users)))
+
     def in_warmup(self) -> bool:
         return time.perf_counter_ns() < self._measure_from_ns
+
+    def prompts(self) -> tuple[Prompt, ...]:
+        """The run's prompt set, loaded once per process (ValueError if it cannot be)."""
+        spec = self.options.prompt_set  # read now: a worker learns the master's options at spawn
+        if spec not in self._prompts:
+            self._prompts[spec] = get_prompt_set(spec)
+        return self._prompts[spec]
+
+    def tokenizer(self) -> TokenCounter | None:
+        """The client-side tokenizer, loaded once per process; None when none was named."""
+        spec = self.options.tokenizer
+        if spec and spec not in self._tokenizers:
+            self._tokenizers[spec] = load_tokenizer(spec)
+        return self._tokenizers.get(spec) if spec else None
 
     # Coordinator side
 
@@ -144,6 +175,9 @@ class RunContext:
             "warmup_s": self._step.warmup_s,
             "rate_per_s": self._step.request_rate_per_s or 0.0,
             "share": 1.0,
+            "arrival": self.options.arrival,
+            "burstiness": self.options.burstiness,
+            "seed": self.options.seed,
         }
         if isinstance(runner, MasterRunner):
             # Each worker paces its share of the rate; the share follows workers joining or leaving.
@@ -154,6 +188,12 @@ class RunContext:
     # Every process
 
     def on_step(self, data: dict[str, Any]) -> None:
+        arrivals = (data["arrival"], data["burstiness"], data["seed"])
+        if arrivals != self._arrivals:
+            # Each worker draws its own gaps: the same sequence everywhere would line bursts up.
+            worker = getattr(self.environment.runner, "worker_index", 0)
+            self.pacer.set_schedule(ArrivalSchedule(Arrival(arrivals[0]), arrivals[1], hash((arrivals[2], worker))))
+            self._arrivals = arrivals
         self.pacer.set_rate(data["rate_per_s"] * data["share"])
         if data["index"] == self.step_index and self._measure_from_ns:
             return

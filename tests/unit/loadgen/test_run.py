@@ -1,0 +1,63 @@
+"""A process's run context follows the master's step messages: step, warm-up and open-loop pacing."""
+
+import time
+import uuid
+from types import SimpleNamespace
+
+from loadgen.run import RunContext, public_url
+from stampede.records import LoadgenSampleRecord
+
+
+class NullSink:
+    def add_loadgen_sample(self, sample: LoadgenSampleRecord) -> None:
+        pass
+
+
+def context(**options: object) -> RunContext:
+    opts = SimpleNamespace(run_id=str(uuid.uuid4()), target_name="t", seed=0, arrival="poisson", burstiness=1.0)
+    opts.__dict__.update(options)
+    environment = SimpleNamespace(parsed_options=opts, runner=None, host="http://h:1", user_classes=[])
+    return RunContext(environment, NullSink())  # type: ignore[arg-type]
+
+
+def message(index: int, **fields: object) -> dict[str, object]:
+    data: dict[str, object] = {"run_id": str(uuid.uuid4()), "index": index, "warmup_s": 0.0, "rate_per_s": 0.0,
+                               "share": 1.0, "arrival": "constant", "burstiness": 1.0, "seed": 0}  # fmt: skip
+    data.update(fields)
+    return data
+
+
+def test_a_step_message_sets_the_step_the_run_and_the_warmup() -> None:
+    ctx = context()
+    data = message(2, warmup_s=30.0)
+    ctx.on_step(data)
+    assert ctx.step_index == 2 and str(ctx.run_id) == data["run_id"]
+    assert ctx.in_warmup()
+    ctx.on_step(message(3, warmup_s=0.0))
+    assert not ctx.in_warmup()
+
+
+def test_open_loop_rate_is_the_share_of_this_process_with_the_masters_arrivals() -> None:
+    ctx = context(arrival="poisson")
+    ctx.on_step(message(0, rate_per_s=10.0, share=0.5, arrival="constant"))
+    assert ctx.pacer.rate_per_s == 5.0
+    first, second = ctx.pacer.reserve(), ctx.pacer.reserve()
+    assert first is not None and second is not None
+    assert second - first == 200_000_000  # constant gaps at 5/s, not the local default (poisson)
+    assert first <= time.perf_counter_ns()
+
+
+def test_closed_loop_steps_pause_the_pacer() -> None:
+    ctx = context()
+    ctx.on_step(message(0))
+    assert ctx.pacer.reserve() is None
+
+
+def test_user_seeds_repeat_across_identical_runs() -> None:
+    a, b = context(seed=7), context(seed=7)
+    assert [a.user_seed() for _ in range(3)] == [b.user_seed() for _ in range(3)]
+    assert len({a.user_seed() for _ in range(3)}) == 3
+
+
+def test_urls_lose_credentials_before_they_are_stored() -> None:
+    assert public_url("https://user:secret@gpu1:8000/v1?key=abc") == "https://gpu1:8000/v1"
