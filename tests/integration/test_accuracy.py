@@ -168,9 +168,9 @@ def test_measured_gaps_and_ttft_track_the_truth_grossly(comparison: Comparison) 
     strict=True,
     reason=(
         "200 streams in one process on 2 shared cores: a decode step hands the client 200 chunks at once, "
-        "read and stamped one after another at ~40 us each (several ms per burst), the OS delays even an "
-        "idle process's 1 ms sleep by >1 ms at p99 here, and the in-process SQLite store holds the GIL "
-        "~17 ms per 40-record batch; p99 ITL error measured 25-46 ms, TTFT deviation 8-30 ms "
+        "read and stamped one after another at ~35 us each (~7 ms per burst), the OS wakes even an idle "
+        "thread's 1 ms sleep >1 ms late at p99 here, and the in-process SQLite store holds the GIL ~80 ms "
+        "per 200-record batch each second; p99 ITL error measured 23-46 ms, TTFT deviation 6-25 ms "
         "(docs/benchmarks.md, Measurement accuracy)"
     ),
 )
