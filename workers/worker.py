@@ -20,6 +20,7 @@ from rq.serializers import JSONSerializer
 
 from stampede.db import get_engine
 from stampede.settings import get_settings, redact_url
+from workers.rqjob import StampedeJob
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,16 @@ def main(argv: list[str]) -> int:
     worker_class = SimpleWorker if args.simple else Worker
     while True:
         connection = Redis.from_url(redis_url)
-        queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in args.queues]
+        queues = [
+            Queue(name, connection=connection, serializer=JSONSerializer, job_class=StampedeJob) for name in args.queues
+        ]
         try:
             # Constructing the worker talks to Redis already.
             worker = worker_class(
                 queues,
                 connection=connection,
                 serializer=JSONSerializer,
+                job_class=StampedeJob,
                 name=args.name,
                 maintenance_interval=MAINTENANCE_INTERVAL_S,
             )
