@@ -7,22 +7,31 @@ from collections.abc import Sequence
 from stampede.report import TargetStep
 
 COLUMNS = (
-    ("target", "<"), ("step", ">"), ("users", ">"), ("req/s", ">"), ("out tok/s", ">"),
+    ("target", "<"), ("step", ">"), ("load", ">"), ("req/s", ">"), ("out tok/s", ">"),
     ("TTFT p50", ">"), ("TTFT p99", ">"), ("ITL p50", ">"), ("ITL p99", ">"),
     ("E2E p50", ">"), ("E2E p99", ">"), ("errors", ">"),
 )  # fmt: skip
+GOODPUT = ("goodput/s", ">")
+NOTES = ("", "<")
+SATURATED = "generator saturated"
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def _row(item: TargetStep) -> list[str]:
+def _load(item: TargetStep) -> str:
+    if item.request_rate_per_s is not None:
+        return f"{item.request_rate_per_s:g}/s"
+    return str(item.summary.users)
+
+
+def _row(item: TargetStep, with_goodput: bool) -> list[str]:
     s = item.summary
-    return [
+    row = [
         item.target,
         str(item.index),
-        str(s.users),
+        _load(item),
         f"{s.requests_per_s:,.2f}",
         f"{s.output_tokens_per_s:,.1f}",
         _ms(s.ttft_ms.p50),
@@ -33,17 +42,25 @@ def _row(item: TargetStep) -> list[str]:
         _ms(s.e2e_ms.p99),
         f"{s.errors}/{s.requests}",
     ]
+    if with_goodput:
+        row.append("-" if s.goodput_requests_per_s is None else f"{s.goodput_requests_per_s:,.2f}")
+    row.append(SATURATED if item.saturated else "")
+    return row
 
 
 def format_summary(steps: Sequence[TargetStep]) -> str:
-    """Aligned table: one line per target and step; latencies in ms."""
-    rows = [[name for name, _ in COLUMNS], *(_row(step) for step in steps)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    """Aligned table: one line per target and step; latencies in ms; load is users or requests/s."""
+    with_goodput = any(step.summary.goodput_requests_per_s is not None for step in steps)
+    columns = (*COLUMNS, GOODPUT, NOTES) if with_goodput else (*COLUMNS, NOTES)
+    rows = [[name for name, _ in columns], *(_row(step, with_goodput) for step in steps)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [f"{cell:{align}{width}}" for cell, (_, align), width in zip(row, COLUMNS, widths, strict=True)]
+        cells = [f"{cell:{align}{width}}" for cell, (_, align), width in zip(row, columns, widths, strict=True)]
         lines.append("  ".join(cells).rstrip())
         if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
+            lines.append("  ".join("-" * w for w in widths).rstrip())
     lines.append("latencies in ms over each step's measured window (warm-up excluded); errors = failed/sent")
+    if any(step.saturated for step in steps):
+        lines.append(f"{SATURATED}: the load generator ran out of CPU or its event loop lagged; see docs/metrics.md")
     return "\n".join(lines)

@@ -1,0 +1,33 @@
+"""The end-of-sweep table: one aligned line per step, goodput only with SLOs, saturation called out."""
+
+from stampede.metrics import Percentiles, StepSummary
+from stampede.report import TargetStep
+from stampede.table import format_summary
+
+
+def step(index: int, users: int, goodput: float | None = None, **kw: object) -> TargetStep:
+    p = Percentiles(10.0, 20.0, 30.0)
+    summary = StepSummary(users, 10.0, 50, 1, 4.9, 250.0, p, p, p, p, goodput_requests_per_s=goodput)
+    return TargetStep("vllm-like", index, summary, **kw)  # type: ignore[arg-type]
+
+
+def test_rows_align_and_carry_the_figures() -> None:
+    lines = format_summary([step(0, 1), step(1, 16)]).splitlines()
+    assert lines[0].split() == ["target", "step", "load", "req/s", "out", "tok/s", "TTFT", "p50", "TTFT", "p99",
+                                "ITL", "p50", "ITL", "p99", "E2E", "p50", "E2E", "p99", "errors"]  # fmt: skip
+    assert lines[2].split() == ["vllm-like", "0", "1", "4.90", "250.0", "10.0", "30.0", "10.0", "30.0", "10.0",
+                                "30.0", "1/50"]  # fmt: skip
+    assert len({len(line) for line in lines[:2]}) == 1
+
+
+def test_open_loop_steps_show_their_rate_and_slos_add_goodput() -> None:
+    text = format_summary([step(0, 8, goodput=3.5, request_rate_per_s=5.0)])
+    assert "goodput/s" in text.splitlines()[0]
+    assert text.splitlines()[2].split()[2] == "5/s" and "3.50" in text.splitlines()[2]
+
+
+def test_a_saturated_step_is_flagged_and_explained() -> None:
+    text = format_summary([step(0, 1), step(1, 64, saturated=True)])
+    assert text.splitlines()[3].endswith("generator saturated")
+    assert not text.splitlines()[2].endswith("generator saturated")
+    assert "the load generator ran out of CPU" in text
