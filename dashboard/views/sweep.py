@@ -1,0 +1,53 @@
+"""Sweep: throughput and latency against load (concurrency, or request rate in open loop), one line per
+target, with the knee (highest load meeting the SLOs) and the steps where the load generator saturated."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, queries, widgets
+from stampede.report import SloLimits, knees
+
+st.title("Sweep")
+url = queries.database_url()
+run = widgets.pick_run(url)
+if run is None:
+    st.stop()
+run_slo = SloLimits.of_config(queries.run_detail(url, run["id"])["config"])
+limits = widgets.slo_limits(run_slo)
+
+
+def page() -> None:
+    summaries = queries.step_summaries(url, run["id"])
+    if not summaries:
+        st.info("No step of this run has ended yet.")
+        return
+    steps = pd.DataFrame([s.as_row() for s in summaries])
+    found = knees(summaries, limits) if limits.any_set else {}
+    knee_loads = {t: None if k is None else k.load for t, k in found.items()}
+
+    if limits.any_set:
+        text = ", ".join(f"{t}: {'none' if v is None else f'{v:g}'}" for t, v in knee_loads.items())
+        st.markdown(f"**Knee** (highest load meeting every SLO, ★): {text}")
+    if steps["saturated"].any():
+        st.warning("✕ marks steps where a load generator saturated (CPU ≥ 90 % or loop lag ≥ 10 ms): those figures "
+                   "describe the client, not the server.")  # fmt: skip
+
+    tokens = charts.by_load(
+        steps, {"output_tokens_per_s": ""}, "Output tokens/s vs load", "Output tokens/s", knee_loads
+    )
+    rates = {"requests_per_s": ""} | ({"goodput_requests_per_s": "goodput"} if run_slo.request_slo() else {})
+    requests = charts.by_load(steps, rates, "Requests/s vs load", "Requests/s", knee_loads)
+    left, right = st.columns(2)
+    left.plotly_chart(tokens, key="tokens")
+    right.plotly_chart(requests, key="requests")
+    limit = {"ttft": limits.ttft_ms, "itl": None, "e2e": limits.e2e_ms}
+    for column, (metric, label) in zip(st.columns(3), (("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E")), strict=True):
+        column.plotly_chart(charts.latency_by_load(steps, metric, label, knee_loads, limit[metric]), key=metric)
+
+    st.subheader("Steps")
+    st.dataframe(steps, hide_index=True)
+    widgets.download_csv(steps, "sweep")
+    widgets.download_run_json(url, run["id"])
+
+
+widgets.live(run["status"], page)

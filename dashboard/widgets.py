@@ -1,0 +1,86 @@
+"""Controls shared by several views: the run picker, SLO overrides, downloads and live refresh."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import queries
+from stampede.report import SloLimits
+
+# A plain session key, not the widget's own: Streamlit forgets a widget's state when the user opens a
+# page that does not draw it, and the run picked should follow the user from page to page.
+RUN_KEY = "run_id"
+# How often a page of a running run reloads its figures.
+LIVE_REFRESH_S = 5
+SLO_INPUTS = {"ttft_ms": "TTFT ms", "tpot_ms": "TPOT ms", "e2e_ms": "E2E ms", "max_error_rate": "Max error rate"}
+
+
+def run_label(run: pd.Series) -> str:
+    """How a run is named in pickers: name, start (UTC) and status."""
+    return f"{run['name']} · {run['started_at']:%Y-%m-%d %H:%M} · {run['status']}"
+
+
+def pick_run(url: str) -> pd.Series | None:
+    """A run picked in the sidebar (the ``run`` query parameter, then the last pick, then the latest)."""
+    runs = queries.runs(url)
+    if runs.empty:
+        st.info(
+            "No runs in the results store yet. Run a sweep (or `stampede demo`) with the same "
+            "`STAMPEDE_DATABASE_URL`, then reload."
+        )
+        return None
+    ids = list(runs["id"])
+    labels = {run["id"]: run_label(run) for _, run in runs.iterrows()}
+    wanted = st.query_params.get("run") or st.session_state.get(RUN_KEY)
+    run_id = st.sidebar.selectbox(
+        "Run", ids, index=ids.index(wanted) if wanted in ids else 0, format_func=labels.__getitem__
+    )
+    st.session_state[RUN_KEY] = run_id
+    st.query_params["run"] = run_id
+    return runs.loc[runs["id"] == run_id].iloc[0]
+
+
+def slo_limits(run_slo: SloLimits) -> SloLimits:
+    """The SLOs to judge the knee by: the run's, each overridable in the sidebar (0 clears a limit)."""
+    st.sidebar.subheader("SLOs (p99)")
+    values = {}
+    for name, label in (
+        ("ttft_ms", "TTFT ms"),
+        ("tpot_ms", "TPOT ms"),
+        ("e2e_ms", "E2E ms"),
+        ("max_error_rate", "Max error rate"),
+    ):
+        value = st.sidebar.number_input(
+            label, min_value=0.0, value=float(getattr(run_slo, name) or 0.0), key=f"slo_{name}"
+        )
+        values[name] = value or None
+    return SloLimits(**values)
+
+
+def download_csv(frame: pd.DataFrame, name: str) -> None:
+    """A button that downloads ``frame`` as ``name``.csv."""
+    st.download_button(
+        f"Download {name}.csv", frame.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv", key=f"csv_{name}"
+    )
+
+
+def download_run_json(url: str, run_id: str) -> None:
+    """A button that downloads the run (row, config, findings) with its step summaries as JSON."""
+    data = queries.run_detail(url, run_id) | {"steps": [step.as_row() for step in queries.step_summaries(url, run_id)]}
+    st.download_button(
+        "Download run.json", json.dumps(data, indent=2, default=str), file_name=f"run-{run_id}.json",
+        mime="application/json", key="json_run",
+    )  # fmt: skip
+
+
+def live(status: str, body: Callable[[], None]) -> None:
+    """Draw ``body``; while the run is still running, redraw it every few seconds with fresh data."""
+    if status == "running":
+        st.caption(f"Run in progress: refreshing every {LIVE_REFRESH_S} s.")
+        st.fragment(run_every=LIVE_REFRESH_S)(body)()
+    else:
+        body()

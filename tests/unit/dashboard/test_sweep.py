@@ -1,0 +1,129 @@
+"""The Sweep page: each target's throughput and latency against load, the knee and saturation markers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from dashboard.widgets import LIVE_REFRESH_S
+from stampede.records import RunStatus
+from tests.unit.dashboard.dashboard_fixtures import T0, Seeder, figures, run_app
+
+
+def traces(fig: dict) -> dict[str, dict]:
+    return {t["name"]: t for t in fig["data"]}
+
+
+def test_throughput_has_one_line_per_target_over_the_step_concurrencies(seeder: Seeder) -> None:
+    seeder.sweep()
+
+    figs = figures(run_app())
+    tokens, requests = traces(figs["Output tokens/s vs load"]), traces(figs["Requests/s vs load"])
+
+    assert set(tokens) == set(requests) == {"ollama-like", "vllm-like"}
+    assert figs["Output tokens/s vs load"]["layout"]["xaxis"]["title"]["text"] == "Concurrent users"
+    for target in tokens:
+        assert tokens[target]["x"] == [1.0, 2.0, 4.0, 8.0]
+        # 5 requests per user over a 10 s window, 10 tokens each: 5 tokens/s and 0.5 requests/s per user.
+        assert tokens[target]["y"] == [5.0, 10.0, 20.0, 40.0]
+        assert requests[target]["y"] == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_latency_charts_show_p50_p90_p99_per_target_without_warmup(seeder: Seeder) -> None:
+    seeder.sweep()
+
+    figs = figures(run_app())
+
+    ttft = {name: t["y"] for name, t in traces(figs["TTFT vs load"]).items()}
+    assert set(ttft) == {f"{t} p{p}" for t in ("ollama-like", "vllm-like") for p in (50, 90, 99)}
+    assert ttft["ollama-like p99"] == [100.0, 200.0, 400.0, 800.0]
+    assert ttft["vllm-like p50"] == [60.0, 70.0, 90.0, 130.0]
+    assert traces(figs["ITL vs load"])["vllm-like p90"]["y"] == [10.25, 10.5, 11.0, 12.0]
+    # E2E = TTFT + 9 gaps of ITL.
+    assert traces(figs["E2E vs load"])["ollama-like p50"]["y"] == [289.0, 398.0, 616.0, 1052.0]
+
+
+def test_the_knee_is_marked_at_the_highest_load_meeting_the_runs_slo(seeder: Seeder) -> None:
+    seeder.sweep(slo={"ttft_ms": 300})
+
+    at = run_app()
+    tokens = traces(figures(at)["Output tokens/s vs load"])
+
+    # TTFT p99: Ollama-like 100 ms per user, vLLM-like 50 + 10 per user.
+    assert (tokens["ollama-like knee"]["x"], tokens["vllm-like knee"]["x"]) == ([2.0], [8.0])
+    assert traces(figures(at)["TTFT vs load"])["ollama-like knee"]["y"] == [200.0]
+    assert "ollama-like: 2, vllm-like: 8" in at.markdown[0].value
+
+
+def test_the_knee_follows_slo_overrides_in_the_sidebar(seeder: Seeder) -> None:
+    seeder.sweep(slo={"ttft_ms": 300})
+
+    at = run_app()
+    at.sidebar.number_input(key="slo_ttft_ms").set_value(80.0).run()
+
+    tokens = traces(figures(at)["Output tokens/s vs load"])
+    assert tokens["vllm-like knee"]["x"] == [2.0]
+    assert "ollama-like knee" not in tokens
+
+
+def test_goodput_is_drawn_when_the_run_sets_slos(seeder: Seeder) -> None:
+    seeder.sweep(slo={"ttft_ms": 300})
+    requests = traces(figures(run_app())["Requests/s vs load"])
+    # Every request of a step has the same TTFT: all of them meet the SLO, or none do.
+    assert requests["ollama-like goodput"]["y"] == [0.5, 1.0, 0.0, 0.0]
+    assert requests["vllm-like goodput"]["y"] == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_no_goodput_or_knee_without_slos(seeder: Seeder) -> None:
+    seeder.sweep()
+    at = run_app()
+    names = set(traces(figures(at)["Requests/s vs load"]))
+    assert names == {"ollama-like", "vllm-like"}
+    assert not any("Knee" in m.value for m in at.markdown)
+
+
+def test_saturated_steps_are_marked(seeder: Seeder) -> None:
+    seeder.sweep(saturated_steps=(3,))
+    at = run_app()
+    tokens = traces(figures(at)["Output tokens/s vs load"])
+    assert tokens["vllm-like saturated"]["x"] == [8.0] and tokens["vllm-like saturated"]["y"] == [40.0]
+    assert "saturated" in at.warning[0].value
+
+
+def test_open_loop_runs_are_drawn_against_request_rate(seeder: Seeder) -> None:
+    seeder.sweep(users=(8, 8), rates=(1.5, 3.0))
+    fig = figures(run_app())["Output tokens/s vs load"]
+    assert fig["layout"]["xaxis"]["title"]["text"] == "Request rate (requests/s)"
+    assert traces(fig)["vllm-like"]["x"] == [1.5, 3.0]
+
+
+def test_latest_run_is_shown_by_default_and_another_can_be_picked(seeder: Seeder) -> None:
+    seeder.sweep(name="old", users=(1, 2))
+    seeder.sweep(name="new", users=(4, 8, 16), started_at=T0 + timedelta(hours=1))
+
+    at = run_app()
+    assert figures(at)["Output tokens/s vs load"]["data"][0]["x"] == [4.0, 8.0, 16.0]
+
+    picker = at.sidebar.selectbox[0]
+    picker.select(picker.options[1]).run()
+    assert figures(at)["Output tokens/s vs load"]["data"][0]["x"] == [1.0, 2.0]
+
+
+def test_steps_table_and_run_download(seeder: Seeder) -> None:
+    seeder.sweep()
+    at = run_app()
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 8
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Download sweep.csv", "Download run.json"]
+
+
+def test_a_running_run_refreshes_and_shows_only_ended_steps(seeder: Seeder) -> None:
+    seeder.sweep(status=RunStatus.RUNNING, ended_steps=2)
+    at = run_app()
+    assert figures(at)["Output tokens/s vs load"]["data"][0]["x"] == [1.0, 2.0]
+    assert f"refreshing every {LIVE_REFRESH_S} s" in at.caption[0].value
+
+
+def test_empty_store_says_there_is_nothing_to_show(seeder: Seeder) -> None:
+    at = run_app()
+    assert not at.get("plotly_chart")
+    assert "No runs" in at.info[0].value
