@@ -13,5 +13,9 @@ st.set_page_config(page_title="Stampede", layout="wide")
 st.navigation(
     [
         st.Page(VIEWS / "sweep.py", title="Sweep", url_path="sweep", default=True),
+        st.Page(VIEWS / "runs.py", title="Runs", url_path="runs"),
+        st.Page(VIEWS / "requests.py", title="Requests", url_path="requests"),
+        st.Page(VIEWS / "gpu.py", title="GPU and runtime", url_path="gpu"),
+        st.Page(VIEWS / "compare.py", title="Compare", url_path="compare"),
     ]
 ).run()

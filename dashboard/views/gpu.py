@@ -1,0 +1,60 @@
+"""GPU and runtime: GPU utilisation, memory and power per host and GPU over time, and the runtimes' own
+gauges (vLLM KV-cache usage, requests running and waiting; Ollama model size against its VRAM share),
+with the run's load steps shaded behind."""
+
+import streamlit as st
+
+from dashboard import charts, queries, widgets
+
+GIB = 2**30
+# Runtime gauges drawn together: chart title, y axis, and the metric names it shows.
+GAUGES = (
+    ("KV-cache usage", "fraction used", ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")),
+    ("Requests running and waiting", "requests", ("vllm:num_requests_running", "vllm:num_requests_waiting")),
+    ("Ollama model size and VRAM share", "GiB", ("ollama:size_bytes", "ollama:size_vram_bytes")),
+)
+
+st.title("GPU and runtime")
+url = queries.database_url()
+run = widgets.pick_run(url)
+if run is None:
+    st.stop()
+
+
+def page() -> None:
+    steps = queries.steps(url, run["id"])
+    gpus = queries.gpu_samples(url, run["id"])
+    if gpus.empty:
+        st.info("No GPU readings for this run (start `stampede agent` on the GPU hosts with the run id).")
+    else:
+        gpus = gpus.assign(memory_used_gib=gpus["memory_used_bytes"] / GIB)
+        group = ["host", "gpu_index"]
+        st.plotly_chart(charts.over_time(gpus, "utilization_pct", group, "GPU utilisation", "%", steps), key="util")
+        left, right = st.columns(2)
+        left.plotly_chart(
+            charts.over_time(gpus, "memory_used_gib", group, "GPU memory used", "GiB", steps), key="memory"
+        )
+        right.plotly_chart(charts.over_time(gpus, "power_w", group, "GPU power", "W", steps), key="power")
+        widgets.download_csv(gpus, "gpu_samples")
+
+    runtime = queries.runtime_samples(url, run["id"])
+    if runtime.empty:
+        st.info("No runtime metrics for this run.")
+        return
+    drawn = set()
+    for title, unit, metrics in GAUGES:
+        rows = runtime[runtime["metric"].isin(metrics)]
+        if rows.empty:
+            continue
+        drawn.update(metrics)
+        if unit == "GiB":
+            rows = rows.assign(value=rows["value"] / GIB)
+        st.plotly_chart(charts.over_time(rows, "value", ["target", "metric"], title, unit, steps), key=title)
+    others = runtime[~runtime["metric"].isin(drawn)]
+    if len(others):
+        st.subheader("Other runtime metrics")
+        st.dataframe(others.groupby(["target", "metric"])["value"].describe().reset_index(), hide_index=True)
+    widgets.download_csv(runtime.astype({"labels": str}), "runtime_samples")
+
+
+widgets.live(run["status"], page)

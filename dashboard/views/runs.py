@@ -1,0 +1,45 @@
+"""Runs: every stored run with its targets, model, steps, dates, status, hosts and regression verdict;
+filter them and open one in the Sweep page."""
+
+import streamlit as st
+
+from dashboard import queries, widgets
+
+st.title("Runs")
+url = queries.database_url()
+runs = queries.runs(url)
+if runs.empty:
+    st.info("No runs in the results store yet.")
+    st.stop()
+
+left, right = st.columns([2, 1])
+text = left.text_input("Filter (name, target or model)", key="runs_filter").strip().lower()
+statuses = right.multiselect("Status", sorted(runs["status"].unique()), key="runs_status")
+shown = runs
+if text:
+    haystack = shown["name"] + " " + shown["targets"] + " " + shown["models"]
+    shown = shown[haystack.str.lower().str.contains(text, regex=False)]
+if statuses:
+    shown = shown[shown["status"].isin(statuses)]
+
+st.dataframe(
+    shown.assign(open=[f"sweep?run={run_id}" for run_id in shown["id"]]),
+    hide_index=True,
+    column_config={
+        "open": st.column_config.LinkColumn("Open", display_text="Sweep ↗"),
+        "started_at": st.column_config.DatetimeColumn("Started (UTC)", format="YYYY-MM-DD HH:mm"),
+        "ended_at": st.column_config.DatetimeColumn("Ended (UTC)", format="YYYY-MM-DD HH:mm"),
+        "regression": st.column_config.CheckboxColumn("Regression"),
+        "accepted": st.column_config.CheckboxColumn("Accepted (baseline)"),
+    },
+)
+st.caption(f"{len(shown)} of {len(runs)} runs")
+widgets.download_csv(shown, "runs")
+
+if len(shown):
+    labels = {run["id"]: widgets.run_label(run) for _, run in shown.iterrows()}
+    chosen = st.selectbox("Run to open", list(labels), format_func=labels.__getitem__, key="runs_open")
+    if st.button("Open in Sweep", key="runs_open_button"):
+        st.session_state[widgets.RUN_KEY] = chosen
+        st.query_params["run"] = chosen
+        st.switch_page("views/sweep.py")
