@@ -8,7 +8,7 @@ from dashboard import charts, queries, widgets
 
 # Requests drawn per page at most; more would only slow the browser.
 SAMPLE_LIMIT = 5000
-SERVER_PARTS = ("load_ms", "prompt_eval_ms", "eval_ms", "network_and_queue_ms")
+SERVER_PARTS = ("load_ms", "prompt_eval_ms", "eval_ms", "server_other_ms", "network_and_queue_ms")
 
 st.title("Requests")
 url = queries.database_url()
@@ -54,7 +54,10 @@ def page() -> None:
         st.info("No runtime in this selection reports its own timings (Ollama does; OpenAI-style servers do not).")
     else:
         # A part the server left out of its account took no time (no model load, say).
-        parts = timed[list(SERVER_PARTS)].fillna(0.0).assign(target=timed["target"], step_index=timed["step_index"])
+        parts = timed.fillna({"load_ms": 0.0, "prompt_eval_ms": 0.0, "eval_ms": 0.0})
+        # The server's total less the parts it itemised, so each bar adds up to the mean E2E.
+        itemised = parts["load_ms"] + parts["prompt_eval_ms"] + parts["eval_ms"]
+        parts = parts.assign(server_other_ms=(parts["total_ms"] - itemised).clip(lower=0.0))
         split = parts.groupby(["target", "step_index"])[list(SERVER_PARTS)].mean().reset_index()
         long = split.melt(["target", "step_index"], var_name="part", value_name="ms")
         long["step"] = long["target"] + " step " + long["step_index"].astype(str)

@@ -191,7 +191,7 @@ def _step_requests(
             end_offset_ns=offsets[-1],
             output_tokens=profile.tokens,
             # The first request of an Ollama run waited for the model to load.
-            server_timings_ms=server | ({"load_ms": 500.0} if server and index == 0 and k == 0 else {}),
+            server_timings_ms=server | ({"load_ms": 200.0} if server and index == 0 and k == 0 else {}),
         )
         for k in range(n_ok)
     ]

@@ -64,7 +64,9 @@ def test_requests_page_draws_sampled_requests_errors_and_the_server_split(seeder
     split = traces(figs["Mean time per request, server parts and the rest"])
     assert split["network_and_queue_ms"]["x"] == ["ollama-like step 0", "ollama-like step 1"]
     assert split["network_and_queue_ms"]["y"] == pytest.approx([5.0, 5.0])
-    assert split["load_ms"]["y"] == pytest.approx([500.0 / 5, 0.0])  # one load among 5 timed requests
+    assert split["load_ms"]["y"] == pytest.approx([200.0 / 5, 0.0])  # one load among 5 timed requests
+    # Bars add up to the mean E2E: 289 ms at one user, 398 ms at two.
+    assert [sum(t["y"][i] for t in split.values()) for i in (0, 1)] == pytest.approx([289.0, 398.0])
     assert any("Model loads" in m.value and "1 in the sample" in m.value for m in at.markdown)
     assert [b.proto.label for b in at.get("download_button")] == ["Download outcomes.csv", "Download requests.csv"]
 
