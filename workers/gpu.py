@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -103,6 +102,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+class _Outages:
+    """One log line when a source starts failing and one when it works again, not one per interval."""
+
+    def __init__(self) -> None:
+        self._down: set[str] = set()
+
+    def failed(self, source: str, exc: Exception, consequence: str) -> None:
+        if source not in self._down:
+            self._down.add(source)
+            log.warning("%s failed (%s); %s", source, type(exc).__name__, consequence)
+
+    def worked(self, source: str) -> None:
+        if source in self._down:
+            self._down.discard(source)
+            log.warning("%s works again", source)
+
+
 def main(argv: list[str], nvml: Any = pynvml) -> int:
     """Sample until stopped (or ``--count`` readings); the store is the configured database."""
     args = parse_args(argv)
@@ -112,19 +128,20 @@ def main(argv: list[str], nvml: Any = pynvml) -> int:
         return 0
     host = socket.gethostname()
     engine = get_engine(get_settings().database_url.get_secret_value())
-    failing: set[str] = set()
+    outages = _Outages()
     next_at = time.monotonic()
     readings = 0
     try:
         while args.count is None or readings < args.count:
-            gpu_samples = read_gpus(gpus, host, args.run_id) if gpus is not None else []
+            gpu_samples = _read_gpus(gpus, host, args.run_id, outages) if gpus is not None else []
             runtime_samples: list[RuntimeSampleRecord] = []
             for kind, url, target in args.scrape:
-                runtime_samples += _scrape(kind, url, target, args.run_id, failing)
-            _store(engine, gpu_samples, runtime_samples, failing)
+                runtime_samples += _scrape(kind, url, target, args.run_id, outages)
+            _store(engine, gpu_samples, runtime_samples, outages)
             readings += 1
-            next_at += args.interval_s
-            time.sleep(max(0.0, next_at - time.monotonic()))
+            # A reading that overran its interval is not made up for: the next one starts now.
+            next_at = max(next_at + args.interval_s, time.monotonic())
+            time.sleep(next_at - time.monotonic())
     except KeyboardInterrupt:
         pass
     finally:
@@ -133,38 +150,36 @@ def main(argv: list[str], nvml: Any = pynvml) -> int:
     return 0
 
 
-def _scrape(kind: str, url: str, target: str, run_id: uuid.UUID | None, failing: set[str]) -> list[RuntimeSampleRecord]:
-    # One log line when a source goes away and one when it is back, not one per interval.
+def _read_gpus(nvml: Any, host: str, run_id: uuid.UUID | None, outages: _Outages) -> list[GpuSampleRecord]:
+    try:
+        samples = read_gpus(nvml, host, run_id)
+    except nvml.NVMLError as exc:  # e.g. a GPU fallen off the bus: keep scraping the runtimes
+        outages.failed("reading the GPUs", exc, "retrying each interval")
+        return []
+    outages.worked("reading the GPUs")
+    return samples
+
+
+def _scrape(kind: str, url: str, target: str, run_id: uuid.UUID | None, outages: _Outages) -> list[RuntimeSampleRecord]:
+    source = f"scraping {target} at {url}"
     try:
         samples = scrapers.scrape_once(kind, url, target=target, run_id=run_id)
     except (OSError, ValueError) as exc:
-        if target not in failing:
-            failing.add(target)
-            log.warning("cannot scrape %s at %s (%s); retrying each interval", target, url, type(exc).__name__)
+        outages.failed(source, exc, "retrying each interval")
         return []
-    if target in failing:
-        failing.discard(target)
-        log.warning("scraping %s again", target)
+    outages.worked(source)
     return samples
 
 
 def _store(
-    engine: Any, gpu_samples: list[GpuSampleRecord], runtime_samples: list[RuntimeSampleRecord], failing: set[str]
+    engine: Any, gpu_samples: list[GpuSampleRecord], runtime_samples: list[RuntimeSampleRecord], outages: _Outages
 ) -> None:
-    # Samples are a time series: while the store is away they are dropped, not queued for later.
     try:
         with Session(engine) as session, session.begin():
             store.insert_gpu_samples(session, gpu_samples)
             store.insert_runtime_samples(session, runtime_samples)
-    except Exception as exc:  # any database failure: keep sampling, say so once
-        if "store" not in failing:
-            failing.add("store")
-            log.warning("cannot store samples (%s); dropping them until the store is back", type(exc).__name__)
+    except Exception as exc:  # any database failure: keep sampling
+        # Samples are a time series: while the store is away they are dropped, not queued for later.
+        outages.failed("storing samples", exc, "dropping them until the store is back")
         return
-    if "store" in failing:
-        failing.discard("store")
-        log.warning("storing samples again")
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    outages.worked("storing samples")

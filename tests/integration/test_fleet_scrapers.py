@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -86,3 +87,23 @@ def test_agent_without_gpu_stores_runtime_samples(runtime_url: str, pg_url: str,
     assert ("vllm-8b", "vllm:kv_cache_usage_perc", 2) in rows
     assert ("ollama", "ollama:vram_fraction", 4) in rows  # two models, two readings
     assert gpu_rows == (0,)
+
+
+def test_agent_says_once_that_a_runtime_is_away(runtime_url: str, pg_url: str, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("STAMPEDE_DATABASE_URL", pg_url)
+    get_settings.cache_clear()
+    missing = f"{runtime_url}/missing"
+    args = ["--count", "3", "--interval-s", "0.05", "--scrape", "vllm", missing, "gone"]
+    try:
+        with caplog.at_level(logging.WARNING, logger="workers.gpu"):
+            assert (
+                gpu.main(args + ["--scrape", "vllm", f"{runtime_url}/vllm", "here"], nvml=FakeNvml(driver=False)) == 0
+            )
+    finally:
+        get_settings.cache_clear()
+    assert [r.getMessage() for r in caplog.records if "gone" in r.getMessage()] == [
+        f"scraping gone at {missing} failed (HTTPError); retrying each interval"
+    ]
+    with psycopg.connect(pg_url.replace("+psycopg", "")) as connection:
+        targets = connection.execute("SELECT target, count(*) FROM runtime_samples GROUP BY 1").fetchall()
+    assert targets == [("here", 9)]

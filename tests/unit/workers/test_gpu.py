@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from stampede.db import make_engine, upgrade
 from stampede.schema import GpuSample
 from stampede.settings import get_settings
-from tests.unit.workers.fake_nvml import FakeNvml
+from tests.unit.workers.fake_nvml import FakeNvml, NVMLError
 from workers import gpu
 
 
@@ -83,3 +83,29 @@ def test_no_driver_says_so_once_and_exits_zero(nvml, database: str, caplog: pyte
 def test_unknown_runtime_kind_is_refused() -> None:
     with pytest.raises(SystemExit):
         gpu.parse_args(["--scrape", "tgi", "http://127.0.0.1:1", "t"])
+
+
+class LostGpuNvml(FakeNvml):
+    """The recorded host, with its GPUs gone after the first reading (NVML's 'GPU is lost')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readings = 0
+
+    def nvmlDeviceGetCount(self) -> int:
+        self.readings += 1
+        if self.readings > 1:
+            raise NVMLError("GPU is lost")
+        return super().nvmlDeviceGetCount()
+
+
+def test_a_lost_gpu_is_said_once_and_sampling_goes_on(database: str, caplog: pytest.LogCaptureFixture) -> None:
+    nvml = LostGpuNvml()
+    with caplog.at_level(logging.WARNING, logger="workers.gpu"):
+        assert gpu.main(["--count", "4", "--interval-s", "0.01"], nvml=nvml) == 0
+    assert nvml.readings == 4
+    assert [r.getMessage() for r in caplog.records] == ["reading the GPUs failed (NVMLError); retrying each interval"]
+    engine = make_engine(database)
+    with Session(engine) as session:
+        assert len(session.scalars(select(GpuSample)).all()) == 3  # the first reading only
+    engine.dispose()
