@@ -2,8 +2,9 @@
 
 A sink never blocks a request: ``add_request`` only appends to a buffer. A flusher greenlet hands
 batches to a delivery function, run in gevent's thread pool so database or Redis I/O never stalls
-the event loop. Jobs are named by dotted path, so this process never imports the worker code
-unless it is the in-process sink, which calls the very function an RQ worker would run.
+the event loop. Jobs are named by dotted path, so this process never imports the worker code: the
+fleet sink enqueues them for RQ workers, the embedded sink hands them to a child process that runs
+the very function an RQ worker would (see :mod:`loadgen.store_process`).
 
 While deliveries fail, records wait in memory up to ``max_buffered_records``; past that, new jobs
 are appended to a local JSONL spill file, and replayed from it in order once deliveries succeed
@@ -26,9 +27,9 @@ from urllib.parse import quote
 import gevent
 import orjson
 from gevent.event import Event
-from rq.utils import import_attribute
 from sqlalchemy.engine import make_url
 
+from loadgen.store_process import StoreProcess
 from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.settings import get_settings
 
@@ -132,7 +133,9 @@ class Sink(ABC):
             self.spill_path.unlink(missing_ok=True)
         else:
             log.error(
-                "sink closed with records undelivered; jobs not yet spilled are lost, spilled ones are in %s",
+                "sink closed undelivered: about %d records in memory are lost, %d jobs stay in %s",
+                self._buffered_records,
+                self._spilled_jobs,
                 self.spill_path,
             )
         return delivered
@@ -250,9 +253,20 @@ class Sink(ABC):
         """Deliver one job's argument; runs in a worker thread, raises on failure."""
 
 
-class InProcessSink(Sink):
-    """Embedded mode: runs the store jobs in this process, against the configured database."""
+class EmbeddedSink(Sink):
+    """Embedded mode: the store jobs run in a child process, against the configured database.
+
+    The child decodes each job's JSON, so a job gets exactly what it would from RQ's JSON serializer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._store = StoreProcess()
+        super().__init__(*args, **kwargs)
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        delivered = super().close(timeout_s)
+        self._store.stop()
+        return delivered
 
     def _deliver(self, job: str, arg: Any) -> None:
-        # The JSON round trip gives the job exactly what it would receive from RQ's JSON serializer.
-        import_attribute(job)(orjson.loads(orjson.dumps(arg)))
+        self._store.run(job, arg)
