@@ -20,7 +20,7 @@ from loadgen.sinks import STORE_REQUESTS, Sink
 
 # A 500-record batch stores in tens of milliseconds; a minute covers a slow, busy database.
 JOB_TIMEOUT_S = 60
-# Spread over about five minutes, enough to ride out a database restart.
+# Six more tries over about four minutes (231 s), enough to ride out a database restart.
 JOB_RETRY = Retry(max=6, interval=[1, 5, 15, 30, 60, 120])
 # Results are only a count; failed jobs are kept a week so an operator can requeue them.
 RESULT_TTL_S = 600
