@@ -26,7 +26,7 @@ from loadgen.clients import APIS, ChatApi, Measurement, encode_body, send_chat
 from loadgen.options import add_chat_arguments, ensure_run_id
 from loadgen.prompts import PromptPicker
 from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
-from loadgen.sinks import InProcessSink, Sink
+from loadgen.sinks import EmbeddedSink, Sink
 from stampede.records import Api, Outcome, RequestRecord, utc_now
 from stampede.settings import Settings, get_settings
 
@@ -49,7 +49,7 @@ def make_sink(settings: Settings) -> Sink:
             settings.batch_size,
             settings.flush_interval_s,
         )
-    return InProcessSink(settings.batch_size, settings.flush_interval_s)
+    return EmbeddedSink(settings.batch_size, settings.flush_interval_s)
 
 
 @events.init_command_line_parser.add_listener

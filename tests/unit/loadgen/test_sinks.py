@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from loadgen.sinks import REDACTED, STORE_REQUESTS, STORE_RUN, InProcessSink, Sink
+from loadgen.sinks import REDACTED, STORE_REQUESTS, STORE_RUN, EmbeddedSink, Sink
 from stampede.db import make_engine, upgrade
 from stampede.records import Api, Outcome, RequestRecord, RunRecord, RunStatus
 from stampede.schema import Request
@@ -139,7 +139,7 @@ def test_in_process_sink_stores_through_the_job(tmp_path: Path, monkeypatch: pyt
     upgrade(url)
     monkeypatch.setenv("STAMPEDE_DATABASE_URL", url)
     get_settings.cache_clear()
-    sink = InProcessSink(batch_size=5, flush_interval_s=0.05)
+    sink = EmbeddedSink(batch_size=5, flush_interval_s=0.05)
     for _ in range(12):
         sink.add_request(make_request())
     assert sink.close(timeout_s=10)
