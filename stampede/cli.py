@@ -136,6 +136,9 @@ def sweep(
     api: Annotated[Api, typer.Option(help="Wire protocol: Ollama's native API or the OpenAI API.")] = Api.OPENAI_CHAT,
     model: Annotated[str, typer.Option(help="Model name to request.")] = "stampede-sim",
     target_name: Annotated[str, typer.Option(help="Label of the target in reports.")] = "",
+    runtime: Annotated[
+        str, typer.Option(help="Sample the runtime's own statistics: vllm, llamacpp, ollama or none.")
+    ] = "",
     steps: StepsOpt = "1,2,4,8,16,32",
     rates: Annotated[str, typer.Option(help="Open loop: requests/s per step; --steps then caps in flight.")] = "",
     step_duration_s: StepDurationOpt = 20.0,
@@ -162,7 +165,7 @@ def sweep(
         name = target_name or host.split("://")[-1].rstrip("/")
         spec = _spec(
             name=run_name or name,
-            targets=[{"name": name, "url": host, "api": api, "model": model}],
+            targets=[{"name": name, "url": host, "api": api, "model": model, "runtime": runtime or None}],
             steps=_parse_list(steps, int, "--steps"),
             rates=_parse_list(rates, float, "--rates"),
             step_duration_s=step_duration_s,

@@ -15,6 +15,7 @@ from stampede.sweep import SweepError
 from stampede.sweepfile import TargetSpec
 
 READY_TIMEOUT_S = 30.0
+# (target, simulator profile, API); the profile also names the runtime statistics sampled (/api/ps, /metrics).
 DEMO_PROFILES = (("ollama-like", "ollama", Api.OLLAMA_CHAT), ("vllm-like", "vllm", Api.OPENAI_CHAT))
 DEMO_MODEL = "stampede-sim"
 
@@ -70,7 +71,9 @@ def simulators(log_dir: Path) -> Iterator[list[TargetSpec]]:
         for name, profile, api in DEMO_PROFILES:
             port = free_port()
             processes.append(start_simulator(profile, port, log_dir / f"simulator-{profile}.log"))
-            targets.append(TargetSpec(name=name, url=f"http://127.0.0.1:{port}", api=api, model=DEMO_MODEL))
+            targets.append(
+                TargetSpec(name=name, url=f"http://127.0.0.1:{port}", api=api, model=DEMO_MODEL, runtime=profile)
+            )
         yield targets
     finally:
         for process in processes:

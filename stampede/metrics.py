@@ -224,9 +224,13 @@ SATURATED_CPU_PCT = 90.0
 SATURATED_LOOP_LAG_MS = 10.0
 
 
-def generator_saturated(cpu_pct: Iterable[float], loop_lag_ms: Iterable[float]) -> bool:
+def generator_saturated(cpu_pct: Sequence[float], loop_lag_ms: Sequence[float]) -> bool:
     """True when a load-generating process, not the server, may have limited a step.
 
-    ``max(cpu_pct) >= 90`` or ``max(loop_lag_ms) >= 10`` over the step's samples of every process.
+    Over the step's per-second samples (each process's CPU share and largest loop lag in that
+    second): ``median(cpu_pct) >= 90`` or ``median(loop_lag_ms) >= 10``, i.e. in at least half of
+    its seconds. A lone stall (a noisy neighbour, a garbage collection) does not mark a step.
     """
-    return max(cpu_pct, default=0.0) >= SATURATED_CPU_PCT or max(loop_lag_ms, default=0.0) >= SATURATED_LOOP_LAG_MS
+    if not cpu_pct:
+        return False
+    return bool(np.median(cpu_pct) >= SATURATED_CPU_PCT or np.median(loop_lag_ms) >= SATURATED_LOOP_LAG_MS)

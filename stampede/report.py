@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -45,6 +46,9 @@ ROW_COLUMNS = (
 )
 # Bumped whenever the cached form of a summary changes, so older cache rows are recomputed.
 CACHE_VERSION = 1
+
+# The load generator samples its health once a second (loadgen/health.py).
+SAMPLE_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,18 @@ def _store_cache(
     session.execute(stmt)
 
 
+def _saturated(step: Step, samples: list[tuple[datetime, float, float]]) -> bool:
+    """The saturation verdict over the samples of the step's measured window.
+
+    A sample covers the second before it was taken, so the window's samples are those taken from one
+    second after the warm-up to the step's end: start-up and shutdown stalls do not count.
+    """
+    assert step.ended_at is not None
+    first = step.started_at + timedelta(seconds=step.warmup_s + SAMPLE_INTERVAL_S)
+    inside = [(cpu, lag) for at, cpu, lag in samples if first <= at <= step.ended_at]
+    return metrics.generator_saturated([cpu for cpu, _ in inside], [lag for _, lag in inside])
+
+
 def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
     """Summaries of every ended step of a run, ordered by target then step.
 
@@ -248,19 +264,17 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
             )
         )
     }
-    health = {
-        (t, i): metrics.generator_saturated([cpu], [lag])
-        for t, i, cpu, lag in session.execute(
-            select(
-                LoadgenSample.target,
-                LoadgenSample.step_index,
-                func.max(LoadgenSample.cpu_pct),
-                func.max(LoadgenSample.loop_lag_ms),
-            )
-            .where(LoadgenSample.run_id == run_id)
-            .group_by(LoadgenSample.target, LoadgenSample.step_index)
-        )
-    }
+    health: dict[tuple[str, int], list[tuple[datetime, float, float]]] = {}
+    for t, i, at, cpu, lag in session.execute(
+        select(
+            LoadgenSample.target,
+            LoadgenSample.step_index,
+            LoadgenSample.sampled_at,
+            LoadgenSample.cpu_pct,
+            LoadgenSample.loop_lag_ms,
+        ).where(LoadgenSample.run_id == run_id)
+    ):
+        health.setdefault((t, i), []).append((at, cpu, lag))
     out = []
     for step in steps:
         assert step.ended_at is not None
@@ -275,6 +289,6 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
             summary = metrics.summarize_step(step.users, measured_s, samples, slo)
             if measured_s > 0:  # a zero-length window gives NaN rates, which JSON cannot hold
                 _store_cache(session, run_id, step, rows, key, summary)
-        saturated = health.get((step.target, step.index), False)
+        saturated = _saturated(step, health.get((step.target, step.index), []))
         out.append(TargetStep(step.target, step.index, summary, saturated, step.request_rate_per_s))
     return out

@@ -7,6 +7,7 @@ module only plans, launches, watches and reports; it imports nothing from ``load
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import subprocess
@@ -16,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,18 @@ def sent_requests(locust_stdout: str) -> int:
     return sum(int(entry["num_requests"]) for entry in last)
 
 
+def agent_command(target: TargetSpec, plan: SweepPlan) -> list[str] | None:
+    """The sampling agent that scrapes the target's own statistics during its load, if it has any.
+
+    It also samples this host's NVIDIA GPUs, if it has any (the target's, when both run here).
+    """
+    kind = target.scraped_runtime
+    if kind is None:
+        return None
+    return [sys.executable, "-m", "workers", "agent", "--run-id", str(plan.run_id),
+            "--scrape", kind, target.url, target.name]  # fmt: skip
+
+
 def run_target(
     target: TargetSpec,
     plan: SweepPlan,
@@ -151,7 +164,7 @@ def run_target(
 ) -> int:
     """Run Locust for one target, calling ``on_tick(elapsed_s)`` while it runs; returns requests sent."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log, tempfile.TemporaryFile("w+") as stats:
+    with log_path.open("w") as log, tempfile.TemporaryFile("w+") as stats, _agent(target, plan, log_path):
         process = subprocess.Popen(locust_command(target, plan), stdout=stats, stderr=log)
         started = time.monotonic()
         try:
@@ -169,6 +182,25 @@ def run_target(
             return sent_requests(stats.read())
         except (ValueError, KeyError, TypeError) as exc:
             raise SweepError(f"could not read Locust's statistics for {target.name} ({exc}); see {log_path}") from None
+
+
+@contextlib.contextmanager
+def _agent(target: TargetSpec, plan: SweepPlan, log_path: Path) -> Iterator[None]:
+    command = agent_command(target, plan)
+    if command is None:
+        yield
+        return
+    with log_path.with_suffix(".agent.log").open("w") as log:
+        agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield
+        finally:
+            agent.terminate()
+            try:
+                agent.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
 
 
 def wait_until_stored(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -41,6 +42,18 @@ class TargetSpec(_Spec):
     url: str = Field(description="Base URL, without credentials.")
     api: Api = Field(default=Api.OPENAI_CHAT, description="ollama_chat or openai_chat.")
     model: str = Field(description="Model name to request.")
+    runtime: Literal["vllm", "llamacpp", "ollama", "none"] | None = Field(
+        default=None,
+        description="Runtime whose own statistics to sample during the run (vLLM or llama.cpp /metrics, "
+        "Ollama /api/ps); by default Ollama for its native API, none otherwise.",
+    )
+
+    @property
+    def scraped_runtime(self) -> str | None:
+        """The runtime kind to scrape, if any."""
+        if self.runtime is None:
+            return "ollama" if self.api is Api.OLLAMA_CHAT else None
+        return None if self.runtime == "none" else self.runtime
 
 
 class SloSpec(_Spec):

@@ -130,17 +130,18 @@ def test_goodput_counts_requests_meeting_the_runs_slo(session: Session) -> None:
     assert (step.request_rate_per_s, step.load) == (0.5, 0.5)
 
 
-def test_a_step_is_saturated_when_any_loadgen_sample_is_busy_or_lagging(session: Session) -> None:
-    run_id = seed(session, [request(uuid.uuid4())])
+def test_a_step_is_saturated_when_its_measured_seconds_mostly_lag_or_run_out_of_cpu(session: Session) -> None:
+    run_id = seed(session, [request(uuid.uuid4())])  # the step runs T0 to T0 + 12 s, warm-up 2 s
 
-    def sample(cpu: float, lag: float) -> LoadgenSampleRecord:
-        return LoadgenSampleRecord(
-            run_id=run_id, target="t", step_index=0, host="h", pid=1, sampled_at=T0, cpu_pct=cpu, loop_lag_ms=lag
-        )
+    def sample(at_s: float, cpu: float, lag: float) -> LoadgenSampleRecord:
+        return LoadgenSampleRecord(run_id=run_id, target="t", step_index=0, host="h", pid=1,
+                                   sampled_at=T0 + timedelta(seconds=at_s), cpu_pct=cpu, loop_lag_ms=lag)  # fmt: skip
 
-    store.insert_loadgen_samples(session, [sample(50, 1), sample(60, 2)])
+    # Stalls in the warm-up (start-up) and after the end (shutdown) do not count, nor does a lone one.
+    store.insert_loadgen_samples(session, [sample(1, 99, 80), sample(2.5, 99, 80), sample(13, 99, 80)])
+    store.insert_loadgen_samples(session, [sample(4, 50, 1), sample(5, 60, 30), sample(6, 60, 2)])
     assert not only_step(session, run_id).saturated
-    store.insert_loadgen_samples(session, [sample(40, 12)])
+    store.insert_loadgen_samples(session, [sample(7, 40, 12), sample(8, 40, 15)])
     assert only_step(session, run_id).saturated
 
 
