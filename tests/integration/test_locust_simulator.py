@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from stampede.db import upgrade
 from stampede.demo import free_port, start_simulator, stop
 from stampede.report import step_summaries
-from stampede.schema import LoadgenSample, Request, Run, Step
+from stampede.schema import LoadgenSample, Request, Run, RuntimeSample, Step
 from stampede.sweep import locustfiles, sent_requests
 
 RUN_TIMEOUT_S = 120
@@ -120,28 +120,14 @@ def test_open_loop_over_capacity_records_how_late_each_request_was_sent(tmp_path
     assert delays[-1] > delays[0] + 100
 
 
-def test_sweep_prints_one_line_per_step(tmp_path: Path) -> None:
+def test_sweep_prints_one_line_per_step_and_samples_the_runtime(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "stampede", "sweep", "--steps", "1,3", "--step-duration-s", "2",
+               "--warmup-s", "0.5", "--max-tokens", "8", "--target-name", "sim", "--runtime", "vllm"]  # fmt: skip
+    db_url = f"sqlite:///{tmp_path}/s.db"
     with simulator(tmp_path, "vllm") as host:
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "stampede",
-                "sweep",
-                "--host",
-                host,
-                "--steps",
-                "1,3",
-                "--step-duration-s",
-                "2",
-                "--warmup-s",
-                "0.5",
-                "--max-tokens",
-                "8",
-                "--target-name",
-                "sim",
-            ],  # fmt: skip
-            env={"STAMPEDE_DATABASE_URL": f"sqlite:///{tmp_path}/s.db", "PATH": "/usr/bin:/bin"},
+            [*command, "--host", host],
+            env={"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT_S,
@@ -151,5 +137,7 @@ def test_sweep_prints_one_line_per_step(tmp_path: Path) -> None:
     lines = [line.split() for line in result.stdout.splitlines() if line.startswith("sim ")]
     assert [(cols[1], cols[2]) for cols in lines] == [("0", "1"), ("1", "3")]
     assert all(cols[11].startswith("0/") for cols in lines)  # the errors column
-    run_id = result.stderr.split()[1].rstrip(":")
-    assert uuid.UUID(run_id)
+    run_id = uuid.UUID(result.stderr.split()[1].rstrip(":"))
+    with Session(create_engine(db_url)) as session:
+        gauges = set(session.scalars(select(RuntimeSample.metric).where(RuntimeSample.run_id == run_id)))
+    assert {"vllm:num_requests_running", "vllm:num_requests_waiting"} <= gauges  # scraped during the load
