@@ -136,11 +136,16 @@ class SweepScheduler:
         return max(0.0, min(RELOAD_S, (min(times) - datetime.now(UTC)).total_seconds()))
 
 
-def main(argv: list[str]) -> int:
-    """``python -m workers scheduler``: enqueue scheduled sweeps when due, until stopped."""
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Options of ``python -m workers scheduler`` (``stampede scheduler``)."""
     parser = argparse.ArgumentParser(prog="stampede scheduler", description=__doc__)
     parser.add_argument("--queue", default=SWEEPS_QUEUE, help=f"queue for the sweeps (default: {SWEEPS_QUEUE})")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m workers scheduler``: enqueue scheduled sweeps when due, until stopped."""
+    args = parse_args(argv)
     settings = get_settings()
     if settings.redis_url is None:
         print("stampede scheduler: STAMPEDE_REDIS_URL is not set; scheduling needs Redis", file=sys.stderr)

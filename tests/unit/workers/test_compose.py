@@ -14,13 +14,13 @@ import typer
 import yaml
 
 from stampede.cli import app
-from workers import gpu, worker
+from workers import gpu, sweeps, worker
 
 REPO = Path(__file__).resolve().parents[3]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 OURS = {name: s for name, s in SERVICES.items() if s.get("image") == "stampede:latest"}
-STAMPEDE_COMMANDS = {"sweep", "demo", "sim", "worker", "agent", "db", "report"}
+STAMPEDE_COMMANDS = {"sweep", "demo", "sim", "worker", "agent", "scheduler", "db", "report"}
 
 
 def test_every_service_of_the_fleet_is_there() -> None:
@@ -29,6 +29,8 @@ def test_every_service_of_the_fleet_is_there() -> None:
         "redis",
         "migrate",
         "worker",
+        "scheduler",
+        "sweeps-worker",
         "simulator",
         "locust-master",
         "locust-worker",
@@ -51,6 +53,8 @@ def test_command_names_an_existing_entry_point(name: str) -> None:
             worker.parse_args(args[1:])
         elif args[0] == "agent":
             gpu.parse_args(args[1:])
+        elif args[0] == "scheduler":
+            sweeps.parse_args(args[1:])
         elif args[0] == "db":
             assert args[1:] == ["upgrade"]
     elif program == "locust":
