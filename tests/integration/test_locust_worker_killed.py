@@ -1,0 +1,97 @@
+"""A Locust worker killed mid-run: the master notices, the run goes on, and what it stored stays."""
+
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from stampede.db import upgrade
+from stampede.demo import free_port, start_simulator, stop
+from stampede.schema import Request, Run
+from stampede.sweep import locustfiles
+
+STEP_S = 10
+KILL_AFTER_S = 4
+
+
+def test_a_killed_worker_leaves_its_stored_records_and_the_run_finishes(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path}/r.db"
+    upgrade(db_url)
+    env = {"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    chat, steps = locustfiles().split(",")
+    port, sim_port = free_port(), free_port()
+    simulator = start_simulator("vllm", sim_port, tmp_path / "sim.log")
+    log = (tmp_path / "master.log").open("w")
+    master = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            f"{chat},{steps}",
+            "--master",
+            "--headless",
+            "--expect-workers",
+            "2",
+            "--master-bind-port",
+            str(port),
+            "--host",
+            f"http://127.0.0.1:{sim_port}",
+            "--steps",
+            "4",
+            "--step-duration-s",
+            str(STEP_S),
+            "--max-tokens",
+            "16",
+            "--stop-timeout",
+            "20s",
+            "--exit-code-on-error",
+            "0",
+            "OpenAIChatUser",
+        ],  # fmt: skip
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", chat, "--worker", "--master-port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+        for _ in range(2)
+    ]
+    try:
+        time.sleep(KILL_AFTER_S + 2)  # the workers connect, then the step starts
+        killed_at = datetime.now(UTC)
+        workers[0].send_signal(signal.SIGKILL)
+        assert master.wait(timeout=STEP_S + 60) == 0
+    finally:
+        for process in [master, *workers]:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        stop(simulator)
+        log.close()
+
+    with Session(create_engine(db_url)) as session:
+        run = session.scalars(select(Run)).one()
+        by_pid = dict(session.execute(select(Request.pid, func.max(Request.started_at)).group_by(Request.pid)).all())
+    assert run.status == "finished"
+    assert len(by_pid) == 2
+    killed_pid, survivor_pid = workers[0].pid, workers[1].pid
+    last_of_killed = by_pid[killed_pid].replace(tzinfo=UTC)
+    last_of_survivor = by_pid[survivor_pid].replace(tzinfo=UTC)
+    # The killed worker's records up to about its last flush (1 s) before the kill are stored ...
+    assert killed_at - timedelta(seconds=3) < last_of_killed <= killed_at
+    # ... and the run went on without it.
+    assert last_of_survivor > killed_at + timedelta(seconds=3)
+    assert "missing" in (tmp_path / "master.log").read_text()
