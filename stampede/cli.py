@@ -110,8 +110,10 @@ def _sweep(plan: SweepPlan, check: bool = False) -> None:
             typer.echo("", err=True)
         if stored < sent:
             typer.echo(f"warning: {sent - stored} of {sent} requests to {target.name} not stored yet", err=True)
-    with Session(engine) as session:
-        typer.echo(format_summary(report.step_summaries(session, plan.run_id)))
+        with Session(engine) as session, session.begin():
+            # Summarised now, at the end of the target's steps, and cached: reports need not rescan rows.
+            summaries = report.step_summaries(session, plan.run_id)
+    typer.echo(format_summary(summaries))
     if check:
         with Session(engine) as session, session.begin():
             findings = baseline.check_run(session, plan.run_id, plan.spec.regression)
@@ -212,7 +214,7 @@ def report_command(
     run_id: Annotated[str, typer.Argument(help="Run to summarise (default: the latest).")] = "",
 ) -> None:
     """Print the summary table of a stored run."""
-    with Session(db.get_engine(_database_url())) as session:
+    with Session(db.get_engine(_database_url())) as session, session.begin():  # commits the summary cache
         if run_id:
             try:
                 chosen = uuid.UUID(run_id)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from stampede.db import upgrade
 from stampede.demo import free_port, start_simulator, stop
 from stampede.report import step_summaries
-from stampede.schema import LoadgenSample, Request, Run, RuntimeSample, Step
+from stampede.schema import LoadgenSample, Request, Run, RuntimeSample, Step, StepStats
 from stampede.sweep import locustfiles, sent_requests
 
 RUN_TIMEOUT_S = 120
@@ -140,4 +140,6 @@ def test_sweep_prints_one_line_per_step_and_samples_the_runtime(tmp_path: Path) 
     run_id = uuid.UUID(result.stderr.split()[1].rstrip(":"))
     with Session(create_engine(db_url)) as session:
         gauges = set(session.scalars(select(RuntimeSample.metric).where(RuntimeSample.run_id == run_id)))
+        cached = session.scalar(select(func.count()).select_from(StepStats).where(StepStats.run_id == run_id))
     assert {"vllm:num_requests_running", "vllm:num_requests_waiting"} <= gauges  # scraped during the load
+    assert cached == 2  # both steps summarised at the end of the sweep, so reports read them ready-made
