@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,16 +45,11 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
+from stampede.processes import free_port, stop
 from stampede.schema import LoadgenSample, Request
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = REPO / "loadgen" / "chat.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_simulator(port: int, log_path: Path, streams: int) -> subprocess.Popen[bytes]:
@@ -97,15 +91,6 @@ class NoiseProbe(threading.Thread):
         self._done.set()
         self.join()
         return percentiles(np.asarray(self.late_ns, dtype=np.float64) / 1e6)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def truth_records(host: str) -> dict[str, dict[str, Any]]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from stampede.processes import free_port, stop
 from stampede.records import Api
 from stampede.sweep import SweepError
 from stampede.sweepfile import TargetSpec
@@ -18,13 +18,6 @@ READY_TIMEOUT_S = 30.0
 # (target, simulator profile, API); the profile also names the runtime statistics sampled (/api/ps, /metrics).
 DEMO_PROFILES = (("ollama-like", "ollama", Api.OLLAMA_CHAT), ("vllm-like", "vllm", Api.OPENAI_CHAT))
 DEMO_MODEL = "stampede-sim"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_ready(process: subprocess.Popen[bytes], log_path: Path, profile: str) -> None:
@@ -50,16 +43,6 @@ def start_simulator(profile: str, port: int, log_path: Path, *args: str) -> subp
         stop(process)
         raise
     return process
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop a child process, politely first."""
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from stampede.processes import stop
 from stampede.records import Api, Outcome
 from stampede.schema import Request, Step
 from stampede.sweepfile import SweepFile, TargetSpec
@@ -195,12 +196,7 @@ def _agent(target: TargetSpec, plan: SweepPlan, log_path: Path) -> Iterator[None
         try:
             yield
         finally:
-            agent.terminate()
-            try:
-                agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+            stop(agent)
 
 
 def wait_until_stored(

@@ -26,7 +26,8 @@ import pytest
 from redis import Redis
 
 from stampede.db import upgrade
-from tests.integration.fleet_helpers import create_database, drop_database, free_port, wait_until
+from stampede.processes import free_port
+from tests.integration.fleet_helpers import create_database, drop_database, wait_until
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from stampede.demo import free_port
+from stampede.processes import free_port
 
 
 def stampede(*args: str, env_db: str) -> subprocess.CompletedProcess[str]:

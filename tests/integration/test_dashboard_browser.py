@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from stampede.db import upgrade
-from tests.integration.fleet_helpers import free_port
+from stampede.processes import free_port, stop
 from tests.unit.dashboard.dashboard_fixtures import APP, Seeder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -55,12 +55,7 @@ def dashboard_url(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.3)
         yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
         log.close()
 
 

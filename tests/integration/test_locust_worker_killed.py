@@ -11,7 +11,8 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
-from stampede.demo import free_port, start_simulator, stop
+from stampede.demo import start_simulator
+from stampede.processes import free_port, stop
 from stampede.schema import Request, Run
 from stampede.sweep import locustfiles
 

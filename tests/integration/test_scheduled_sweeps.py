@@ -15,7 +15,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
-from stampede.demo import free_port, start_simulator, stop
+from stampede.demo import start_simulator
+from stampede.processes import free_port, stop
 from stampede.schedules import add_schedule
 from stampede.schema import Run
 from stampede.settings import get_settings

@@ -12,31 +12,13 @@ from sqlalchemy.orm import Session
 
 from stampede import store
 from stampede.db import make_engine, upgrade
-from stampede.records import Api, Outcome, RequestRecord, RunRecord, RunStatus
+from stampede.records import RequestRecord, RunRecord, RunStatus
 from stampede.schema import Request, Run
-
-MS = 1_000_000
+from tests.builders import MS, request_record
 
 
 def make_request(run_id: uuid.UUID, **overrides: object) -> RequestRecord:
-    fields: dict[str, object] = {
-        "run_id": run_id,
-        "target": "t",
-        "step_index": 0,
-        "in_warmup": False,
-        "host": "h",
-        "pid": 1,
-        "api": Api.OPENAI_CHAT,
-        "model": "m",
-        "prompt_id": "p",
-        "outcome": Outcome.OK,
-        "started_at": datetime(2026, 1, 1, tzinfo=UTC),
-        "chunk_offsets_ns": [50 * MS, 60 * MS, 80 * MS],
-        "end_offset_ns": 90 * MS,
-        "output_tokens": 3,
-    }
-    fields.update(overrides)
-    return RequestRecord.model_validate(fields)
+    return request_record(run_id=run_id, **overrides)
 
 
 @pytest.fixture

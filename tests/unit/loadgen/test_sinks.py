@@ -19,30 +19,17 @@ from sqlalchemy.orm import Session
 
 from loadgen.sinks import REDACTED, STORE_REQUESTS, STORE_RUN, EmbeddedSink, Sink
 from stampede.db import make_engine, upgrade
-from stampede.records import Api, Outcome, RequestRecord, RunRecord, RunStatus
+from stampede.records import Outcome, RequestRecord, RunRecord, RunStatus
 from stampede.schema import Request
 from stampede.settings import get_settings
+from tests.builders import request_record
 
 RUN_ID = uuid.uuid4()
 
 
 def make_request(**overrides: object) -> RequestRecord:
-    fields: dict[str, object] = {
-        "run_id": RUN_ID,
-        "target": "t",
-        "step_index": 0,
-        "in_warmup": False,
-        "host": "h",
-        "pid": 1,
-        "api": Api.OPENAI_CHAT,
-        "model": "m",
-        "prompt_id": "p",
-        "outcome": Outcome.OK,
-        "started_at": datetime(2026, 1, 1, tzinfo=UTC),
-        "end_offset_ns": 1_000_000,
-    }
-    fields.update(overrides)
-    return RequestRecord.model_validate(fields)
+    fields: dict[str, object] = {"run_id": RUN_ID, "chunk_offsets_ns": [], "end_offset_ns": 1_000_000}
+    return request_record(**(fields | overrides))
 
 
 class FakeSink(Sink):

@@ -1,36 +1,17 @@
 """Request records: derived fields, strict validation, and the JSON form jobs receive."""
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 import orjson
 import pytest
 from pydantic import ValidationError
 
-from stampede.records import Api, Outcome, RequestRecord
-
-MS = 1_000_000
+from stampede.records import RequestRecord
+from tests.builders import request_record
 
 
 def make_record(**overrides: object) -> RequestRecord:
-    fields: dict[str, object] = {
-        "run_id": uuid.uuid4(),
-        "target": "t",
-        "step_index": 0,
-        "in_warmup": False,
-        "host": "h",
-        "pid": 1,
-        "api": Api.OPENAI_CHAT,
-        "model": "m",
-        "prompt_id": "p",
-        "outcome": Outcome.OK,
-        "started_at": datetime(2026, 1, 1, tzinfo=UTC),
-        "chunk_offsets_ns": [50 * MS, 60 * MS, 80 * MS],
-        "end_offset_ns": 90 * MS,
-        "output_tokens": 3,
-    }
-    fields.update(overrides)
-    return RequestRecord.model_validate(fields)
+    return request_record(**overrides)
 
 
 def test_derived_fields_come_from_raw_offsets() -> None:

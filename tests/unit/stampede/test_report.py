@@ -17,6 +17,7 @@ from stampede.metrics import Percentiles, StepSummary
 from stampede.records import Api, LoadgenSampleRecord, Outcome, RequestRecord, RunRecord, RunStatus, StepRecord
 from stampede.report import SloLimits, TargetStep, knees, step_summaries
 from stampede.schema import StepStats
+from tests.builders import request_record
 
 MS = 1_000_000
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -35,24 +36,13 @@ def session(tmp_path: Path) -> Iterator[Session]:
 def request(run_id: uuid.UUID, **overrides: object) -> RequestRecord:
     """A successful request: TTFT 100 ms, chunks every 10 ms, E2E 130 ms, 4 tokens by the server."""
     fields: dict[str, object] = {
-        "run_id": run_id,
-        "target": "t",
-        "step_index": 0,
-        "in_warmup": False,
-        "host": "h",
-        "pid": 1,
-        "api": Api.OPENAI_CHAT,
-        "model": "m",
-        "prompt_id": "p",
-        "outcome": Outcome.OK,
         "started_at": T0 + timedelta(seconds=3),
         "chunk_offsets_ns": [100 * MS, 110 * MS, 120 * MS, 130 * MS],
         "end_offset_ns": 130 * MS,
         "output_tokens": 4,
         "prompt_tokens": 6,
     }
-    fields.update(overrides)
-    return RequestRecord.model_validate(fields)
+    return request_record(run_id=run_id, **(fields | overrides))
 
 
 def seed(
