@@ -3,7 +3,8 @@ throwaway PostgreSQL databases and clusters, Redis key spaces and servers, and r
 Each test gets its own database and queue and removes them.
 
 The shared servers (PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379) are never flushed or
-restarted: tests that restart a server start an ephemeral one of their own.
+restarted: tests that restart a server start an ephemeral one of their own. Where a server or its
+binaries are missing, the tests fail saying how to get them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from tests.integration.fleet_helpers import create_database, drop_database, wait
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian's layout; the newest installed major version.
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), default=Path("/nonexistent"))
 REDIS_SERVER = Path("/usr/bin/redis-server")
 HOW_TO_GET = (
     "apt-get install postgresql redis-server, then start both (service postgresql start; service redis-server start)"
@@ -44,7 +46,7 @@ def shared_pg() -> str:
     try:
         psycopg.connect(PG_ADMIN, connect_timeout=3).close()
     except psycopg.OperationalError:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres; {HOW_TO_GET}")
+        pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres; {HOW_TO_GET}")
     return PG_ADMIN
 
 
@@ -81,7 +83,7 @@ def shared_redis(queue_name: str) -> Iterator[str]:
     try:
         connection.ping()
     except Exception:
-        pytest.skip(f"Redis is not reachable at 127.0.0.1:6379; {HOW_TO_GET}")
+        pytest.fail(f"Redis is not reachable at 127.0.0.1:6379; {HOW_TO_GET}")
     try:
         yield REDIS_URL
     finally:
@@ -135,7 +137,7 @@ def _pings(client: Redis) -> bool:
 @pytest.fixture
 def ephemeral_redis(tmp_path: Path) -> Iterator[EphemeralRedis]:
     if not REDIS_SERVER.exists():
-        pytest.skip(f"{REDIS_SERVER} is missing; {HOW_TO_GET}")
+        pytest.fail(f"{REDIS_SERVER} is missing; {HOW_TO_GET}")
     server = EphemeralRedis(tmp_path)
     server.start()
     try:
@@ -176,9 +178,9 @@ class EphemeralPostgres:
 @pytest.fixture
 def ephemeral_pg() -> Iterator[EphemeralPostgres]:
     if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"{PG_BIN}/initdb is missing; {HOW_TO_GET}")
+        pytest.fail(f"{PG_BIN}/initdb is missing; {HOW_TO_GET}")
     if os.geteuid() == 0 and not _user_exists("postgres"):
-        pytest.skip(f"initdb refuses to run as root and there is no postgres user to run it as; {HOW_TO_GET}")
+        pytest.fail(f"initdb refuses to run as root and there is no postgres user to run it as; {HOW_TO_GET}")
     directory = Path(tempfile.mkdtemp(prefix="stampede-pg-"))
     if os.geteuid() == 0:
         shutil.chown(directory, "postgres", "postgres")
