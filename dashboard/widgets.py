@@ -45,19 +45,27 @@ def pick_run(url: str) -> pd.Series | None:
 
 
 def slo_limits(run_slo: SloLimits) -> SloLimits:
-    """The SLOs to judge the knee by: the run's, each overridable in the sidebar (0 clears a limit)."""
+    """The SLOs to judge the knee by: the run's, each overridable in the sidebar.
+
+    A latency limit of 0 ms is no limit (no request meets it); an error-rate limit of 1 is none either,
+    so that 0, no errors at all, stays a limit one can set.
+    """
     st.sidebar.subheader("SLOs (p99)")
-    values = {}
-    for name, label in (
-        ("ttft_ms", "TTFT ms"),
-        ("tpot_ms", "TPOT ms"),
-        ("e2e_ms", "E2E ms"),
-        ("max_error_rate", "Max error rate"),
-    ):
+    values: dict[str, float | None] = {}
+    for name, label in (("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("e2e_ms", "E2E ms")):
         value = st.sidebar.number_input(
-            label, min_value=0.0, value=float(getattr(run_slo, name) or 0.0), key=f"slo_{name}"
+            label, min_value=0.0, value=float(getattr(run_slo, name) or 0.0), help="0: no limit", key=f"slo_{name}"
         )
         values[name] = value or None
+    rate = st.sidebar.number_input(
+        "Max error rate",
+        min_value=0.0,
+        max_value=1.0,
+        value=1.0 if run_slo.max_error_rate is None else float(run_slo.max_error_rate),
+        help="Share of failed requests, 0 to 1; 1: no limit",
+        key="slo_max_error_rate",
+    )
+    values["max_error_rate"] = None if rate >= 1.0 else rate
     return SloLimits(**values)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from dashboard.widgets import LIVE_REFRESH_S
 from stampede.records import RunStatus
-from tests.unit.dashboard.dashboard_fixtures import T0, Seeder, figures, run_app
+from tests.unit.dashboard.dashboard_fixtures import OLLAMA_LIKE, T0, VLLM_LIKE, Seeder, figures, run_app
 
 
 def traces(fig: dict) -> dict[str, dict]:
@@ -63,6 +64,20 @@ def test_the_knee_follows_slo_overrides_in_the_sidebar(seeder: Seeder) -> None:
     tokens = traces(figures(at)["Output tokens/s vs load"])
     assert tokens["vllm-like knee"]["x"] == [2.0]
     assert "ollama-like knee" not in tokens
+
+
+def test_an_error_rate_limit_of_zero_is_a_limit_and_one_of_one_is_none(seeder: Seeder) -> None:
+    failing = dataclasses.replace(OLLAMA_LIKE, errors=lambda users: 1 if users >= 4 else 0)
+    seeder.sweep(targets={"ollama-like": failing, "vllm-like": VLLM_LIKE}, slo={"ttft_ms": 1000})
+    at = run_app()
+    assert "ollama-like: 8, vllm-like: 8" in at.markdown[0].value
+
+    at.sidebar.number_input(key="slo_max_error_rate").set_value(0.0).run()
+    assert "ollama-like: 2, vllm-like: 8" in at.markdown[0].value
+
+    at.sidebar.number_input(key="slo_max_error_rate").set_value(1.0).run()
+    at.sidebar.number_input(key="slo_ttft_ms").set_value(0.0).run()
+    assert not any("Knee" in m.value for m in at.markdown)
 
 
 def test_goodput_is_drawn_when_the_run_sets_slos(seeder: Seeder) -> None:
