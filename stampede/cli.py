@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from stampede import baseline, db, demo, report, schedules
 from stampede.records import Api
 from stampede.settings import get_settings, redact_url
 from stampede.sweep import SweepError, SweepPlan, check_reachable, read_progress, run_target, wait_until_stored
-from stampede.sweepfile import SweepFile, TargetSpec, load_sweep_file
+from stampede.sweepfile import SweepFile, TargetSpec, load_sweep_file, validate_sweep
 from stampede.table import format_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -63,10 +62,9 @@ def _parse_list(text: str, kind: type[int] | type[float], flag: str) -> list[Any
 
 def _spec(**fields: Any) -> SweepFile:
     try:
-        return SweepFile.model_validate(fields)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise _fail(problems) from None
+        return validate_sweep(fields)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _sweep(plan: SweepPlan, check: bool = False) -> None:

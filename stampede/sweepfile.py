@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -114,16 +114,22 @@ class SweepFile(_Spec):
         return targets
 
 
+def validate_sweep(data: Any) -> SweepFile:
+    """A sweep from parsed data; ValueError naming every problem found (``field.path: message; ...``)."""
+    try:
+        return SweepFile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ValueError(problems) from None
+
+
 def parse_sweep_file(text: str, suffix: str) -> SweepFile:
     """Parse TOML (or JSON when ``suffix`` is ``.json``); ValueError with every problem found."""
     try:
         data = json.loads(text) if suffix == ".json" else tomllib.loads(text)
-        return SweepFile.model_validate(data)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"not valid {'JSON' if suffix == '.json' else 'TOML'}: {exc}") from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ValueError(problems) from None
+    return validate_sweep(data)
 
 
 def load_sweep_file(path: Path) -> SweepFile:
