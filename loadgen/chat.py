@@ -26,9 +26,9 @@ from loadgen.clients import APIS, ChatApi, Measurement, encode_body, send_chat
 from loadgen.options import add_chat_arguments, ensure_run_id
 from loadgen.prompts import PromptPicker
 from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
-from loadgen.sinks import EmbeddedSink, Sink
+from loadgen.sinks import make_sink
 from stampede.records import Api, Outcome, RequestRecord, utc_now
-from stampede.settings import Settings, get_settings
+from stampede.settings import get_settings
 
 log = logging.getLogger(__name__)
 SINK_CLOSE_TIMEOUT_S = 60.0
@@ -36,20 +36,6 @@ SINK_CLOSE_TIMEOUT_S = 60.0
 
 class RequestFailed(Exception):
     """A request that did not end well, as Locust's failure statistics show it."""
-
-
-def make_sink(settings: Settings) -> Sink:
-    """The fleet sink when Redis is configured, else the embedded one."""
-    if settings.redis_url is not None:
-        from loadgen.rq_sink import RQSink
-
-        return RQSink(
-            settings.redis_url.get_secret_value(),
-            settings.queue_name,
-            settings.batch_size,
-            settings.flush_interval_s,
-        )
-    return EmbeddedSink(settings.batch_size, settings.flush_interval_s)
 
 
 @events.init_command_line_parser.add_listener

@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 
 from loadgen.store_process import StoreProcess
 from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
-from stampede.settings import get_settings
+from stampede.settings import Settings, get_settings
 
 STORE_REQUESTS = "workers.jobs.store_request_records"
 STORE_RUN = "workers.jobs.store_run"
@@ -116,6 +116,10 @@ class Sink(ABC):
         """Queue one health sample of this load-generating process."""
         self._put(STORE_LOADGEN_SAMPLES, [sample.to_job_arg()])
 
+    def resend(self, job: str, arg: Any) -> None:
+        """Queue a job as it was written to a spill file (see :mod:`loadgen.replay`)."""
+        self._put(job, arg)
+
     def flush(self, timeout_s: float | None = None) -> bool:
         """Deliver everything queued so far; True when all of it was delivered in time."""
         self._enqueue_buffer()
@@ -133,7 +137,8 @@ class Sink(ABC):
             self.spill_path.unlink(missing_ok=True)
         else:
             log.error(
-                "sink closed undelivered: about %d records in memory are lost, %d jobs stay in %s",
+                "sink closed undelivered: about %d records in memory are lost, %d jobs stay in %s "
+                "(deliver them with `stampede replay FILE`)",
                 self._buffered_records,
                 self._spilled_jobs,
                 self.spill_path,
@@ -270,3 +275,17 @@ class EmbeddedSink(Sink):
 
     def _deliver(self, job: str, arg: Any) -> None:
         self._store.run(job, arg)
+
+
+def make_sink(settings: Settings) -> Sink:
+    """The fleet sink when Redis is configured, else the embedded one."""
+    if settings.redis_url is not None:
+        from loadgen.rq_sink import RQSink  # imports this module: only here, once it is loaded
+
+        return RQSink(
+            settings.redis_url.get_secret_value(),
+            settings.queue_name,
+            settings.batch_size,
+            settings.flush_interval_s,
+        )
+    return EmbeddedSink(settings.batch_size, settings.flush_interval_s)

@@ -298,6 +298,12 @@ def worker(ctx: typer.Context) -> None:
 
 
 @app.command(context_settings=FORWARD)
+def replay(ctx: typer.Context) -> None:
+    """Deliver the jobs a sink spilled to a file (arguments go to `python -m loadgen.replay`)."""
+    _forward(["loadgen.replay"], ctx)
+
+
+@app.command(context_settings=FORWARD)
 def scheduler(ctx: typer.Context) -> None:
     """Enqueue scheduled sweeps when due (arguments go to `python -m workers scheduler`)."""
     _forward(["workers", "scheduler"], ctx)

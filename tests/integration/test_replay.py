@@ -1,0 +1,67 @@
+"""`stampede replay` delivers what a sink spilled to a file, once, and refuses what is not a spill."""
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import orjson
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from loadgen.sinks import STORE_REQUESTS, STORE_RUN
+from stampede.db import upgrade
+from stampede.records import RunRecord, RunStatus, utc_now
+from stampede.schema import Request, Run
+from tests.builders import request_record
+
+
+def replay(tmp_path: Path, db_url: str, *files: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stampede", "replay", *map(str, files)],
+        env={"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+
+
+def counts(db_url: str) -> tuple[int, int]:
+    with Session(create_engine(db_url)) as session:
+        return (
+            session.scalar(select(func.count()).select_from(Request)) or 0,
+            session.scalar(select(func.count()).select_from(Run)) or 0,
+        )
+
+
+def test_a_spill_file_is_delivered_once_and_removed(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path}/r.db"
+    upgrade(db_url)
+    run_id = uuid.uuid4()
+    run = RunRecord(id=run_id, name="spilled", status=RunStatus.FINISHED, started_at=utc_now())
+    batches = [[request_record(run_id=run_id).to_job_arg() for _ in range(5)] for _ in range(3)]
+    lines = [{"job": STORE_RUN, "arg": run.to_job_arg()}] + [{"job": STORE_REQUESTS, "arg": b} for b in batches]
+    content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    spill = tmp_path / "stampede-spill-1.jsonl"
+    spill.write_bytes(content)
+
+    result = replay(tmp_path, db_url, spill)
+    assert result.returncode == 0, result.stderr
+    assert "4 jobs delivered" in result.stdout and not spill.exists()
+    assert counts(db_url) == (15, 1)
+
+    spill.write_bytes(content)  # the same jobs again: stores ignore what they already hold
+    assert replay(tmp_path, db_url, spill).returncode == 0
+    assert counts(db_url) == (15, 1)
+
+
+def test_a_file_that_is_not_a_spill_is_refused_and_kept(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path}/r.db"
+    upgrade(db_url)
+    bad = tmp_path / "notes.jsonl"
+    bad.write_text('{"job": "workers.jobs.store_run"}\n')
+    result = replay(tmp_path, db_url, bad)
+    assert result.returncode == 2
+    assert "notes.jsonl:1: not a spilled job" in result.stderr
+    assert bad.exists()
