@@ -117,15 +117,20 @@ def step_summaries(url: str, run_id: str) -> list[report.TargetStep]:
         return report.step_summaries(session, uuid.UUID(run_id))
 
 
+def _run_rows(url: str, table: Any, columns: list[str], run_id: str, order_by: str | None = None) -> pd.DataFrame:
+    """The ``columns`` of a table's rows that belong to a run, optionally ordered by one of them."""
+    query = select(*(getattr(table, c) for c in columns)).where(table.run_id == uuid.UUID(run_id))
+    if order_by is not None:
+        query = query.order_by(getattr(table, order_by))
+    with Session(engine(url)) as session:
+        return pd.DataFrame(session.execute(query).all(), columns=columns)
+
+
 @st.cache_data(ttl=TTL_S)
 def steps(url: str, run_id: str) -> pd.DataFrame:
     """A run's steps: target, index, users, request rate, start and end (for bands on time charts)."""
     columns = ["target", "index", "users", "request_rate_per_s", "started_at", "ended_at"]
-    with Session(engine(url)) as session:
-        rows = session.execute(
-            select(*(getattr(Step, c) for c in columns)).where(Step.run_id == uuid.UUID(run_id))
-        ).all()
-    return pd.DataFrame(rows, columns=columns).sort_values(["target", "index"], ignore_index=True)
+    return _run_rows(url, Step, columns, run_id).sort_values(["target", "index"], ignore_index=True)
 
 
 @st.cache_data(ttl=TTL_S)
@@ -172,23 +177,11 @@ def gpu_samples(url: str, run_id: str) -> pd.DataFrame:
         "host", "gpu_index", "name", "sampled_at", "utilization_pct", "memory_used_bytes", "memory_total_bytes",
         "power_w", "temperature_c", "sm_clock_mhz",
     ]  # fmt: skip
-    with Session(engine(url)) as session:
-        rows = session.execute(
-            select(*(getattr(GpuSample, c) for c in columns))
-            .where(GpuSample.run_id == uuid.UUID(run_id))
-            .order_by(GpuSample.sampled_at)
-        ).all()
-    return pd.DataFrame(rows, columns=columns)
+    return _run_rows(url, GpuSample, columns, run_id, order_by="sampled_at")
 
 
 @st.cache_data(ttl=TTL_S)
 def runtime_samples(url: str, run_id: str) -> pd.DataFrame:
     """A run's scraped runtime values (metric, labels, value) by target and host, in time order."""
     columns = ["target", "host", "sampled_at", "metric", "labels", "value"]
-    with Session(engine(url)) as session:
-        rows = session.execute(
-            select(*(getattr(RuntimeSample, c) for c in columns))
-            .where(RuntimeSample.run_id == uuid.UUID(run_id))
-            .order_by(RuntimeSample.sampled_at)
-        ).all()
-    return pd.DataFrame(rows, columns=columns)
+    return _run_rows(url, RuntimeSample, columns, run_id, order_by="sampled_at")

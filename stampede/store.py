@@ -240,4 +240,5 @@ def insert_loadgen_samples(session: Session, samples: Sequence[LoadgenSampleReco
         return 0
     rows = [sample.model_dump() for sample in samples]
     stmt = _insert(session, LoadgenSample).values(rows).on_conflict_do_nothing(index_elements=["id"])
-    return int(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return result.rowcount
