@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import gevent
-from geventhttpclient import HTTPClient
 from locust import User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
@@ -26,6 +25,7 @@ from loadgen.clients import APIS, ChatApi, Measurement, encode_body, send_chat
 from loadgen.options import add_chat_arguments, ensure_run_id
 from loadgen.prompts import PromptPicker
 from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
+from loadgen.rxstamps import StampedHTTPClient
 from loadgen.sinks import make_sink
 from stampede.records import Api, Outcome, RequestRecord, utc_now
 from stampede.settings import get_settings
@@ -105,14 +105,14 @@ class ChatUser(User):
         api_key = get_settings().api_key
         if api_key is not None:
             self._headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
-        self._http: HTTPClient | None = None
+        self._http: StampedHTTPClient | None = None
 
     def on_stop(self) -> None:
         self._drop_connection()
 
-    def _connection(self) -> HTTPClient:
+    def _connection(self) -> StampedHTTPClient:
         if self._http is None:
-            self._http = HTTPClient.from_url(
+            self._http = StampedHTTPClient.from_url(
                 self.host,
                 concurrency=1,
                 connection_timeout=self.connection_timeout_s,

@@ -1,9 +1,12 @@
 """Runtime clients: send one streaming chat request and time every chunk of the answer.
 
 Bytes are read with geventhttpclient's ``readline``, which returns as soon as a line is in its
-buffer and otherwise reads whatever the socket has (not a full block), so each chunk is stamped
-when it arrives. Nothing here parses into models or blocks the gevent loop. Raw measurements only:
-the record's derived values (TTFT, ITL, TPOT) are computed in :mod:`stampede.metrics`.
+buffer and otherwise reads whatever the socket has (not a full block). A line is timed by the read
+that completed it: with a :class:`~loadgen.rxstamps.StampedHTTPClient`, the kernel's receive stamp
+of that read (when its bytes reached the host, however late the loop got to them), else the time
+that read returned; with a plain ``HTTPClient``, the time ``readline`` returned. Nothing here parses
+into models or blocks the gevent loop. Raw measurements only: the record's derived values (TTFT,
+ITL, TPOT) are computed in :mod:`stampede.metrics`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from loadgen.parsers import (
     StreamParser,
     TokenCounts,
 )
+from loadgen.rxstamps import ReadStamps, StampedHTTPClient, chunk_time_ns
 from stampede.records import Api, Outcome
 
 ERROR_BODY_BYTES = 300
@@ -113,14 +117,16 @@ class Measurement:
         self.error = error[:500]
 
 
-def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurement) -> None:
+def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurement, stamps: ReadStamps | None) -> None:
     ended = False
     server_error = None
     while True:
         line = response.readline(b"\n")
-        offset_ns = time.perf_counter_ns() - start_ns
+        now_ns = time.perf_counter_ns()
         if not line:
             break
+        # readline reads only while no whole line is buffered, so the last read completed this line.
+        offset_ns = (now_ns if stamps is None else chunk_time_ns(stamps, start_ns, now_ns)) - start_ns
         m.response_bytes += len(line)
         for event in parser.feed(line, offset_ns):
             if isinstance(event, OutputChunk):
@@ -159,7 +165,8 @@ def send_chat(http: HTTPClient, api: ChatApi, body: bytes, headers: dict[str, st
                 m.response_bytes = len(text)
                 m.fail(Outcome.HTTP_ERROR, f"HTTP {m.http_status}: {text.decode(errors='replace').strip()}")
             else:
-                _read_stream(response, api.parser(), start_ns, m)
+                stamps = http.stamps if isinstance(http, StampedHTTPClient) else None
+                _read_stream(response, api.parser(), start_ns, m, stamps)
     except gevent.Timeout:
         m.fail(Outcome.TIMEOUT, f"no complete response within {timeout_s:g} s")
     except TimeoutError:

@@ -1,0 +1,150 @@
+"""Kernel receive timestamps: when a read's bytes reached this host, not when the loop got to them.
+
+With hundreds of streams in one gevent process, a chunk waits in the socket until the loop runs
+its greenlet, milliseconds after it arrived. On Linux the kernel stamps every TCP segment as it
+enters the host (``SO_TIMESTAMPNS``, software receive time, ``CLOCK_REALTIME``), and ``recvmsg``
+returns the stamp of the last segment that read consumed as ancillary data. :class:`StampedSocket`
+reads that way and keeps, per read, the moment the read returned and the stamp, moved onto the
+``perf_counter_ns`` timeline; :class:`StampedHTTPClient` gives its connections such sockets.
+
+Limits, each falling back to the client clock at the read (:func:`chunk_time_ns`): no stamp where
+the option is missing (not Linux) or the read bypasses ``recv`` (TLS: OpenSSL reads the socket
+itself); a stamp later than its read, more than :data:`MAX_AGE_NS` before it, or before the send,
+is distrusted (a clock step). TCP keeps one stamp per buffered segment and merges queued segments
+under the newest stamp, so chunks that sat unread together share the last one's arrival.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent.socket
+from geventhttpclient import HTTPClient
+
+# SO_TIMESTAMPNS (SO_TIMESTAMPNS_OLD, equal to SCM_TIMESTAMPNS) from Linux <asm-generic/socket.h>;
+# Python's socket module does not define it. Other systems use 35 for something else.
+SO_TIMESTAMPNS = 35
+STAMPS_SUPPORTED = sys.platform.startswith("linux")
+MAX_AGE_NS = 1_000_000_000
+_TIMESPEC = struct.Struct("@ll")  # struct timespec: tv_sec, tv_nsec as C longs
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) if STAMPS_SUPPORTED else 0
+_CLOCK_PAIR_MAX_NS = 20_000
+
+
+@dataclass
+class ReadStamps:
+    """The last read of a connection: when it returned, and when the kernel received its bytes.
+
+    Both on the ``perf_counter_ns`` timeline; ``received_ns`` is None when the read carried no stamp.
+    """
+
+    read_ns: int = 0
+    received_ns: int | None = None
+
+
+def kernel_stamp_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The ``SCM_TIMESTAMPNS`` stamp in a ``recvmsg`` result's ancillary data, as realtime ns."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return sec * 1_000_000_000 + nsec
+    return None
+
+
+def realtime_minus_perf_ns() -> tuple[int, int]:
+    """``(perf_counter_ns now, CLOCK_REALTIME - perf_counter_ns)``, the two clocks read back to back.
+
+    Retried when the pair straddles a preemption, so the offset is good to a few microseconds.
+    """
+    for _ in range(3):
+        before = time.perf_counter_ns()
+        wall = time.time_ns()
+        after = time.perf_counter_ns()
+        if after - before < _CLOCK_PAIR_MAX_NS:
+            break
+    return before, wall - (before + after) // 2
+
+
+def chunk_time_ns(stamps: ReadStamps, sent_ns: int, now_ns: int) -> int:
+    """When a chunk arrived, on the ``perf_counter_ns`` timeline; never before ``sent_ns``.
+
+    The chunk is the one completed by the connection's last read. Its time is the kernel receive
+    stamp of that read when one is plausible: not later than the read, not more than
+    :data:`MAX_AGE_NS` before it, not before the send. Otherwise the time the read returned; and
+    ``now_ns`` (the caller's clock) when no read since the send is known.
+    """
+    if stamps.read_ns < sent_ns:
+        return now_ns
+    received_ns = stamps.received_ns
+    if received_ns is None or received_ns > stamps.read_ns:
+        return stamps.read_ns
+    if received_ns < sent_ns or stamps.read_ns - received_ns > MAX_AGE_NS:
+        return stamps.read_ns
+    return received_ns
+
+
+class StampedSocket(gevent.socket.socket):
+    """A cooperative TCP socket whose ``recv`` and ``recv_into`` record each read in ``stamps``.
+
+    Reads go through gevent's ``recvmsg``, which waits on the loop like ``recv``. Where the kernel
+    refuses the option, reads are plain and record only the time they returned.
+    """
+
+    def __init__(
+        self, stamps: ReadStamps, family: int = -1, kind: int = -1, proto: int = -1, fileno: int | None = None
+    ) -> None:
+        super().__init__(family, kind, proto, fileno)
+        self.stamps = stamps
+        self.kernel_stamps = False
+        if STAMPS_SUPPORTED:
+            try:
+                self.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.kernel_stamps = True
+            except OSError:
+                pass
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
+        if not self.kernel_stamps:
+            data: bytes = super().recv(bufsize, flags)
+            self._record(None)
+            return data
+        data, ancdata, _, _ = self.recvmsg(bufsize, _ANCILLARY_BYTES, flags)
+        self._record(kernel_stamp_ns(ancdata))
+        return data  # type: ignore[no-any-return]
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:  # type: ignore[override]
+        if not self.kernel_stamps:
+            count: int = super().recv_into(buffer, nbytes, flags)
+            self._record(None)
+            return count
+        view = memoryview(buffer)
+        count, ancdata, _, _ = self.recvmsg_into([view[:nbytes] if nbytes else view], _ANCILLARY_BYTES, flags)
+        self._record(kernel_stamp_ns(ancdata))
+        return count  # type: ignore[no-any-return]
+
+    def _record(self, realtime_ns: int | None) -> None:
+        read_ns, offset_ns = realtime_minus_perf_ns()
+        self.stamps.read_ns = read_ns
+        self.stamps.received_ns = None if realtime_ns is None else realtime_ns - offset_ns
+
+
+class StampedHTTPClient(HTTPClient):
+    """An ``HTTPClient`` whose plain-TCP connections are :class:`StampedSocket`\\ s sharing ``stamps``.
+
+    ``stamps`` describes the last read of any of its connections, so it is meaningful for one
+    request at a time: use ``concurrency=1``, as each Locust user does. TLS connections keep
+    plain sockets (OpenSSL reads them itself), so ``stamps`` stays empty and the clients fall back.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stamps = ReadStamps()
+        if not self.ssl:
+            # An instance attribute over the pool's socket factory, so no self is passed to it.
+            self._connection_pool._create_tcp_socket = functools.partial(StampedSocket, self.stamps)  # type: ignore[method-assign]

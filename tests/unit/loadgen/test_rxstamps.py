@@ -1,0 +1,78 @@
+"""A chunk's time: the kernel's receive stamp of the read that completed it, when plausible, else that read's time."""
+
+import socket
+import struct
+import time
+
+import gevent
+from geventhttpclient.response import HTTPSocketResponse
+
+from loadgen.clients import Measurement, _read_stream
+from loadgen.parsers import OpenAIParser
+from loadgen.rxstamps import MAX_AGE_NS, SO_TIMESTAMPNS, ReadStamps, StampedSocket, chunk_time_ns, kernel_stamp_ns
+
+SENT_NS = 1_000_000_000
+READ_NS = SENT_NS + 50_000_000
+
+
+def test_the_timespec_in_the_ancillary_data_is_the_stamp() -> None:
+    timespec = struct.pack("@ll", 1_795_000_000, 123_456_789)
+    other = (socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", 3))
+    assert kernel_stamp_ns([other, (socket.SOL_SOCKET, SO_TIMESTAMPNS, timespec)]) == 1_795_000_000_123_456_789
+    assert kernel_stamp_ns([other]) is None
+    assert kernel_stamp_ns([]) is None
+
+
+def test_a_plausible_kernel_stamp_is_the_chunk_time() -> None:
+    stamps = ReadStamps(read_ns=READ_NS, received_ns=SENT_NS + 2_000_000)
+    assert chunk_time_ns(stamps, SENT_NS, now_ns=READ_NS + 10) == SENT_NS + 2_000_000
+
+
+def test_an_implausible_or_missing_stamp_falls_back_to_the_read_time() -> None:
+    for received_ns in (
+        None,  # no ancillary data: not Linux, AF_UNIX, or a segment that came before the option
+        READ_NS + 1,  # later than the read
+        READ_NS - MAX_AGE_NS - 1,  # far older than the read: a clock step
+        SENT_NS - 1,  # before the request was sent
+    ):
+        stamps = ReadStamps(read_ns=READ_NS, received_ns=received_ns)
+        assert chunk_time_ns(stamps, SENT_NS, now_ns=READ_NS + 10) == READ_NS, received_ns
+
+
+def test_without_a_read_since_the_send_the_caller_clock_counts() -> None:
+    stamps = ReadStamps(read_ns=SENT_NS - 5, received_ns=SENT_NS - 10)  # the previous request's last read
+    assert chunk_time_ns(stamps, SENT_NS, now_ns=READ_NS) == READ_NS
+
+
+def _stamped_pair() -> tuple[socket.socket, StampedSocket]:
+    server, client = socket.socketpair()  # AF_UNIX: Linux gives stream sockets no receive stamps
+    return server, StampedSocket(ReadStamps(), fileno=client.detach())
+
+
+def test_a_socket_without_ancillary_data_records_its_read_time() -> None:
+    server, client = _stamped_pair()
+    with server, client:
+        server.sendall(b"hello\n")
+        before = time.perf_counter_ns()
+        assert client.recv(100) == b"hello\n"
+        after = time.perf_counter_ns()
+        assert client.stamps.received_ns is None
+        assert before <= client.stamps.read_ns <= after
+
+
+def test_a_line_left_in_the_buffer_keeps_the_time_of_the_read_that_brought_it() -> None:
+    server, client = _stamped_pair()
+    with server, client:
+        start_ns = time.perf_counter_ns()
+        body = b"".join(
+            b"%x\r\n%b\r\n" % (len(event), event)
+            for event in (b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: [DONE]\n\n")
+        )
+        server.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n")
+        response = HTTPSocketResponse(client)  # one read brings the head and the whole body
+        read_ns = client.stamps.read_ns
+        gevent.sleep(0.03)  # the loop gets to the buffered lines late
+        m = Measurement()
+        _read_stream(response, OpenAIParser(), start_ns, m, client.stamps)
+    assert m.chunk_texts == ["a"]
+    assert m.chunk_offsets_ns == [read_ns - start_ns]  # not 30 ms later, when readline returned it
