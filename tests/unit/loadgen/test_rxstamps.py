@@ -5,11 +5,20 @@ import struct
 import time
 
 import gevent
+import gevent.select
 from geventhttpclient.response import HTTPSocketResponse
 
 from loadgen.clients import Measurement, _read_stream
 from loadgen.parsers import OpenAIParser
-from loadgen.rxstamps import MAX_AGE_NS, SO_TIMESTAMPNS, ReadStamps, StampedSocket, chunk_time_ns, kernel_stamp_ns
+from loadgen.rxstamps import (
+    MAX_AGE_NS,
+    SO_TIMESTAMPNS,
+    ReadStamps,
+    StampedSocket,
+    chunk_time_ns,
+    idle_and_open,
+    kernel_stamp_ns,
+)
 
 SENT_NS = 1_000_000_000
 READ_NS = SENT_NS + 50_000_000
@@ -76,3 +85,21 @@ def test_a_line_left_in_the_buffer_keeps_the_time_of_the_read_that_brought_it() 
         _read_stream(response, OpenAIParser(), start_ns, m, client.stamps)
     assert m.chunk_texts == ["a"]
     assert m.chunk_offsets_ns == [read_ns - start_ns]  # not 30 ms later, when readline returned it
+
+
+def test_a_pooled_connection_is_checked_without_yielding_to_other_greenlets() -> None:
+    ran: list[str] = []
+    gevent.spawn(ran.append, "other")  # ready to run at the next switch
+    server, client = _stamped_pair()
+    with server, client:
+        assert idle_and_open(client)
+        assert ran == []  # the request's send would not wait behind other users
+        gevent.select.select([client], [], [], 0.0)  # what geventhttpclient calls once Locust patched select
+        assert ran == ["other"]
+        server.sendall(b"stray")
+        assert not idle_and_open(client)
+        server.close()
+        client.recv(100)
+        assert not idle_and_open(client)  # readable: the peer closed
+    assert not idle_and_open(client)  # closed here
+    assert not idle_and_open(None)
