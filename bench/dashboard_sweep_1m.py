@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
+from stampede import rows as wire
 from stampede import store
 from stampede.db import get_engine, upgrade
 from stampede.records import Api, RunRecord, RunStatus, StepRecord
@@ -47,7 +48,7 @@ NS_PER_MS = 1_000_000
 
 
 def rows(run_id: uuid.UUID, total: int, uuid_as_hex: bool) -> Iterator[tuple[Any, ...]]:
-    """Request rows in ``store.REQUEST_COLUMNS`` order; latency grows with the step, varies by row."""
+    """Request rows in ``stampede.rows.REQUEST_COLUMNS`` order; latency grows with the step, varies by row."""
     per_step = total // (len(TARGETS) * STEPS)
     run = run_id.hex if uuid_as_hex else run_id
     for t, target in enumerate(TARGETS):
@@ -88,16 +89,17 @@ def seed(url: str, total: int) -> uuid.UUID:
                         ended_at=start + timedelta(seconds=STEP_S),
                     ),
                 )  # fmt: skip
-    names = ", ".join(store.REQUEST_COLUMNS)
+    names = ", ".join(wire.REQUEST_COLUMNS)
     if engine.dialect.name == "sqlite":
         with sqlite3.connect(make_url(url).database or "") as conn:
-            marks = ", ".join("?" * len(store.REQUEST_COLUMNS))
+            marks = ", ".join("?" * len(wire.REQUEST_COLUMNS))
             conn.executemany(f"INSERT INTO requests ({names}) VALUES ({marks})", rows(run_id, total, True))
     else:
         with engine.begin() as conn:
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             with cursor.copy(f"COPY requests ({names}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(list(store.REQUEST_COLUMNS.values()))
+                # JSON values go as text: the binary form of ``json`` is its text.
+                copy.set_types(["text" if t == "json" else t for t in wire.REQUEST_COLUMNS.values()])
                 for row in rows(run_id, total, False):
                     copy.write_row(row)
             cursor.execute("ANALYZE requests")

@@ -1,13 +1,13 @@
 """Ingest benchmark: request records per second that one worker stores into PostgreSQL.
 
-Two figures: the store path (the job function called directly with decoded batches: validation,
-COPY and the idempotent insert) and the full RQ path (records added to the RQ sink a Locust process
-uses, which enqueues them in batches; then one ``python -m workers --burst`` process dequeues,
-decodes and stores them). It works in a
-throwaway database and queue of its own and removes both afterwards.
+Two figures: the store path (the job function called directly with row batches as a sink makes
+them: the batch's checks, COPY and commit) and the full RQ path (records added to the RQ sink a
+Locust process uses, which encodes them and enqueues them in batches; then one
+``python -m workers --burst`` process dequeues and stores them). It works in a throwaway database
+and queue of its own and removes both afterwards.
 
     python bench/ingest.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
-        --redis-url redis://127.0.0.1:6379/0 --records 200000 --batch-size 500 --chunks 32
+        --redis-url redis://127.0.0.1:6379/0 --records 200000 --batch-size 2000 --chunks 32
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import gevent
 from redis import Redis
@@ -35,14 +34,15 @@ from sqlalchemy.orm import Session
 from loadgen.rq_sink import RQSink
 from stampede.db import make_engine, upgrade
 from stampede.records import Api, Outcome, RequestRecord
+from stampede.rows import RowBatch, encode_batch, row_batch
 from stampede.schema import Request
 
 
-def make_batches(records: int, batch_size: int, chunks: int) -> list[list[dict[str, Any]]]:
-    """Job arguments shaped like a streamed chat run: ``chunks`` output chunks 20 ms apart."""
+def make_records(records: int, chunks: int) -> list[RequestRecord]:
+    """Records shaped like a streamed chat run: ``chunks`` output chunks 20 ms apart."""
     run_id = uuid.uuid4()
     start = datetime.now(UTC)
-    args = [
+    return [
         RequestRecord(
             run_id=run_id,
             target="vllm-like",
@@ -60,10 +60,14 @@ def make_batches(records: int, batch_size: int, chunks: int) -> list[list[dict[s
             end_offset_ns=150_000_000 + chunks * 20_000_000,
             prompt_tokens=120,
             output_tokens=chunks,
-        ).to_job_arg()
+        )
         for i in range(records)
     ]
-    return [args[i : i + batch_size] for i in range(0, records, batch_size)]
+
+
+def make_batches(records: list[RequestRecord], batch_size: int) -> list[RowBatch]:
+    """Job arguments as a Locust process's sink makes them."""
+    return [encode_batch(records[i : i + batch_size]) for i in range(0, len(records), batch_size)]
 
 
 def stored_rows(url: str) -> int:
@@ -81,27 +85,24 @@ def truncate_requests(url: str) -> None:
     engine.dispose()
 
 
-def bench_store(batches: list[list[dict[str, Any]]]) -> float:
+def bench_store(batches: list[RowBatch]) -> float:
     """Seconds to store every batch through the job function, in this process."""
     from workers import jobs
 
-    jobs.store_request_records(batches[0][:1])  # connect outside the timing
+    jobs.store_request_rows(row_batch([]))  # connect outside the timing
     # A worker holds one batch at a time; the benchmark holds all of them, which would make every
     # full garbage collection walk the whole data set. Freezing it keeps the collector's work that of a worker.
     gc.collect()
     gc.freeze()
     started = time.perf_counter()
     for batch in batches:
-        jobs.store_request_records(batch)
+        jobs.store_request_rows(batch)
     return time.perf_counter() - started
 
 
-def bench_rq(
-    batches: list[list[dict[str, Any]]], redis_url: str, batch_size: int, simple: bool
-) -> tuple[float, float, float]:
-    """Seconds for an RQ sink to enqueue every record, seconds the burst worker process ran, and
-    seconds from the first job's start to the last one's end."""
-    records = [RequestRecord.model_validate(arg) for batch in batches for arg in batch]
+def bench_rq(records: list[RequestRecord], redis_url: str, batch_size: int, fork: bool) -> tuple[float, float, float]:
+    """Seconds for an RQ sink to enqueue every record (encoding included), seconds the burst worker
+    process ran, and seconds from the first job's start to the last one's end."""
     name = f"stampede-bench-{uuid.uuid4().hex[:8]}"
     connection = Redis.from_url(redis_url)
     try:
@@ -116,7 +117,7 @@ def bench_rq(
 
         command = [sys.executable, "-m", "workers", name, "--burst", "--log-level", "WARNING", "--name", name]
         started = time.perf_counter()
-        subprocess.run(command + (["--simple"] if simple else []), check=True, timeout=600)
+        subprocess.run(command + (["--fork"] if fork else []), check=True, timeout=600)
         worker_s = time.perf_counter() - started
         queue = Queue(name, connection=connection, serializer=JSONSerializer)
         finished = FinishedJobRegistry(queue=queue).get_job_ids()
@@ -137,7 +138,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--chunks", type=int, default=32, help="output chunks per record")
-    parser.add_argument("--simple", action="store_true", help="run the RQ worker with --simple (no fork per job)")
+    parser.add_argument("--fork", action="store_true", help="run the RQ worker with --fork (a forked process per job)")
     args = parser.parse_args()
 
     admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
@@ -150,7 +151,8 @@ def main() -> None:
         # Workers read the database from the environment, as in a fleet.
         os.environ["STAMPEDE_DATABASE_URL"] = url
         os.environ["STAMPEDE_REDIS_URL"] = args.redis_url
-        batches = make_batches(args.records, args.batch_size, args.chunks)
+        records = make_records(args.records, args.chunks)
+        batches = make_batches(records, args.batch_size)
         print(f"{args.records} records, {len(batches)} batches of {args.batch_size}, {args.chunks} chunks each")
 
         store_s = bench_store(batches)
@@ -158,7 +160,7 @@ def main() -> None:
         print(f"store path: {args.records / store_s:,.0f} records/s ({store_s:.2f} s)")
 
         truncate_requests(url)
-        enqueue_s, worker_s, jobs_s = bench_rq(batches, args.redis_url, args.batch_size, args.simple)
+        enqueue_s, worker_s, jobs_s = bench_rq(records, args.redis_url, args.batch_size, args.fork)
         assert stored_rows(url) == args.records, "RQ path lost or doubled rows"
         print(f"RQ sink, add_request to enqueued: {args.records / enqueue_s:,.0f} records/s ({enqueue_s:.2f} s)")
         print(f"RQ worker, first job start to last job end: {args.records / jobs_s:,.0f} records/s ({jobs_s:.2f} s)")

@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 
 from loadgen.sinks import STORE_REQUESTS, Sink
 
-# A 500-record batch stores in tens of milliseconds; a minute covers a slow, busy database.
+# A 2,000-record batch stores in tens of milliseconds; a minute covers a slow, busy database.
 JOB_TIMEOUT_S = 60
 # Six more tries over about four minutes (231 s), enough to ride out a database restart.
 JOB_RETRY = Retry(max=6, interval=[1, 5, 15, 30, 60, 120])
@@ -46,7 +46,7 @@ class RQSink(Sink):
         super().__init__(batch_size, flush_interval_s, max_buffered_records, spill_path)
 
     def _deliver(self, job: str, arg: Any) -> None:
-        size = f"{len(arg)} records" if job == STORE_REQUESTS else "1 record"
+        size = f"{arg['count']} records" if job == STORE_REQUESTS else "1 record"
         self.queue.enqueue(
             job,
             arg,

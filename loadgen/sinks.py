@@ -31,9 +31,10 @@ from sqlalchemy.engine import make_url
 
 from loadgen.store_process import StoreProcess
 from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
+from stampede.rows import encode_request, row_batch
 from stampede.settings import Settings, get_settings
 
-STORE_REQUESTS = "workers.jobs.store_request_records"
+STORE_REQUESTS = "workers.jobs.store_request_rows"
 STORE_RUN = "workers.jobs.store_run"
 STORE_STEP = "workers.jobs.store_step"
 STORE_LOADGEN_SAMPLES = "workers.jobs.store_loadgen_samples"
@@ -64,6 +65,10 @@ def known_secrets() -> list[str]:
     return sorted({s for s in found if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
 
 
+def _records_in(job: str, arg: Any) -> int:
+    return int(arg["count"]) if job == STORE_REQUESTS else 1
+
+
 class Sink(ABC):
     """Batches records and delivers them in order from one flusher greenlet."""
 
@@ -80,7 +85,7 @@ class Sink(ABC):
         self.spill_path = spill_path or Path(tempfile.gettempdir()) / f"stampede-spill-{os.getpid()}-{id(self)}.jsonl"
         self.delivered_requests = 0
         self._secrets = known_secrets()
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[str] = []
         self._buffer_since = 0.0
         self._jobs: deque[tuple[str, Any]] = deque()
         self._buffered_records = 0
@@ -95,12 +100,12 @@ class Sink(ABC):
 
     def add_request(self, record: RequestRecord) -> None:
         """Queue one request record; never blocks."""
-        arg = record.to_job_arg()
-        if arg["error"] is not None:
-            arg["error"] = self._redact(arg["error"])
+        if record.error is not None and (error := self._redact(record.error)) != record.error:
+            record = record.model_copy(update={"error": error})
         if not self._buffer:
             self._buffer_since = time.monotonic()
-        self._buffer.append(arg)
+        # Encoded now, once: a worker stores the text as it is (see stampede.rows).
+        self._buffer.append(encode_request(record))
         if len(self._buffer) >= self.batch_size:
             self._enqueue_buffer()
 
@@ -159,11 +164,11 @@ class Sink(ABC):
     def _enqueue_buffer(self) -> None:
         if self._buffer:
             batch, self._buffer = self._buffer, []
-            self._put(STORE_REQUESTS, batch)
+            self._put(STORE_REQUESTS, row_batch(batch))
 
     def _put(self, job: str, arg: Any) -> None:
         self._idle.clear()
-        size = len(arg) if job == STORE_REQUESTS else 1
+        size = _records_in(job, arg)
         if self._spilled_jobs == 0 and self._buffered_records + size <= self.max_buffered_records:
             self._jobs.append((job, arg))
             self._buffered_records += size
@@ -187,7 +192,7 @@ class Sink(ABC):
     def _next_job(self) -> tuple[str, Any] | None:
         if self._jobs:
             job, arg = self._jobs.popleft()
-            self._buffered_records -= len(arg) if job == STORE_REQUESTS else 1
+            self._buffered_records -= _records_in(job, arg)
             return job, arg
         if self._spilled_jobs == 0:
             return None
@@ -242,7 +247,7 @@ class Sink(ABC):
                     self._spilled_jobs,
                 )
             if job == STORE_REQUESTS:
-                self.delivered_requests += len(arg)
+                self.delivered_requests += arg["count"]
             return
 
     def _try_deliver(self, job: str, arg: Any) -> Exception | None:

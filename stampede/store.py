@@ -3,68 +3,33 @@
 Every write is idempotent: request rows are keyed by the record's UUID and duplicates are ignored,
 runs and steps are upserts, so a retried job never doubles a row.
 
-On PostgreSQL request rows go in by COPY into a per-connection temporary table followed by one
-``INSERT ... SELECT ... ON CONFLICT DO NOTHING``: COPY is the fastest way in, and the second statement
-keeps the insert idempotent, which COPY alone cannot. SQLite gets multi-row INSERTs.
+Request rows arrive as a :class:`stampede.rows.RowBatch`, COPY text made by the process that
+measured them. On PostgreSQL that text goes to ``COPY`` as it is; if any of its rows is already
+stored (a retried batch), the COPY fails as a whole and the batch goes through a per-connection
+temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` instead, which COPY alone
+cannot do. SQLite decodes the rows and gets multi-row INSERTs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import orjson
 from psycopg.errors import UniqueViolation
 from sqlalchemy import CursorResult
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from stampede import metrics
 from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
+from stampede.rows import RowBatch, check_batch, decode_rows, encode_batch
 from stampede.samples import GpuSampleRecord, RuntimeSampleRecord
 from stampede.schema import Base, GpuSample, LoadgenSample, Request, Run, RuntimeSample, Step
 
-# SQLite allows 32,766 bound parameters per statement; 27 columns x 1,000 rows stays well under it.
+# SQLite allows 32,766 bound parameters per statement; 28 columns x 1,000 rows stays well under it.
 ROWS_PER_STATEMENT = 1000
 
 # Emptied at each commit, so a batch never sees rows of another, even one that was rolled back.
 _INCOMING_REQUESTS = "stampede_incoming_requests"
-
-# The ``requests`` columns with their PostgreSQL types for binary COPY, which sends values unconverted.
-# The JSON column travels as text: the binary form of ``json`` is its text.
-REQUEST_COLUMNS = {
-    "id": "uuid",
-    "run_id": "uuid",
-    "target": "text",
-    "step_index": "int4",
-    "in_warmup": "bool",
-    "host": "text",
-    "pid": "int4",
-    "api": "text",
-    "model": "text",
-    "prompt_id": "text",
-    "outcome": "text",
-    "http_status": "int4",
-    "server_request_id": "text",
-    "error": "text",
-    "started_at": "timestamptz",
-    "ttft_ms": "float8",
-    "e2e_ms": "float8",
-    "tpot_ms": "float8",
-    "prompt_tokens": "int4",
-    "output_tokens": "int4",
-    "output_chunks": "int4",
-    "chunk_offsets_ns": "text",
-    "chunk_tokens": "text",
-    "client_output_tokens": "int4",
-    "server_timings_ms": "text",
-    "send_delay_ms": "float8",
-    "response_ms": "float8",
-    "tokens_disagree": "bool",
-}
-_JSON_COLUMNS = [
-    i for i, name in enumerate(REQUEST_COLUMNS) if name in ("chunk_offsets_ns", "chunk_tokens", "server_timings_ms")
-]
 
 
 def _insert(session: Session, table: type[Base]) -> Any:
@@ -76,105 +41,52 @@ def _insert(session: Session, table: type[Base]) -> Any:
     raise ValueError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
 
 
-def request_values(record: RequestRecord) -> tuple[Any, ...]:
-    """The ``requests`` row of a record, in :data:`REQUEST_COLUMNS` order: raw fields plus the
-    derived values used in SQL, as the record computes them."""
-    return (
-        record.id,
-        record.run_id,
-        record.target,
-        record.step_index,
-        record.in_warmup,
-        record.host,
-        record.pid,
-        record.api.value,
-        record.model,
-        record.prompt_id,
-        record.outcome.value,
-        record.http_status,
-        record.server_request_id,
-        record.error,
-        record.started_at,
-        record.ttft_ms,
-        record.e2e_ms,
-        record.tpot_ms,
-        record.prompt_tokens,
-        record.output_tokens,
-        len(record.chunk_offsets_ns),
-        record.chunk_offsets_ns,
-        record.chunk_tokens,
-        record.client_output_tokens,
-        record.server_timings_ms,
-        record.send_delay_ns / metrics.NS_PER_MS,
-        record.response_ms,
-        record.tokens_disagree,
-    )
+def insert_request_rows(session: Session, batch: RowBatch) -> int:
+    """Insert a batch of request rows, ignoring ones already stored; returns how many were new.
 
-
-def request_row(record: RequestRecord) -> dict[str, Any]:
-    """The ``requests`` row of a record as a mapping of column names to values."""
-    return dict(zip(REQUEST_COLUMNS, request_values(record), strict=True))
-
-
-def insert_request_records(session: Session, records: Iterable[RequestRecord]) -> int:
-    """Insert records, ignoring ones already stored; returns how many rows were new.
-
-    ``records`` may be a generator: on PostgreSQL it is consumed while COPY sends rows, so a caller
-    that validates lazily overlaps its work with the server's. An exception it raises aborts the
-    whole insert.
+    Raises :class:`stampede.rows.InvalidRows` (or the driver's error, on PostgreSQL) for a batch
+    that cannot be stored; nothing of it is then stored, as the caller's transaction rolls back.
     """
+    batch = check_batch(batch)
     if session.get_bind().dialect.name == "postgresql":
-        return _copy_request_records(session, records)
-    batch = list(records)
+        return _copy_request_rows(session, batch)
+    rows = decode_rows(batch)
     stored = 0
-    for start in range(0, len(batch), ROWS_PER_STATEMENT):
-        rows = [request_row(r) for r in batch[start : start + ROWS_PER_STATEMENT]]
-        stmt = _insert(session, Request).values(rows).on_conflict_do_nothing(index_elements=["id"])
-        result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        stmt = _insert(session, Request).values(rows[start : start + ROWS_PER_STATEMENT])
+        result: CursorResult[Any] = session.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))  # type: ignore[assignment]
         stored += result.rowcount
     return stored
 
 
-def _copy_row(record: RequestRecord) -> list[Any]:
-    row = list(request_values(record))
-    for i in _JSON_COLUMNS:
-        row[i] = orjson.dumps(row[i]).decode()
-    return row
+def insert_request_records(session: Session, records: Iterable[RequestRecord]) -> int:
+    """Insert records, ignoring ones already stored; returns how many rows were new."""
+    return insert_request_rows(session, encode_batch(records))
 
 
-def _copy_request_records(session: Session, records: Iterable[RequestRecord]) -> int:
-    names = ", ".join(REQUEST_COLUMNS)
-    sent: list[RequestRecord] = []
-
-    def rows() -> Iterator[list[Any]]:
-        for record in records:
-            sent.append(record)
-            yield _copy_row(record)
-
+def _copy_request_rows(session: Session, batch: RowBatch) -> int:
+    if batch["count"] == 0:
+        return 0
+    names = ", ".join(batch["columns"])
     # The psycopg connection under the session's, so COPY joins the caller's transaction.
     dbapi_connection = session.connection().connection.driver_connection
     assert dbapi_connection is not None
     with dbapi_connection.cursor() as cursor:
-        # A first delivery goes straight in, each row built as COPY sends it, so the server stores
-        # some while this process prepares the next. If any row is already there (a retried batch),
-        # the COPY fails as a whole and the batch goes through a temporary table and ON CONFLICT.
         cursor.execute("SAVEPOINT stampede_copy")
         try:
-            _copy_rows(cursor, Request.__tablename__, rows())
+            _copy_text(cursor, Request.__tablename__, names, batch["rows"])
         except UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT stampede_copy")
         else:
             cursor.execute("RELEASE SAVEPOINT stampede_copy")
-            return len(sent)
-        sent.extend(records)  # the server may have refused the COPY before every row was read
+            return batch["count"]
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING_REQUESTS} "
-            f"(LIKE {Request.__tablename__}) ON COMMIT DELETE ROWS"
+            f"(LIKE {Request.__tablename__} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        _copy_rows(cursor, _INCOMING_REQUESTS, (_copy_row(r) for r in sent))
+        _copy_text(cursor, _INCOMING_REQUESTS, names, batch["rows"])
         cursor.execute(
-            f"INSERT INTO {Request.__tablename__} ({names}) SELECT {names} FROM {_INCOMING_REQUESTS} "
-            "ON CONFLICT (id) DO NOTHING"
+            f"INSERT INTO {Request.__tablename__} SELECT * FROM {_INCOMING_REQUESTS} ON CONFLICT (id) DO NOTHING"
         )
         stored: int = cursor.rowcount
         # Emptied now too, not only at commit: a caller may store several batches in one transaction.
@@ -182,11 +94,9 @@ def _copy_request_records(session: Session, records: Iterable[RequestRecord]) ->
     return stored
 
 
-def _copy_rows(cursor: Any, table: str, rows: Iterable[list[Any]]) -> None:
-    with cursor.copy(f"COPY {table} ({', '.join(REQUEST_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(list(REQUEST_COLUMNS.values()))
-        for row in rows:
-            copy.write_row(row)
+def _copy_text(cursor: Any, table: str, names: str, rows: str) -> None:
+    with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+        copy.write(rows)
 
 
 def upsert_run(session: Session, run: RunRecord) -> None:

@@ -1,6 +1,6 @@
 """RQ jobs. Module-level verbs with JSON-able arguments, validated on entry.
 
-The Locust process names these by dotted path (``"workers.jobs.store_request_records"``): an RQ
+The Locust process names these by dotted path (``"workers.jobs.store_request_rows"``): an RQ
 worker runs them in a fleet, and the embedded in-process sink calls the very same functions.
 """
 
@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from stampede import store
 from stampede.db import get_engine
-from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
+from stampede.records import LoadgenSampleRecord, RunRecord, StepRecord
+from stampede.rows import RowBatch
 from stampede.settings import get_settings
 
 
@@ -20,13 +21,11 @@ def _session() -> Session:
     return Session(get_engine(get_settings().database_url.get_secret_value()))
 
 
-def store_request_records(records: list[dict[str, Any]]) -> int:
-    """Validate and store a batch of request records; returns how many were new (retries add none)."""
-    # Validated as the store consumes them, so on PostgreSQL validation overlaps with the server
-    # storing earlier rows; an invalid record still fails the whole batch, as the transaction rolls back.
-    parsed = (RequestRecord.model_validate(r) for r in records)
+def store_request_rows(batch: RowBatch) -> int:
+    """Store a batch of request rows (see :mod:`stampede.rows`); returns how many were new (retries
+    add none). A batch that cannot be stored fails as a whole, naming its bad line and column."""
     with _session() as session, session.begin():
-        return store.insert_request_records(session, parsed)
+        return store.insert_request_rows(session, batch)
 
 
 def store_run(run: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """The PostgreSQL bulk path: COPY for a first delivery, the ON CONFLICT fallback that keeps a
-retried or overlapping batch from doubling a row, and the job validating records as COPY sends
-them. SQLite's path is in tests/unit/test_store.py.
+retried or overlapping batch from doubling a row, and the job refusing a batch with a bad value
+as a whole. SQLite's path is in tests/unit/test_store.py.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from pydantic import ValidationError
+from psycopg.errors import DataError
 from sqlalchemy.orm import Session
 
 from stampede import store
 from stampede.db import make_engine
 from stampede.records import Api, Outcome, RequestRecord
+from stampede.rows import REQUEST_COLUMNS, encode_batch, encode_request, row_batch
 from stampede.schema import Request
 from stampede.settings import get_settings
 from tests.integration.fleet_helpers import stored_requests
@@ -70,19 +71,20 @@ def test_retried_and_overlapping_batches_add_only_new_rows(pg_url: str) -> None:
         engine.dispose()
 
 
-def test_the_job_validates_while_copying_and_an_invalid_record_fails_the_batch(pg_url: str, monkeypatch) -> None:
+def test_the_job_stores_a_row_batch_once_and_a_bad_value_fails_the_whole_batch(pg_url: str, monkeypatch) -> None:
     monkeypatch.setenv("STAMPEDE_DATABASE_URL", pg_url)
     get_settings.cache_clear()
     try:
         run_id = uuid.uuid4()
-        batch = [make_request(run_id).to_job_arg() for _ in range(600)]
-        assert jobs.store_request_records(batch) == 600
-        # A retry: the generator of validated records is partly consumed when COPY is refused.
-        assert jobs.store_request_records(batch + [make_request(run_id).to_job_arg()]) == 1
-        broken = [make_request(run_id).to_job_arg() for _ in range(600)]
-        broken[300]["step_index"] = -1
-        with pytest.raises(ValidationError):
-            jobs.store_request_records(broken)
+        records = [make_request(run_id) for _ in range(600)]
+        assert jobs.store_request_rows(encode_batch(records)) == 600
+        assert jobs.store_request_rows(encode_batch([*records, make_request(run_id)])) == 1  # a retry
+        lines = [encode_request(make_request(run_id)) for _ in range(600)]
+        fields = lines[300].split("\t")
+        fields[list(REQUEST_COLUMNS).index("step_index")] = "three"
+        lines[300] = "\t".join(fields)
+        with pytest.raises(DataError, match=r"integer.*\n.*line 301, column step_index"):
+            jobs.store_request_rows(row_batch(lines))
         assert stored_requests(pg_url) == 601  # nothing of the broken batch
     finally:
         get_settings.cache_clear()

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from loadgen.sinks import STORE_REQUESTS, STORE_RUN
 from stampede.db import upgrade
 from stampede.records import RunRecord, RunStatus, utc_now
+from stampede.rows import encode_batch
 from stampede.schema import Request, Run
 from tests.builders import request_record
 
@@ -40,7 +41,7 @@ def test_a_spill_file_is_delivered_once_and_removed(tmp_path: Path) -> None:
     upgrade(db_url)
     run_id = uuid.uuid4()
     run = RunRecord(id=run_id, name="spilled", status=RunStatus.FINISHED, started_at=utc_now())
-    batches = [[request_record(run_id=run_id).to_job_arg() for _ in range(5)] for _ in range(3)]
+    batches = [encode_batch(request_record(run_id=run_id) for _ in range(5)) for _ in range(3)]
     lines = [{"job": STORE_RUN, "arg": run.to_job_arg()}] + [{"job": STORE_REQUESTS, "arg": b} for b in batches]
     content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
     spill = tmp_path / "stampede-spill-1.jsonl"

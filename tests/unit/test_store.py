@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from stampede import store
+from stampede import rows, store
 from stampede.db import make_engine, upgrade
 from stampede.records import RequestRecord, RunRecord, RunStatus
 from stampede.schema import Request, Run
@@ -55,10 +55,25 @@ def test_rows_carry_the_derived_latencies(session: Session) -> None:
     assert row.chunk_offsets_ns == [50 * MS, 60 * MS, 80 * MS]
 
 
-def test_copy_columns_are_the_request_table_columns() -> None:
-    # The PostgreSQL bulk path sends values by position with these types: a schema change must show here.
-    assert list(store.REQUEST_COLUMNS) == [c.name for c in Request.__table__.columns]
-    assert len(store.request_values(make_request(uuid.uuid4()))) == len(store.REQUEST_COLUMNS)
+def test_row_columns_are_the_request_table_columns() -> None:
+    # Rows travel by position in this order: a schema change must show here.
+    assert list(rows.REQUEST_COLUMNS) == [c.name for c in Request.__table__.columns]
+    assert len(rows.request_values(make_request(uuid.uuid4()))) == len(rows.REQUEST_COLUMNS)
+
+
+def test_a_batch_from_an_older_producer_stores_with_defaults_for_missing_columns(session: Session) -> None:
+    record = make_request(uuid.uuid4(), chunk_tokens=[1, 2, 1])
+    batch = rows.encode_batch([record])
+    kept = [i for i, c in enumerate(batch["columns"]) if c not in ("chunk_tokens", "tokens_disagree")]
+    line = batch["rows"].rstrip("\n").split("\t")
+    older = rows.RowBatch(
+        columns=[batch["columns"][i] for i in kept], count=1, rows="\t".join(line[i] for i in kept) + "\n"
+    )
+    with session.begin():
+        assert store.insert_request_rows(session, older) == 1
+    row = session.get(Request, record.id)
+    assert row is not None
+    assert (row.chunk_tokens, row.tokens_disagree, row.ttft_ms) == ([], False, 50.0)
 
 
 def test_run_upsert_keeps_one_row_with_the_latest_status(session: Session) -> None:

@@ -56,7 +56,8 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def request_ids(sink: FakeSink) -> list[str]:
-    return [r["id"] for job, arg in sink.delivered if job == STORE_REQUESTS for r in arg]
+    batches = [arg["rows"] for job, arg in sink.delivered if job == STORE_REQUESTS]
+    return [line.split("\t")[0] for rows in batches for line in rows.splitlines()]
 
 
 def test_full_batches_go_at_once_and_a_partial_one_after_the_interval() -> None:
@@ -65,7 +66,7 @@ def test_full_batches_go_at_once_and_a_partial_one_after_the_interval() -> None:
     for r in records:
         sink.add_request(r)
     gevent.sleep(0.05)
-    assert [len(arg) for _, arg in sink.delivered] == [3]
+    assert [arg["count"] for _, arg in sink.delivered] == [3]
     gevent.sleep(0.4)
     assert request_ids(sink) == [str(r.id) for r in records]
     assert sink.close(timeout_s=2)

@@ -26,9 +26,7 @@ def as_redis_stores(value: Any) -> bytes:
 
 def stored_hash() -> dict[bytes, bytes]:
     """A job's Redis hash, as RQ writes it on enqueue."""
-    job = Job.create(
-        "workers.jobs.store_request_records", args=(BATCH,), connection=CONNECTION, serializer=JSONSerializer
-    )
+    job = Job.create("workers.jobs.store_request_rows", args=(BATCH,), connection=CONNECTION, serializer=JSONSerializer)
     return {k.encode(): as_redis_stores(v) for k, v in job.to_dict().items()}
 
 
@@ -53,6 +51,6 @@ def test_saving_an_unchanged_job_reuses_its_compressed_arguments(monkeypatch: py
 
 def test_changed_arguments_are_compressed_again() -> None:
     job = loaded(stored_hash())
-    assert job.func_name == "workers.jobs.store_request_records"
+    assert job.func_name == "workers.jobs.store_request_rows"
     job.args = ([{"id": "other"}],)
     assert JSONSerializer.loads(zlib.decompress(job.to_dict()["data"]))[2] == [[{"id": "other"}]]

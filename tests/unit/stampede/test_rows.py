@@ -1,0 +1,85 @@
+"""Row batches: what a record becomes on the wire, and what a store reads back from it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from stampede import rows
+from stampede.records import Outcome
+from tests.builders import request_record
+
+
+def test_decoding_gives_back_every_column_value() -> None:
+    record = request_record(
+        outcome=Outcome.HTTP_ERROR,
+        http_status=500,
+        error="line one\nline\ttwo \\ three\r",
+        server_timings_ms={"total_ms": 85.5},
+        chunk_tokens=[1, 2, 1],
+        client_output_tokens=4,
+    )
+    (decoded,) = rows.decode_rows(rows.check_batch(rows.encode_batch([record])))
+    expected = dict(zip(rows.REQUEST_COLUMNS, rows.request_values(record), strict=True))
+    assert decoded == expected
+    assert decoded["prompt_tokens"] is None and decoded["tokens_disagree"] is True
+    assert decoded["error"] == "line one\nline\ttwo \\ three\r"
+
+
+def test_a_row_is_one_line_of_tab_separated_fields_with_nulls_and_escapes() -> None:
+    line = rows.encode_request(request_record(error="a\tb\nc\\d\0e", http_status=None))
+    assert line.endswith("\n") and line.count("\n") == 1
+    fields = line[:-1].split("\t")
+    assert len(fields) == len(rows.REQUEST_COLUMNS)
+    by_name = dict(zip(rows.REQUEST_COLUMNS, fields, strict=True))
+    # PostgreSQL text holds no NUL: it becomes the replacement character.
+    assert by_name["error"] == "a\\tb\\nc\\\\d\ufffde"
+    assert (by_name["http_status"], by_name["in_warmup"], by_name["chunk_offsets_ns"]) == (
+        "\\N",
+        "f",
+        "[50000000,60000000,80000000]",
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: b | {"count": 3}, "says 3 rows and holds 2"),
+        (lambda b: b | {"rows": b["rows"][:-1]}, "holds 1 complete lines"),
+        (lambda b: b | {"columns": [*b["columns"][:-1], "nope"]}, "unknown ['nope']"),
+        (lambda b: b | {"columns": b["columns"][1:]}, "without id"),
+        (lambda b: {"rows": b["rows"]}, "an object with the keys"),
+        (lambda b: b | {"count": "2"}, "an integer count"),
+    ],
+)
+def test_a_malformed_batch_is_refused_saying_why(change, message) -> None:
+    batch = rows.encode_batch([request_record(), request_record()])
+    with pytest.raises(rows.InvalidRows, match=message.replace("[", r"\[").replace("]", r"\]")):
+        rows.check_batch(change(batch))
+
+
+@pytest.mark.parametrize(
+    ("column", "text", "message"),
+    [
+        ("id", "not-a-uuid", "line 2, column id"),
+        ("step_index", "three", "line 2, column step_index"),
+        ("in_warmup", "yes", "line 2, column in_warmup: not t or f"),
+        ("chunk_offsets_ns", "[1,", "line 2, column chunk_offsets_ns"),
+        ("error", "bad \\q escape", r"line 2, column error: unknown escape \\q"),
+    ],
+)
+def test_a_bad_value_names_its_line_and_column(column: str, text: str, message: str) -> None:
+    lines = [rows.encode_request(request_record(run_id=uuid.uuid4())) for _ in range(3)]
+    fields = lines[1][:-1].split("\t")
+    fields[list(rows.REQUEST_COLUMNS).index(column)] = text
+    lines[1] = "\t".join(fields) + "\n"
+    with pytest.raises(rows.InvalidRows, match=message):
+        rows.decode_rows(rows.check_batch(rows.row_batch(lines)))
+
+
+def test_a_line_with_missing_fields_is_refused() -> None:
+    lines = [rows.encode_request(request_record())]
+    lines[0] = lines[0].split("\t", 1)[1]
+    with pytest.raises(rows.InvalidRows, match="line 1: 27 fields for 28 columns"):
+        rows.decode_rows(rows.check_batch(rows.row_batch(lines)))
