@@ -1,5 +1,6 @@
-"""A plain ``rq worker`` (RQ's own command, JSON serializer) stores what the RQ sink enqueues, with
-and without our job class: the jobs need nothing of ``python -m workers``."""
+"""A plain ``rq worker`` (RQ's own command, JSON serializer) stores what the RQ sink enqueues, as RQ
+runs it by default (forked jobs, RQ's job class) and as docs/fleet.md gives it (jobs in the worker
+process, our job class): the jobs need nothing of ``python -m workers``."""
 
 from __future__ import annotations
 
@@ -18,14 +19,17 @@ pytest_plugins = ["tests.integration.fleet_fixtures"]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
-@pytest.mark.parametrize("job_class", [[], ["--job-class", "workers.rqjob.StampedeJob"]], ids=["rq-job", "ours"])
-def test_plain_rq_worker_stores_the_batches(pg_url, shared_redis, queue_name, job_class: list[str]) -> None:
+DOCUMENTED = ["--worker-class", "rq.SimpleWorker", "--job-class", "workers.rqjob.StampedeJob"]
+
+
+@pytest.mark.parametrize("classes", [[], DOCUMENTED], ids=["rq-defaults", "documented"])
+def test_plain_rq_worker_stores_the_batches(pg_url, shared_redis, queue_name, classes: list[str]) -> None:
     sink = RQSink(shared_redis, queue_name, 200, 0.1)
     produce(sink, 1000)
     assert sink.close(timeout_s=10)
     rq = Path(sys.executable).with_name("rq")
     command = [str(rq), "worker", "--burst", "--with-scheduler", "--serializer", "rq.serializers.JSONSerializer"]
-    command += [*job_class, "--url", shared_redis, "--name", f"{queue_name}-rq", queue_name]
+    command += [*classes, "--url", shared_redis, "--name", f"{queue_name}-rq", queue_name]
     result = subprocess.run(
         command,
         env={**os.environ, "STAMPEDE_DATABASE_URL": pg_url},

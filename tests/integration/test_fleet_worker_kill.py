@@ -49,7 +49,7 @@ def test_killed_work_horse_batch_is_retried_and_stored_once(pg_url, shared_redis
     dsn = pg_url.replace("+psycopg", "")
     with psycopg.connect(dsn) as locker, psycopg.connect(dsn, autocommit=True) as observer:
         locker.execute("LOCK TABLE requests IN SHARE MODE")  # held until rollback: stores wait on it
-        worker = start_worker(env, queue_name)
+        worker = start_worker(env, queue_name, "--fork")
         sink = RQSink(shared_redis, queue_name, batch_size=BATCH, flush_interval_s=0.1)
         produce(sink, RECORDS)
         assert sink.close(timeout_s=10)
