@@ -12,8 +12,10 @@ simulator returned) and compared:
   request also opens its connection, which the truth cannot see either, so TTFT is compared on
   the requests sent after every user's first (the first ``USERS`` by send time).
 
-The target is 1 ms at p99 for both. It is not met on a 2-core machine (see the xfail reason and
-docs/benchmarks.md, "Measurement accuracy"); a separate test pins the gross agreement that does hold.
+The target is 1 ms at p99 for both. ITL meets it: each chunk is timed by the kernel's receive
+stamp (loadgen/rxstamps.py), so the gevent loop's lateness no longer counts. TTFT does not, for a
+reason on the truth's side (see the xfail reason and docs/benchmarks.md, "Measurement accuracy");
+a separate test pins the gross agreement that does hold.
 """
 
 from __future__ import annotations
@@ -164,17 +166,21 @@ def test_measured_gaps_and_ttft_track_the_truth_grossly(comparison: Comparison) 
     assert np.percentile(c.ttft_error_ms, 50) < truth_gap_ms, _describe(c)
 
 
+def test_itl_agrees_with_the_truth_within_1_ms_at_p99(comparison: Comparison) -> None:
+    c = comparison
+    assert np.percentile(c.itl_error_ms, 99) <= TOLERANCE_MS, _describe(c)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "200 streams in one process on 2 shared cores: a decode step hands the client 200 chunks at once, "
-        "read and stamped one after another at ~35 us each (~7 ms per burst), the OS wakes even an idle "
-        "thread's 1 ms sleep >1 ms late at p99 here, and the in-process SQLite store holds the GIL ~80 ms "
-        "per 200-record batch each second; p99 ITL error measured 23-46 ms, TTFT deviation 6-25 ms "
-        "(docs/benchmarks.md, Measurement accuracy)"
+        "the truth starts TTFT when the simulator's loop parses the request: on 2 shared cores the closed "
+        "loop's waves of 200 requests wait in its socket meanwhile (p99 4-6 ms), which the client rightly "
+        "counts and the truth cannot see; the client's own part is within 1 ms (request written 0.2-0.3 ms "
+        "p99 after its clock starts, first chunk stamped 5 us p99 after the truth's write); TTFT deviation "
+        "p99 measured 3.7-5.5 ms (docs/benchmarks.md, Measurement accuracy)"
     ),
 )
-def test_itl_and_ttft_agree_with_the_truth_within_1_ms_at_p99(comparison: Comparison) -> None:
+def test_ttft_agrees_with_the_truth_within_1_ms_at_p99(comparison: Comparison) -> None:
     c = comparison
-    assert np.percentile(c.itl_error_ms, 99) <= TOLERANCE_MS, _describe(c)
     assert np.percentile(c.ttft_error_ms, 99) <= TOLERANCE_MS, _describe(c)
