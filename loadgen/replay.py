@@ -1,10 +1,13 @@
-"""``python -m loadgen.replay FILE...`` (``stampede replay``): deliver what a sink left in a spill file.
+"""``python -m loadgen.replay [FILE...]`` (``stampede replay``): deliver what a sink left behind.
 
-A Locust process that closed while its store was away (Redis or the database down past its
-buffer) leaves the jobs it could not deliver in a JSONL spill file and names it in its log. This
-sends them, in their order, through the sink this environment configures: to RQ workers when
-STAMPEDE_REDIS_URL is set, else straight to the database. Stores ignore records they already hold,
-so replaying a file twice stores nothing twice. A file is removed once all of it is delivered.
+A Locust process leaves two kinds of files when it could not deliver everything: a JSONL spill file
+(``stampede-spill-*.jsonl``: jobs that did not fit in memory while its store was away, named in its
+log) and journal segments (``stampede-journal-*.rows``: the rows it held when it was killed, see
+:mod:`loadgen.journal`). This sends them, in order, through the sink this environment configures: to
+RQ workers when STAMPEDE_REDIS_URL is set, else straight to the database. Without FILE arguments it
+takes the files of processes that no longer run, from the temporary directory. Stores ignore records
+they already hold, so replaying a file twice stores nothing twice. A file is removed once all of it
+is delivered.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 import orjson
 
-from loadgen.sinks import make_sink
+from loadgen.journal import SUFFIX, alive, pid_of, read_segment
+from loadgen.sinks import STORE_REQUESTS, Sink, make_sink
+from stampede.rows import row_batch
 from stampede.settings import get_settings
 
 DELIVERY_TIMEOUT_S = 300.0
@@ -24,9 +30,7 @@ DELIVERY_TIMEOUT_S = 300.0
 log = logging.getLogger(__name__)
 
 
-def replay(path: Path, timeout_s: float = DELIVERY_TIMEOUT_S) -> tuple[int, bool]:
-    """Send the jobs of one spill file; returns how many there were and whether all were delivered."""
-    sink = make_sink(get_settings())
+def _resend_spill(sink: Sink, path: Path) -> int:
     jobs = 0
     with path.open("rb") as spilled:
         for n, line in enumerate(spilled, start=1):
@@ -34,19 +38,54 @@ def replay(path: Path, timeout_s: float = DELIVERY_TIMEOUT_S) -> tuple[int, bool
                 entry = orjson.loads(line)
                 sink.resend(entry["job"], entry["arg"])
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                sink.close(timeout_s)
                 raise ValueError(f"{path}:{n}: not a spilled job ({exc})") from None
             jobs += 1
+    return jobs
+
+
+def _resend_segment(sink: Sink, path: Path) -> int:
+    rows = read_segment(path)
+    batches = [rows[i : i + sink.batch_size] for i in range(0, len(rows), sink.batch_size)]
+    for batch in batches:
+        sink.resend(STORE_REQUESTS, row_batch(batch))
+    return len(batches)
+
+
+def replay(path: Path, timeout_s: float = DELIVERY_TIMEOUT_S) -> tuple[int, bool]:
+    """Send the jobs of one spill file or journal segment; returns how many there were and whether
+    all were delivered."""
+    sink = make_sink(get_settings())
+    try:
+        jobs = _resend_segment(sink, path) if path.suffix == SUFFIX else _resend_spill(sink, path)
+    except ValueError:
+        sink.close(timeout_s)
+        raise
     return jobs, sink.close(timeout_s)
+
+
+def orphans(directory: Path) -> list[Path]:
+    """Spill files and journal segments in ``directory`` whose process no longer runs, oldest first."""
+    found = [*directory.glob("stampede-spill-*.jsonl"), *directory.glob(f"stampede-journal-*{SUFFIX}")]
+    left = [p for p in found if (pid := pid_of(p)) is not None and not alive(pid)]
+    return sorted(left, key=lambda p: p.stat().st_mtime)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="stampede replay", description=__doc__)
-    parser.add_argument("files", nargs="+", type=Path, help="spill files (stampede-spill-*.jsonl)")
+    parser.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        help="spill files (stampede-spill-*.jsonl) and journal segments (stampede-journal-*.rows); "
+        "default: those of processes that no longer run, in the temporary directory",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    files = args.files or orphans(Path(tempfile.gettempdir()))
+    if not files:
+        print("stampede replay: nothing left behind by a stopped process")
     failed = 0
-    for path in args.files:
+    for path in files:
         try:
             jobs, delivered = replay(path)
         except (OSError, ValueError) as exc:

@@ -1,6 +1,7 @@
 """Sinks take records from the request path and deliver them, in batches, to the store jobs.
 
-A sink never blocks a request: ``add_request`` only appends to a buffer. A flusher greenlet hands
+A sink never blocks a request: ``add_request`` appends to a buffer and, with one unbuffered write to
+a local file, to the journal that survives the process being killed (:mod:`loadgen.journal`). A flusher greenlet hands
 batches to a delivery function, run in gevent's thread pool so database or Redis I/O never stalls
 the event loop. Jobs are named by dotted path, so this process never imports the worker code: the
 fleet sink enqueues them for RQ workers, the embedded sink hands them to a child process that runs
@@ -29,6 +30,8 @@ import orjson
 from gevent.event import Event
 from sqlalchemy.engine import make_url
 
+from loadgen.journal import SUFFIX as JOURNAL_SUFFIX
+from loadgen.journal import Journal
 from loadgen.store_process import StoreProcess
 from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.rows import encode_request, row_batch
@@ -83,11 +86,13 @@ class Sink(ABC):
         self.flush_interval_s = flush_interval_s
         self.max_buffered_records = max_buffered_records
         self.spill_path = spill_path or Path(tempfile.gettempdir()) / f"stampede-spill-{os.getpid()}-{id(self)}.jsonl"
+        self.journal = Journal(self.spill_path.parent, f"stampede-journal-{os.getpid()}-{id(self)}")
         self.delivered_requests = 0
         self._secrets = known_secrets()
         self._buffer: list[str] = []
         self._buffer_since = 0.0
-        self._jobs: deque[tuple[str, Any]] = deque()
+        # Each job with the journal segment that holds its rows, removed once the job is delivered.
+        self._jobs: deque[tuple[str, Any, Path | None]] = deque()
         self._buffered_records = 0
         self._spill_writer: IO[bytes] | None = None
         self._spill_reader: IO[bytes] | None = None
@@ -105,7 +110,9 @@ class Sink(ABC):
         if not self._buffer:
             self._buffer_since = time.monotonic()
         # Encoded now, once: a worker stores the text as it is (see stampede.rows).
-        self._buffer.append(encode_request(record))
+        line = encode_request(record)
+        self.journal.append(line)
+        self._buffer.append(line)
         if len(self._buffer) >= self.batch_size:
             self._enqueue_buffer()
 
@@ -141,10 +148,12 @@ class Sink(ABC):
         if delivered:
             self.spill_path.unlink(missing_ok=True)
         else:
+            pattern = f"{self.journal.name}-*{JOURNAL_SUFFIX}"
             log.error(
-                "sink closed undelivered: about %d records in memory are lost, %d jobs stay in %s "
-                "(deliver them with `stampede replay FILE`)",
-                self._buffered_records,
+                "sink closed undelivered: rows stay in %d journal segments %s and %d jobs in %s "
+                "(deliver them with `stampede replay`)",
+                len(list(self.journal.directory.glob(pattern))),
+                self.journal.directory / pattern,
                 self._spilled_jobs,
                 self.spill_path,
             )
@@ -164,16 +173,17 @@ class Sink(ABC):
     def _enqueue_buffer(self) -> None:
         if self._buffer:
             batch, self._buffer = self._buffer, []
-            self._put(STORE_REQUESTS, row_batch(batch))
+            self._put(STORE_REQUESTS, row_batch(batch), self.journal.seal())
 
-    def _put(self, job: str, arg: Any) -> None:
+    def _put(self, job: str, arg: Any, segment: Path | None = None) -> None:
         self._idle.clear()
         size = _records_in(job, arg)
         if self._spilled_jobs == 0 and self._buffered_records + size <= self.max_buffered_records:
-            self._jobs.append((job, arg))
+            self._jobs.append((job, arg, segment))
             self._buffered_records += size
         else:
             self._spill(job, arg)
+            self.journal.discard(segment)
         self._wake.set()
 
     def _spill(self, job: str, arg: Any) -> None:
@@ -189,11 +199,11 @@ class Sink(ABC):
         self._spill_writer.flush()
         self._spilled_jobs += 1
 
-    def _next_job(self) -> tuple[str, Any] | None:
+    def _next_job(self) -> tuple[str, Any, Path | None] | None:
         if self._jobs:
-            job, arg = self._jobs.popleft()
+            job, arg, segment = self._jobs.popleft()
             self._buffered_records -= _records_in(job, arg)
-            return job, arg
+            return job, arg, segment
         if self._spilled_jobs == 0:
             return None
         if self._spill_reader is None:
@@ -206,7 +216,7 @@ class Sink(ABC):
             self._spill_writer.close()
             self._spill_reader = self._spill_writer = None
             self.spill_path.unlink(missing_ok=True)
-        return entry["job"], entry["arg"]
+        return entry["job"], entry["arg"], None
 
     def _run(self) -> None:
         while True:
@@ -222,7 +232,7 @@ class Sink(ABC):
                 continue
             self._deliver_with_retry(*job)
 
-    def _deliver_with_retry(self, job: str, arg: Any) -> None:
+    def _deliver_with_retry(self, job: str, arg: Any, segment: Path | None) -> None:
         pause_s = 0.1
         while True:
             failure = gevent.get_hub().threadpool.apply(self._try_deliver, (job, arg))
@@ -248,6 +258,7 @@ class Sink(ABC):
                 )
             if job == STORE_REQUESTS:
                 self.delivered_requests += arg["count"]
+            self.journal.discard(segment)
             return
 
     def _try_deliver(self, job: str, arg: Any) -> Exception | None:

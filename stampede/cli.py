@@ -299,7 +299,7 @@ def worker(ctx: typer.Context) -> None:
 
 @app.command(context_settings=FORWARD)
 def replay(ctx: typer.Context) -> None:
-    """Deliver the jobs a sink spilled to a file (arguments go to `python -m loadgen.replay`)."""
+    """Deliver what stopped Locust processes left behind (arguments go to `python -m loadgen.replay`)."""
     _forward(["loadgen.replay"], ctx)
 
 

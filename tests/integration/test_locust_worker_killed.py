@@ -1,9 +1,13 @@
-"""A Locust worker killed mid-run: the master notices, the run goes on, and what it stored stays."""
+"""A Locust worker killed mid-run: the master notices, the run goes on, what it stored stays, and
+``stampede replay`` delivers the rows its journal held, so every request the server finished
+before the kill is stored."""
 
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +20,8 @@ from stampede.processes import free_port, stop
 from stampede.schema import Request, Run
 from stampede.sweep import locustfiles
 
+REPO = Path(__file__).resolve().parents[2]
+
 STEP_S = 10
 KILL_AFTER_S = 4
 
@@ -23,7 +29,8 @@ KILL_AFTER_S = 4
 def test_a_killed_worker_leaves_its_stored_records_and_the_run_finishes(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path}/r.db"
     upgrade(db_url)
-    env = {"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    # TMPDIR: the killed worker's journal lands here, and replay looks for it here.
+    env = {"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
     chat, steps = locustfiles().split(",")
     port, sim_port = free_port(), free_port()
     simulator = start_simulator("vllm", sim_port, tmp_path / "sim.log")
@@ -72,9 +79,11 @@ def test_a_killed_worker_leaves_its_stored_records_and_the_run_finishes(tmp_path
     ]
     try:
         time.sleep(KILL_AFTER_S + 2)  # the workers connect, then the step starts
-        killed_at = datetime.now(UTC)
+        killed_at, killed_ns = datetime.now(UTC), time.monotonic_ns()
         workers[0].send_signal(signal.SIGKILL)
         assert master.wait(timeout=STEP_S + 60) == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{sim_port}/sim/requests", timeout=30) as answer:
+            truth = json.load(answer)["requests"]
     finally:
         for process in [master, *workers]:
             if process.poll() is None:
@@ -96,3 +105,18 @@ def test_a_killed_worker_leaves_its_stored_records_and_the_run_finishes(tmp_path
     # ... and the run went on without it.
     assert last_of_survivor > killed_at + timedelta(seconds=3)
     assert "missing" in (tmp_path / "master.log").read_text()
+
+    # What the killed worker held in memory is in its journal; replay finds it as a dead process's.
+    left = list(tmp_path.glob(f"stampede-journal-{killed_pid}-*.rows"))
+    assert left
+    replay = subprocess.run(
+        [sys.executable, "-m", "loadgen.replay"], env=env, capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert replay.returncode == 0, replay.stderr
+    assert not any(p.exists() for p in left)
+    with Session(create_engine(db_url)) as session:
+        stored = set(session.scalars(select(Request.server_request_id)).all())
+    # Every request the server finished half a second before the kill had reached its client, so
+    # it is stored, whichever worker sent it (the sink alone, flushing each second, would miss some).
+    finished_before = {str(r["id"]) for r in truth if r["finished_ns"] and r["finished_ns"] < killed_ns - 500_000_000}
+    assert finished_before and finished_before <= stored

@@ -1,5 +1,7 @@
 """`stampede replay` delivers what a sink spilled to a file, once, and refuses what is not a spill."""
 
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -16,11 +18,13 @@ from stampede.rows import encode_batch
 from stampede.schema import Request, Run
 from tests.builders import request_record
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def replay(tmp_path: Path, db_url: str, *files: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "stampede", "replay", *map(str, files)],
-        env={"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
+        env={"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=120,
@@ -66,3 +70,46 @@ def test_a_file_that_is_not_a_spill_is_refused_and_kept(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "notes.jsonl:1: not a spilled job" in result.stderr
     assert bad.exists()
+
+
+# A Locust process's sink, killed once two full batches are stored and 500 records wait in memory.
+KILLED_SINK = """
+import sys, uuid
+import gevent
+from loadgen.sinks import make_sink
+from stampede.settings import get_settings
+from tests.builders import request_record
+sink = make_sink(get_settings())
+run_id = uuid.UUID(sys.argv[1])
+for _ in range(4000):
+    sink.add_request(request_record(run_id=run_id))
+while sink.delivered_requests < 4000:
+    gevent.sleep(0.05)
+for _ in range(500):
+    sink.add_request(request_record(run_id=run_id))
+print("added", flush=True)
+gevent.sleep(60)
+"""
+
+
+def test_rows_of_a_killed_process_are_delivered_from_its_journal(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path}/r.db"
+    upgrade(db_url)
+    env = {"STAMPEDE_DATABASE_URL": db_url, "STAMPEDE_FLUSH_INTERVAL_S": "60", "TMPDIR": str(tmp_path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SINK, str(uuid.uuid4())],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"added\n"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert counts(db_url) == (4000, 0)  # two full batches of 2,000 had gone to the store
+
+    result = replay(tmp_path, db_url)  # no files named: those of stopped processes
+    assert result.returncode == 0, result.stderr
+    assert counts(db_url) == (4500, 0)  # the other 500, and none of the 4,000 twice
+    assert not list(tmp_path.glob("stampede-journal-*"))
+    assert "nothing left behind" in replay(tmp_path, db_url).stdout

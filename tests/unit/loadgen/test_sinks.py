@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from loadgen.journal import read_segment
 from loadgen.sinks import REDACTED, STORE_REQUESTS, STORE_RUN, EmbeddedSink, Sink
 from stampede.db import make_engine, upgrade
 from stampede.records import Outcome, RequestRecord, RunRecord, RunStatus
@@ -97,6 +98,41 @@ def test_outage_buffers_then_spills_then_replays_in_order(tmp_path: Path, caplog
     assert sum("buffering and retrying" in m for m in messages) == 1
     assert sum("reachable again" in m for m in messages) == 1
     assert sum("spilling further ones to" in m for m in messages) == 1
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("stampede-journal-*.rows"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+
+
+def test_rows_are_journaled_until_delivered_and_spilled_ones_only_once(tmp_path: Path) -> None:
+    sink = FakeSink(batch_size=2, flush_interval_s=10, max_buffered_records=2, spill_path=tmp_path / "spill.jsonl")
+    sink.down = True
+    records = [make_request() for _ in range(5)]
+    for r in records:
+        sink.add_request(r)
+    gevent.sleep(0.05)
+    # Batch 1 waits in memory, batch 2 went to the spill file, the fifth row waits in the buffer:
+    # the journal holds the rows of batch 1 and of the buffer, the spill file those of batch 2.
+    journaled = [read_segment(p) for p in segments(tmp_path)]
+    assert [[line.split("\t")[0] for line in rows] for rows in journaled] == [
+        [str(records[0].id), str(records[1].id)],
+        [str(records[4].id)],
+    ]
+    sink.down = False
+    assert sink.close(timeout_s=5)
+    assert request_ids(sink) == [str(r.id) for r in records]
+    assert segments(tmp_path) == [] and not (tmp_path / "spill.jsonl").exists()
+
+
+def test_a_sink_closed_undelivered_names_what_it_leaves(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sink = FakeSink(batch_size=3, flush_interval_s=10, spill_path=tmp_path / "spill.jsonl")
+    sink.down = True
+    for _ in range(4):
+        sink.add_request(make_request())
+    with caplog.at_level(logging.ERROR, logger="loadgen.sinks"):
+        assert not sink.close(timeout_s=0.2)
+    assert [len(read_segment(p)) for p in segments(tmp_path)] == [3, 1]
+    assert f"rows stay in 2 journal segments {tmp_path}/stampede-journal-" in caplog.text
 
 
 def test_secrets_are_masked_in_run_config_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,91 @@
+"""The sink's journal: every request row is on disk before it waits in memory.
+
+A Locust process killed outright (SIGKILL, the OOM killer) loses what it holds in memory. So each
+row, as it is added, is also written to the current journal segment, a file of COPY text lines
+(``stampede-journal-PID-SINK-N.rows``), with one unbuffered write: once that returns the row is in
+the operating system's hands and outlives the process. A segment holds one batch; it is sealed when
+its batch is queued and removed once that batch is delivered (or written to the spill file). What a
+killed process leaves behind is delivered by ``stampede replay`` (:mod:`loadgen.replay`); stores
+ignore rows they already hold, so a segment whose batch was delivered just before the kill stores
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".rows"
+
+
+class Journal:
+    """Segments of one sink, in ``directory``."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory = directory
+        self.name = name
+        self._number = 0
+        self._segment: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._failed = False
+
+    def append(self, line: str) -> None:
+        """Write one row to the current segment, starting one if needed. A journal that cannot be
+        written (disk full, directory gone) is given up with one warning: rows then live in memory
+        only, as they would without it."""
+        if self._failed:
+            return
+        try:
+            if self._segment is None:
+                self._number += 1
+                self._path = self.directory / f"{self.name}-{self._number}{SUFFIX}"
+                self._segment = self._path.open("ab", buffering=0)
+            self._segment.write(line.encode())
+        except OSError as exc:
+            self._failed = True
+            log.warning("journal %s unwritable (%s); rows are kept in memory only", self._path, exc)
+
+    def seal(self) -> Path | None:
+        """Close the current segment and return its path (None when nothing was journaled)."""
+        segment, path = self._segment, self._path
+        self._segment = self._path = None
+        if segment is None:
+            return None
+        segment.close()
+        return path
+
+    @staticmethod
+    def discard(path: Path | None) -> None:
+        """Remove a segment whose rows are safe elsewhere (delivered, or in the spill file)."""
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+def read_segment(path: Path) -> list[str]:
+    """The complete rows of a segment; a last line cut short by a crash mid-write is dropped."""
+    text = path.read_text()
+    lines = text.split("\n")
+    if lines[-1]:
+        log.warning("%s: dropping an incomplete last row (%d characters)", path, len(lines[-1]))
+    return [line + "\n" for line in lines[:-1]]
+
+
+def pid_of(path: Path) -> int | None:
+    """The process id in a journal or spill file's name (``stampede-journal-PID-...``), if any."""
+    parts = path.name.split("-")
+    return int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
