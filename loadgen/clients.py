@@ -120,13 +120,16 @@ class Measurement:
 def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurement, stamps: ReadStamps | None) -> None:
     ended = False
     server_error = None
+    offset_ns = 0
     while True:
         line = response.readline(b"\n")
         now_ns = time.perf_counter_ns()
         if not line:
             break
         # readline reads only while no whole line is buffered, so the last read completed this line.
-        offset_ns = (now_ns if stamps is None else chunk_time_ns(stamps, start_ns, now_ns)) - start_ns
+        line_ns = now_ns if stamps is None else chunk_time_ns(stamps, start_ns, now_ns)
+        # A read without a stamp is timed late, so the next read's stamp may be earlier: never go back.
+        offset_ns = max(offset_ns, line_ns - start_ns)
         m.response_bytes += len(line)
         for event in parser.feed(line, offset_ns):
             if isinstance(event, OutputChunk):

@@ -103,3 +103,34 @@ def test_a_pooled_connection_is_checked_without_yielding_to_other_greenlets() ->
         assert not idle_and_open(client)  # readable: the peer closed
     assert not idle_and_open(client)  # closed here
     assert not idle_and_open(None)
+
+
+class _ScriptedResponse:
+    """Hands out lines, each as if a read had just stamped it with the given (read, kernel) times."""
+
+    def __init__(self, stamps: ReadStamps, lines: list[tuple[bytes, int, int | None]]) -> None:
+        self._stamps, self._lines = stamps, lines
+
+    def readline(self, sep: bytes) -> bytes:
+        if not self._lines:
+            return b""
+        line, self._stamps.read_ns, self._stamps.received_ns = self._lines.pop(0)
+        return line
+
+
+def test_chunk_times_never_go_back_when_an_unstamped_read_came_first() -> None:
+    stamps = ReadStamps()
+    start_ns = time.perf_counter_ns()
+    event = b'data: {"choices": [{"delta": {"content": "a"}}]}\n'
+    response = _ScriptedResponse(
+        stamps,
+        [
+            (event, start_ns + 30_000_000, None),  # no stamp: timed when read, 30 ms in
+            (event, start_ns + 31_000_000, start_ns + 20_000_000),  # arrived at 20 ms, before that read
+            (event, start_ns + 45_000_000, start_ns + 40_000_000),
+            (b"data: [DONE]\n", start_ns + 46_000_000, start_ns + 40_000_100),
+        ],
+    )
+    m = Measurement()
+    _read_stream(response, OpenAIParser(), start_ns, m, stamps)
+    assert m.chunk_offsets_ns == [30_000_000, 30_000_000, 40_000_000]
