@@ -7,7 +7,7 @@ Locust process uses, which encodes them and enqueues them in batches; then one
 and queue of its own and removes both afterwards.
 
     python bench/ingest.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
-        --redis-url redis://127.0.0.1:6379/0 --records 200000 --batch-size 2000 --chunks 32
+        --redis-url redis://127.0.0.1:6379/0 --records 200000 --batch-size 5000 --chunks 32
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from stampede.db import make_engine, upgrade
 from stampede.records import Api, Outcome, RequestRecord
 from stampede.rows import RowBatch, encode_batch, row_batch
 from stampede.schema import Request
+from stampede.settings import Settings
 
 
 def make_records(records: int, chunks: int) -> list[RequestRecord]:
@@ -136,7 +137,8 @@ def main() -> None:
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--batch-size", type=int, default=500)
+    default_batch = Settings.model_fields["batch_size"].default
+    parser.add_argument("--batch-size", type=int, default=default_batch, help="default: as STAMPEDE_BATCH_SIZE's")
     parser.add_argument("--chunks", type=int, default=32, help="output chunks per record")
     parser.add_argument("--fork", action="store_true", help="run the RQ worker with --fork (a forked process per job)")
     args = parser.parse_args()

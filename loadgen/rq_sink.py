@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 
 from loadgen.sinks import STORE_REQUESTS, Sink
 
-# A 2,000-record batch stores in tens of milliseconds; a minute covers a slow, busy database.
+# A 5,000-record batch stores in tens of milliseconds; a minute covers a slow, busy database.
 JOB_TIMEOUT_S = 60
 # Six more tries over about four minutes (231 s), enough to ride out a database restart.
 JOB_RETRY = Retry(max=6, interval=[1, 5, 15, 30, 60, 120])

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         default=None, description="Bearer token sent to the target runtime (OpenAI API); never stored."
     )
     queue_name: str = Field(default="stampede", description="RQ queue that receives record batches.")
-    batch_size: int = Field(default=2000, ge=1, description="Records per stored batch.")
+    batch_size: int = Field(default=5000, ge=1, description="Records per stored batch.")
     flush_interval_s: float = Field(default=1.0, gt=0, description="Longest a record waits in a sink buffer.")
 
 

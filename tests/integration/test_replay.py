@@ -95,7 +95,12 @@ gevent.sleep(60)
 def test_rows_of_a_killed_process_are_delivered_from_its_journal(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path}/r.db"
     upgrade(db_url)
-    env = {"STAMPEDE_DATABASE_URL": db_url, "STAMPEDE_FLUSH_INTERVAL_S": "60", "TMPDIR": str(tmp_path)}
+    env = {
+        "STAMPEDE_DATABASE_URL": db_url,
+        "STAMPEDE_BATCH_SIZE": "2000",
+        "STAMPEDE_FLUSH_INTERVAL_S": "60",
+        "TMPDIR": str(tmp_path),
+    }
     child = subprocess.Popen(
         [sys.executable, "-c", KILLED_SINK, str(uuid.uuid4())],
         env={**os.environ, **env},
