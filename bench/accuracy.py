@@ -7,10 +7,15 @@ by ``server_request_id`` (the ``X-Request-Id`` it returned) and compared:
 
 - tokens: stored ``output_tokens`` == truth ``completion_tokens`` == tokens written == chunks seen;
 - ITL: ``|client gap_i - truth gap_i|`` for every gap, truth gaps from ``token_written_ns``;
-- TTFT: client TTFT minus truth ``token_written_ns[0] - arrived_ns``. The two differ by a near
-  constant (the client's connect and request write, and loopback, before the server's clock
-  starts): the median of that difference is reported as the offset, and the error is the
-  deviation from it.
+- TTFT against the wire (``ttft_error_vs_wire_ms``): ``|client TTFT - wire TTFT|``, no offset
+  removed, where a loopback capture in this process (bench/wire_truth.py; root or CAP_NET_RAW)
+  times each request's first packet and the packet that completed its first output chunk. Requests
+  that opened their connection are left out (the client's TTFT includes the connect). This is the
+  TTFT truth: the simulator's own starts when its loop parses the request, late under load.
+- TTFT against the simulator: client TTFT minus truth ``token_written_ns[0] - arrived_ns``. The
+  two differ by a near constant (the client's connect and request write, and loopback, before the
+  server's clock starts): the median of that difference is reported as the offset, and the error
+  is the deviation from it.
 
 Also the chunks per second the process received, its loop lag (the health samples it stored), and
 its CPU cost: user+sys CPU seconds of the Locust process tree (``RUSAGE_CHILDREN`` around it) per
@@ -43,6 +48,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
+from wire_truth import LoopbackCapture, WireRequest, reconstruct
 
 from stampede.db import upgrade
 from stampede.processes import free_port, stop
@@ -174,7 +180,7 @@ def stampede_requests(db_url: str) -> tuple[list[dict[str, Any]], int, int, floa
         ).all()  # fmt: skip
         lags = list(session.scalars(select(LoadgenSample.loop_lag_ms)))
     measured = [
-        {"id": rid, "ttft_ns": offs[0], "gaps_ns": np.diff(offs).tolist(), "tokens": tokens}
+        {"id": str(rid), "ttft_ns": offs[0], "gaps_ns": np.diff(offs).tolist(), "tokens": tokens}
         for rid, offs, tokens, _ in rows
         if offs
     ]
@@ -186,22 +192,58 @@ def stampede_requests(db_url: str) -> tuple[list[dict[str, Any]], int, int, floa
     return measured, tokens, chunks, window_s, lags
 
 
+def wire_errors(measured: list[dict[str, Any]], wire: dict[str, WireRequest]) -> dict[str, Any]:
+    """``|client TTFT - wire TTFT|`` percentiles (ms) over requests sent on a connection already open."""
+    errors, openers = [], 0
+    for m in measured:
+        on_wire = wire.get(m["id"])
+        if on_wire is not None and on_wire.index == 0:
+            openers += 1
+        elif on_wire is not None and on_wire.ttft_ns is not None:
+            errors.append(abs(m["ttft_ns"] - on_wire.ttft_ns))
+    return {
+        "ttft_error_vs_wire_ms": percentiles(np.asarray(errors, dtype=np.float64) / 1e6),
+        "wire_requests": len(errors),
+        "wire_connection_openers": openers,
+    }
+
+
+def start_capture(port: int) -> LoopbackCapture | None:
+    try:
+        capture = LoopbackCapture(port)
+    except PermissionError as exc:
+        print(f"no TTFT against the wire: {exc}", file=sys.stderr)
+        return None
+    capture.start()
+    return capture
+
+
 def bench_stampede(users: int, max_tokens: int, duration_s: float, workdir: Path) -> dict[str, Any]:
     port = free_port()
     host = f"http://127.0.0.1:{port}"
     sim = start_simulator(port, workdir / "sim.log", users)
+    capture = None
     try:
         db_url = f"sqlite:///{workdir}/results.db"
         upgrade(db_url)
         sim_cpu_before, probe = process_cpu_s(sim.pid), NoiseProbe()
+        capture = start_capture(port)
         probe.start()
         cpu_s = run_locust(host, db_url, users, max_tokens, duration_s, workdir)
         noise, sim_cpu_s = probe.finish(), process_cpu_s(sim.pid) - sim_cpu_before
         truth = truth_records(host)
     finally:
+        drops = capture.finish() if capture is not None else 0
         stop(sim)
     measured, tokens, chunks, window_s, lags = stampede_requests(db_url)
     result = compare(measured, truth)
+    if capture is not None:
+        requests, broken = reconstruct(capture.packets, port)
+        result.update(wire_errors(measured, {r.request_id: r for r in requests if r.request_id is not None}))
+        result.update(capture_segments=len(capture.packets), capture_drops=drops, capture_gaps=broken,
+                      capture_cpu_s=capture.cpu_s)  # fmt: skip
+    else:
+        result.update(wire_errors([], {}))
     # Each user's first request also opens its connection, which the server's clock cannot see.
     result["ttft_error_ms_after_first_requests"] = compare(measured[users:], truth)["ttft_error_ms"]
     result["side_by_side"] = side_by_side(
