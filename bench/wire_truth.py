@@ -93,7 +93,10 @@ class LoopbackCapture(threading.Thread):
             raise PermissionError(f"{NEEDS}: {exc}") from exc
         _attach_filter(self.sock, bpf_program(port))
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 * 1024 * 1024)
+        try:  # room for seconds of segments should the thread fall behind; past rmem_max needs CAP_NET_ADMIN
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 * 1024 * 1024)
+        except PermissionError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024 * 1024)
         self.sock.bind(("lo", 0))
         self.sock.settimeout(0.2)
         self.packets: list[tuple[int, bytes]] = []
