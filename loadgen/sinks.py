@@ -1,9 +1,9 @@
 """Sinks take records from the request path and deliver them, in batches, to the store jobs.
 
 A sink never blocks a request: ``add_request`` appends to a buffer and, with one unbuffered write to
-a local file, to the journal that survives the process being killed (:mod:`loadgen.journal`). A flusher greenlet hands
-batches to a delivery function, run in gevent's thread pool so database or Redis I/O never stalls
-the event loop. Jobs are named by dotted path, so this process never imports the worker code: the
+a local file, to the journal that outlives the process if it is killed (:mod:`loadgen.journal`). A
+flusher greenlet hands batches to a delivery function, run in gevent's thread pool so database or
+Redis I/O never stalls the event loop. Jobs are named by dotted path, so this process never imports the worker code: the
 fleet sink enqueues them for RQ workers, the embedded sink hands them to a child process that runs
 the very function an RQ worker would (see :mod:`loadgen.store_process`).
 
