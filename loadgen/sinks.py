@@ -91,12 +91,14 @@ class Sink(ABC):
         self._secrets = known_secrets()
         self._buffer: list[str] = []
         self._buffer_since = 0.0
-        # Each job with the journal segment that holds its rows, removed once the job is delivered.
+        # Each job with the file that keeps it on disk (its rows' journal segment), removed once the
+        # job is delivered.
         self._jobs: deque[tuple[str, Any, Path | None]] = deque()
         self._buffered_records = 0
         self._spill_writer: IO[bytes] | None = None
         self._spill_reader: IO[bytes] | None = None
         self._spilled_jobs = 0
+        self._drained = 0
         self._failing = False
         self._wake = Event()
         self._idle = Event()
@@ -148,14 +150,13 @@ class Sink(ABC):
         if delivered:
             self.spill_path.unlink(missing_ok=True)
         else:
-            pattern = f"{self.journal.name}-*{JOURNAL_SUFFIX}"
+            left = [*self.journal.directory.glob(f"{self.journal.name}-*{JOURNAL_SUFFIX}")]
+            left += self.spill_path.parent.glob(f"{self.spill_path.stem}.drained-*.jsonl")
+            if self.spill_path.exists():
+                left.append(self.spill_path)
             log.error(
-                "sink closed undelivered: rows stay in %d journal segments %s and %d jobs in %s "
-                "(deliver them with `stampede replay`)",
-                len(list(self.journal.directory.glob(pattern))),
-                self.journal.directory / pattern,
-                self._spilled_jobs,
-                self.spill_path,
+                "sink closed undelivered: what it holds stays in %s (deliver it with `stampede replay`)",
+                ", ".join(sorted(str(p) for p in left)),
             )
         return delivered
 
@@ -211,11 +212,14 @@ class Sink(ABC):
         entry = orjson.loads(self._spill_reader.readline())
         self._spilled_jobs -= 1
         if self._spilled_jobs == 0:
-            # Drained: later jobs go back to memory, and the next outage starts a fresh file.
+            # Drained: later jobs go back to memory, and the next outage starts a fresh file. This
+            # one keeps the last job on disk, under another name, until that job is delivered.
             self._spill_reader.close()
             self._spill_writer.close()
             self._spill_reader = self._spill_writer = None
-            self.spill_path.unlink(missing_ok=True)
+            self._drained += 1
+            drained = self.spill_path.with_name(f"{self.spill_path.stem}.drained-{self._drained}.jsonl")
+            return entry["job"], entry["arg"], self.spill_path.rename(drained)
         return entry["job"], entry["arg"], None
 
     def _run(self) -> None:
@@ -232,7 +236,7 @@ class Sink(ABC):
                 continue
             self._deliver_with_retry(*job)
 
-    def _deliver_with_retry(self, job: str, arg: Any, segment: Path | None) -> None:
+    def _deliver_with_retry(self, job: str, arg: Any, kept_in: Path | None) -> None:
         pause_s = 0.1
         while True:
             failure = gevent.get_hub().threadpool.apply(self._try_deliver, (job, arg))
@@ -258,7 +262,7 @@ class Sink(ABC):
                 )
             if job == STORE_REQUESTS:
                 self.delivered_requests += arg["count"]
-            self.journal.discard(segment)
+            self.journal.discard(kept_in)
             return
 
     def _try_deliver(self, job: str, arg: Any) -> Exception | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import orjson
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -124,6 +125,33 @@ def test_rows_are_journaled_until_delivered_and_spilled_ones_only_once(tmp_path:
     assert segments(tmp_path) == [] and not (tmp_path / "spill.jsonl").exists()
 
 
+def test_the_last_spilled_job_stays_on_disk_until_it_is_delivered(tmp_path: Path) -> None:
+    spill = tmp_path / "spill.jsonl"
+    sink = FakeSink(batch_size=1, flush_interval_s=10, max_buffered_records=1, spill_path=spill)
+    sink.down = True
+    records = [make_request() for _ in range(3)]
+    for r in records:
+        sink.add_request(r)  # the first waits in memory, the other two in the spill file
+    gevent.sleep(0.05)
+    delivered = 0
+    real_deliver = FakeSink._deliver
+
+    def deliver_two_then_fail(job: str, arg: Any) -> None:
+        nonlocal delivered
+        if delivered == 2:
+            raise ConnectionError("store unreachable again")
+        real_deliver(sink, job, arg)
+        delivered += 1
+
+    sink._deliver = deliver_two_then_fail  # type: ignore[method-assign]
+    sink.down = False
+    assert not sink.close(timeout_s=0.5)
+    assert request_ids(sink) == [str(r.id) for r in records[:2]]
+    (kept,) = tmp_path.glob("spill.drained-*.jsonl")
+    last = orjson.loads(kept.read_bytes().splitlines()[-1])
+    assert last["arg"]["rows"].split("\t")[0] == str(records[2].id)
+
+
 def test_a_sink_closed_undelivered_names_what_it_leaves(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     sink = FakeSink(batch_size=3, flush_interval_s=10, spill_path=tmp_path / "spill.jsonl")
     sink.down = True
@@ -132,7 +160,7 @@ def test_a_sink_closed_undelivered_names_what_it_leaves(tmp_path: Path, caplog: 
     with caplog.at_level(logging.ERROR, logger="loadgen.sinks"):
         assert not sink.close(timeout_s=0.2)
     assert [len(read_segment(p)) for p in segments(tmp_path)] == [3, 1]
-    assert f"rows stay in 2 journal segments {tmp_path}/stampede-journal-" in caplog.text
+    assert f"what it holds stays in {tmp_path}/stampede-journal-" in caplog.text
 
 
 def test_secrets_are_masked_in_run_config_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
