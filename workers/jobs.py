@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from stampede import store
 from stampede.db import get_engine
-from stampede.records import LoadgenSampleRecord, RunRecord, StepRecord
+from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.rows import RowBatch
 from stampede.settings import get_settings
 
@@ -26,6 +26,14 @@ def store_request_rows(batch: RowBatch) -> int:
     add none). A batch that cannot be stored fails as a whole, naming its bad line and column."""
     with _session() as session, session.begin():
         return store.insert_request_rows(session, batch)
+
+
+def store_request_records(records: list[dict[str, Any]]) -> int:
+    """Store request records sent as one JSON object each, by Locust processes of versions before
+    row batches (and in their spill files): validated, encoded as rows, stored the same way."""
+    parsed = [RequestRecord.model_validate(r) for r in records]
+    with _session() as session, session.begin():
+        return store.insert_request_records(session, parsed)
 
 
 def store_run(run: dict[str, Any]) -> None:

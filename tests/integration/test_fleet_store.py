@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 from psycopg.errors import DataError
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from stampede import store
@@ -86,5 +87,23 @@ def test_the_job_stores_a_row_batch_once_and_a_bad_value_fails_the_whole_batch(p
         with pytest.raises(DataError, match=r"integer.*\n.*line 301, column step_index"):
             jobs.store_request_rows(row_batch(lines))
         assert stored_requests(pg_url) == 601  # nothing of the broken batch
+    finally:
+        get_settings.cache_clear()
+
+
+def test_batches_of_the_previous_format_are_still_stored(pg_url: str, monkeypatch) -> None:
+    # Locust processes of versions before row batches enqueue records as JSON objects; a fleet
+    # upgraded one host at a time, or their spill files, still sends these.
+    monkeypatch.setenv("STAMPEDE_DATABASE_URL", pg_url)
+    get_settings.cache_clear()
+    try:
+        run_id = uuid.uuid4()
+        records = [make_request(run_id).to_job_arg() for _ in range(300)]
+        assert jobs.store_request_records(records) == 300
+        assert jobs.store_request_records(records) == 0
+        broken = [make_request(run_id).to_job_arg(), {**make_request(run_id).to_job_arg(), "step_index": -1}]
+        with pytest.raises(ValidationError):
+            jobs.store_request_records(broken)
+        assert stored_requests(pg_url) == 300
     finally:
         get_settings.cache_clear()
