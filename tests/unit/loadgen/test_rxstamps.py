@@ -1,11 +1,14 @@
 """A chunk's time: the kernel's receive stamp of the read that completed it, when plausible, else that read's time."""
 
+import os
+import resource
 import socket
 import struct
 import time
 
 import gevent
 import gevent.select
+import pytest
 from geventhttpclient.response import HTTPSocketResponse
 
 from loadgen.clients import Measurement, _read_stream
@@ -103,6 +106,24 @@ def test_a_pooled_connection_is_checked_without_yielding_to_other_greenlets() ->
         assert not idle_and_open(client)  # readable: the peer closed
     assert not idle_and_open(client)  # closed here
     assert not idle_and_open(None)
+
+
+def test_a_connection_past_descriptor_1023_is_still_reused() -> None:
+    # select() refuses descriptors past 1,023; Locust raises the open-file limit well beyond that.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the open-file limit ({hard}) leaves no descriptor past 1,023")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    server, client = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(client.fileno(), 1100))
+    try:
+        assert idle_and_open(high)
+        server.sendall(b"stray")
+        assert not idle_and_open(high)
+    finally:
+        for s in (high, client, server):
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 class _ScriptedResponse:
