@@ -44,7 +44,9 @@ class Journal:
                 self._number += 1
                 self._path = self.directory / f"{self.name}-{self._number}{SUFFIX}"
                 self._segment = self._path.open("ab", buffering=0)
-            self._segment.write(line.encode())
+            data = line.encode()
+            if self._segment.write(data) != len(data):
+                raise OSError(f"short write to {self._path}")
         except OSError as exc:
             self._failed = True
             log.warning("journal %s unwritable (%s); rows are kept in memory only", self._path, exc)
@@ -66,12 +68,12 @@ class Journal:
 
 
 def read_segment(path: Path) -> list[str]:
-    """The complete rows of a segment; a last line cut short by a crash mid-write is dropped."""
-    text = path.read_text()
-    lines = text.split("\n")
+    """The complete rows of a segment; a last line cut short by a crash mid-write is dropped (it may
+    end inside a character, so lines are split as bytes and decoded whole)."""
+    lines = path.read_bytes().split(b"\n")
     if lines[-1]:
-        log.warning("%s: dropping an incomplete last row (%d characters)", path, len(lines[-1]))
-    return [line + "\n" for line in lines[:-1]]
+        log.warning("%s: dropping an incomplete last row (%d bytes)", path, len(lines[-1]))
+    return [line.decode() + "\n" for line in lines[:-1]]
 
 
 def pid_of(path: Path) -> int | None:
