@@ -2,7 +2,7 @@
 
 A Locust process killed outright (SIGKILL, the OOM killer) loses what it holds in memory. So each
 row, as it is added, is also written to the current journal segment, a file of COPY text lines
-(``stampede-journal-PID-SINK-N.rows``), with one unbuffered write: once that returns the row is in
+(``stampede-journal-PID-TOKEN-N.rows``), with one unbuffered write: once that returns the row is in
 the operating system's hands and outlives the process. A segment holds one batch; it is sealed when
 its batch is queued and removed once that batch is delivered (or written to the spill file). What a
 killed process leaves behind is delivered by ``stampede replay`` (:mod:`loadgen.replay`); stores
@@ -12,6 +12,7 @@ nothing twice.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -76,14 +77,49 @@ def read_segment(path: Path) -> list[str]:
     return [line.decode() + "\n" for line in lines[:-1]]
 
 
-def pid_of(path: Path) -> int | None:
-    """The process id in a journal or spill file's name (``stampede-journal-PID-...``), if any."""
-    parts = path.name.split("-")
-    return int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+def owner_of(path: Path) -> str | None:
+    """The owner in a journal or spill file's name (``stampede-journal-PID-TOKEN-N.rows``,
+    ``stampede-spill-PID-TOKEN[.drained-N].jsonl``): ``PID-TOKEN``, if the name has one."""
+    parts = path.name.split(".")[0].split("-")
+    if len(parts) > 3 and parts[2].isdigit() and parts[3]:
+        return f"{parts[2]}-{parts[3]}"
+    return None
 
 
-def alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
+def lock_path(directory: Path, owner: str) -> Path:
+    """The file a sink keeps locked while it lives, so replay can tell its files from a dead one's."""
+    return directory / f"stampede-owner-{owner}.lock"
+
+
+def hold_lock(path: Path) -> IO[bytes]:
+    """Create and lock ``path``; the lock lasts until the returned file is closed or the process ends."""
+    held = path.open("ab")
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return held
+
+
+def owner_gone(directory: Path, owner: str) -> bool:
+    """Whether the sink ``owner`` (``PID-TOKEN``) is gone: its lock file is held by no process (a
+    process id alone can be reused, as a container's first process always is). Without a lock file,
+    whether no process on this host has that id."""
+    try:
+        with lock_path(directory, owner).open("rb") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+    except FileNotFoundError:
+        return not _alive(int(owner.split("-")[0]))
+
+
+def abandoned(path: Path) -> bool:
+    """Whether a journal or spill file's writer is gone."""
+    owner = owner_of(path)
+    return owner is not None and owner_gone(path.parent, owner)
+
+
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -5,7 +5,8 @@ A Locust process leaves two kinds of files when it could not deliver everything:
 log) and journal segments (``stampede-journal-*.rows``: the rows it held when it was killed, see
 :mod:`loadgen.journal`). This sends them, in order, through the sink this environment configures: to
 RQ workers when STAMPEDE_REDIS_URL is set, else straight to the database. Without FILE arguments it
-takes the files of processes that no longer run, from the temporary directory. Stores ignore records
+takes, from the temporary directory, the files whose writer is gone (a sink holds a lock file while
+it lives). Stores ignore records
 they already hold, so replaying a file twice stores nothing twice. A file is removed once all of it
 is delivered.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from loadgen.journal import SUFFIX, alive, pid_of, read_segment
+from loadgen.journal import SUFFIX, abandoned, owner_gone, owner_of, read_segment
 from loadgen.sinks import STORE_REQUESTS, Sink, make_sink
 from stampede.rows import row_batch
 from stampede.settings import get_settings
@@ -64,10 +65,18 @@ def replay(path: Path, timeout_s: float = DELIVERY_TIMEOUT_S) -> tuple[int, bool
 
 
 def orphans(directory: Path) -> list[Path]:
-    """Spill files and journal segments in ``directory`` whose process no longer runs, oldest first."""
+    """Spill files and journal segments in ``directory`` whose writer is gone, oldest first."""
     found = [*directory.glob("stampede-spill-*.jsonl"), *directory.glob(f"stampede-journal-*{SUFFIX}")]
-    left = [p for p in found if (pid := pid_of(p)) is not None and not alive(pid)]
-    return sorted(left, key=lambda p: p.stat().st_mtime)
+    return sorted((p for p in found if abandoned(p)), key=lambda p: p.stat().st_mtime)
+
+
+def remove_stale_locks(directory: Path) -> None:
+    """Remove the lock files of owners that are gone and left nothing behind."""
+    left = {owner_of(p) for p in [*directory.glob("stampede-spill-*"), *directory.glob("stampede-journal-*")]}
+    for lock in directory.glob("stampede-owner-*.lock"):
+        owner = lock.name.removeprefix("stampede-owner-").removesuffix(".lock")
+        if owner not in left and owner_gone(directory, owner):
+            lock.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> int:
@@ -77,11 +86,12 @@ def main(argv: list[str]) -> int:
         nargs="*",
         type=Path,
         help="spill files (stampede-spill-*.jsonl) and journal segments (stampede-journal-*.rows); "
-        "default: those of processes that no longer run, in the temporary directory",
+        "default: those whose writer is gone, in the temporary directory",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    files = args.files or orphans(Path(tempfile.gettempdir()))
+    directory = Path(tempfile.gettempdir())
+    files = args.files or orphans(directory)
     if not files:
         print("stampede replay: nothing left behind by a stopped process")
     failed = 0
@@ -98,6 +108,8 @@ def main(argv: list[str]) -> int:
         else:
             print(f"{path}: not all of its {jobs} jobs could be delivered; file kept", file=sys.stderr)
             failed += 1
+    if not args.files:
+        remove_stale_locks(directory)
     return 2 if failed else 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -31,7 +32,7 @@ from gevent.event import Event
 from sqlalchemy.engine import make_url
 
 from loadgen.journal import SUFFIX as JOURNAL_SUFFIX
-from loadgen.journal import Journal
+from loadgen.journal import Journal, hold_lock, lock_path
 from loadgen.store_process import StoreProcess
 from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.rows import encode_request, row_batch
@@ -85,8 +86,13 @@ class Sink(ABC):
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_buffered_records = max_buffered_records
-        self.spill_path = spill_path or Path(tempfile.gettempdir()) / f"stampede-spill-{os.getpid()}-{id(self)}.jsonl"
-        self.journal = Journal(self.spill_path.parent, f"stampede-journal-{os.getpid()}-{id(self)}")
+        # Names unique to this sink even where process ids repeat (a container's first process).
+        owner = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self.spill_path = spill_path or Path(tempfile.gettempdir()) / f"stampede-spill-{owner}.jsonl"
+        self.journal = Journal(self.spill_path.parent, f"stampede-journal-{owner}")
+        # Held while this sink lives, so `stampede replay` leaves its files alone.
+        self._lock_path = lock_path(self.spill_path.parent, owner)
+        self._lock = hold_lock(self._lock_path)
         self.delivered_requests = 0
         self._secrets = known_secrets()
         self._buffer: list[str] = []
@@ -147,8 +153,10 @@ class Sink(ABC):
             self._spill_writer.close()
         if self._spill_reader is not None:
             self._spill_reader.close()
+        self._lock.close()
         if delivered:
             self.spill_path.unlink(missing_ok=True)
+            self._lock_path.unlink(missing_ok=True)
         else:
             left = [*self.journal.directory.glob(f"{self.journal.name}-*{JOURNAL_SUFFIX}")]
             left += self.spill_path.parent.glob(f"{self.spill_path.stem}.drained-*.jsonl")

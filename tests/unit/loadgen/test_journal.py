@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loadgen.journal import read_segment
-from loadgen.replay import orphans
+from loadgen.journal import hold_lock, lock_path, read_segment
+from loadgen.replay import orphans, remove_stale_locks
 
 
 def test_a_row_cut_short_by_a_crash_is_dropped(tmp_path: Path) -> None:
@@ -17,11 +17,32 @@ def test_a_row_cut_short_by_a_crash_is_dropped(tmp_path: Path) -> None:
     assert read_segment(segment) == ["a\tb\n", "c\té\n"]
 
 
-def test_replay_takes_only_the_files_of_processes_that_are_gone(tmp_path: Path) -> None:
+def test_replay_takes_only_the_files_whose_writer_is_gone(tmp_path: Path) -> None:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead, live = int(gone.stdout), os.getpid()
-    names = [f"stampede-journal-{dead}-1-1.rows", f"stampede-spill-{dead}-1.jsonl", f"stampede-journal-{live}-1-1.rows"]
-    for name in names:
+    taken = [
+        f"stampede-journal-{dead}-a1-1.rows",  # no lock file, and no such process
+        f"stampede-spill-{dead}-a1.drained-2.jsonl",
+        f"stampede-journal-{live}-b2-1.rows",  # a live process id, but its lock is free: id reused
+    ]
+    kept = [
+        f"stampede-journal-{live}-c3-1.rows",  # no lock file, and a live process has the id
+        f"stampede-spill-{live}-d4.jsonl",  # its writer holds the lock
+        "stampede-journal-x.rows",  # not ours to guess about
+    ]
+    for name in taken + kept:
         (tmp_path / name).write_text("")
-    (tmp_path / "stampede-journal-x.rows").write_text("")  # not ours to guess about
-    assert sorted(p.name for p in orphans(tmp_path)) == sorted(names[:2])
+    lock_path(tmp_path, f"{live}-b2").write_text("")
+    with hold_lock(lock_path(tmp_path, f"{live}-d4")):
+        assert sorted(p.name for p in orphans(tmp_path)) == sorted(taken)
+    assert f"stampede-spill-{live}-d4.jsonl" in [p.name for p in orphans(tmp_path)]  # released
+
+
+def test_stale_lock_files_go_once_nothing_is_left(tmp_path: Path) -> None:
+    (tmp_path / "stampede-journal-1-e5-1.rows").write_text("")
+    for owner in ("1-e5", "1-f6"):
+        lock_path(tmp_path, owner).write_text("")
+    with hold_lock(lock_path(tmp_path, "1-g7")):
+        remove_stale_locks(tmp_path)
+        locks = sorted(p.name for p in tmp_path.glob("*.lock"))
+    assert locks == ["stampede-owner-1-e5.lock", "stampede-owner-1-g7.lock"]
