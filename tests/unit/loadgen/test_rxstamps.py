@@ -155,3 +155,4 @@ def test_chunk_times_never_go_back_when_an_unstamped_read_came_first() -> None:
     m = Measurement()
     _read_stream(response, OpenAIParser(), start_ns, m, stamps)
     assert m.chunk_offsets_ns == [30_000_000, 30_000_000, 40_000_000]
+    assert m.end_offset_ns == 40_000_100  # the last line's arrival, not when the loop read it
