@@ -34,6 +34,23 @@ class TokenCounts:
     prompt_tokens: int | None
     output_tokens: int | None
 
+    @classmethod
+    def reported(cls, prompt: object, output: object, where: str) -> TokenCounts:
+        """Counts from a server's message; raises InvalidStream for one that is not a count."""
+        return cls(_count(prompt, f"{where} prompt count"), _count(output, f"{where} output count"))
+
+
+# The stores keep counts as 32-bit integers; a server claiming more is broken, not busy.
+MAX_TOKEN_COUNT = 2**31 - 1
+
+
+def _count(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKEN_COUNT:
+        raise InvalidStream(f"{what} is not a token count: {value!r:.40}")
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class ServerTimings:
@@ -128,7 +145,7 @@ class OllamaParser(StreamParser):
         if text:
             events.append(OutputChunk(offset_ns, text))
         if obj.get("done"):
-            events.append(TokenCounts(obj.get("prompt_eval_count"), obj.get("eval_count")))
+            events.append(TokenCounts.reported(obj.get("prompt_eval_count"), obj.get("eval_count"), "Ollama's"))
             timings = {name: obj[key] / 1e6 for key, name in OLLAMA_DURATIONS.items() if key in obj}
             if timings:
                 events.append(ServerTimings(timings))
@@ -161,7 +178,7 @@ class OpenAIParser(StreamParser):
                 break
         usage = obj.get("usage")
         if usage:
-            events.append(TokenCounts(usage.get("prompt_tokens"), usage.get("completion_tokens")))
+            events.append(TokenCounts.reported(usage.get("prompt_tokens"), usage.get("completion_tokens"), "usage"))
         timings = obj.get("timings")
         if timings:
             found = {name: float(timings[key]) for key, name in LLAMACPP_TIMINGS.items() if key in timings}

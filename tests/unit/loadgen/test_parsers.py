@@ -75,6 +75,16 @@ def test_malformed_json_is_an_invalid_stream(parser_class) -> None:
         parser_class().feed(line, 1)
 
 
+@pytest.mark.parametrize("count", [2**31, -1, 12.5, "12", True])
+def test_a_count_no_store_could_hold_is_an_invalid_stream(count: object) -> None:
+    openai = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": %s}}\n' % orjson.dumps(count)
+    with pytest.raises(InvalidStream, match="usage output count is not a token count"):
+        OpenAIParser().feed(openai, 1)
+    ollama = orjson.dumps({"message": {"content": ""}, "done": True, "prompt_eval_count": count, "eval_count": 1})
+    with pytest.raises(InvalidStream, match="Ollama's prompt count is not a token count"):
+        OllamaParser().feed(ollama + b"\n", 1)
+
+
 def test_errors_sent_inside_the_stream_are_reported() -> None:
     assert OllamaParser().feed(b'{"error":"model unloaded"}\n', 1) == [ServerError("model unloaded")]
     sse = b'data: {"error":{"message":"overloaded","code":503}}\n\n'
