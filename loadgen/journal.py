@@ -3,11 +3,11 @@
 A Locust process killed outright (SIGKILL, the OOM killer) loses what it holds in memory. So each
 row, as it is added, is also written to the current journal segment, a file of COPY text lines
 (``stampede-journal-PID-TOKEN-N.rows``), with one unbuffered write: once that returns the row is in
-the operating system's hands and outlives the process. A segment holds one batch; it is sealed when
-its batch is queued and removed once that batch is delivered (or written to the spill file). What a
-killed process leaves behind is delivered by ``stampede replay`` (:mod:`loadgen.replay`); stores
-ignore rows they already hold, so a segment whose batch was delivered just before the kill stores
-nothing twice.
+the operating system's hands and outlives the process. A segment holds one batch, after a first
+line naming its columns; it is sealed when its batch is queued and removed once that batch is
+delivered (or written to the spill file). What a killed process leaves behind is delivered by
+``stampede replay`` (:mod:`loadgen.replay`); stores ignore rows they already hold, so a segment whose
+batch was delivered just before the kill stores nothing twice.
 """
 
 from __future__ import annotations
@@ -18,9 +18,13 @@ import os
 from pathlib import Path
 from typing import IO
 
+from stampede.rows import REQUEST_COLUMNS
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".rows"
+# A segment's first line names its columns; no row starts with "#" (rows start with a UUID).
+COLUMNS_HEADER = "#columns "
 
 
 class Journal:
@@ -45,6 +49,7 @@ class Journal:
                 self._number += 1
                 self._path = self.directory / f"{self.name}-{self._number}{SUFFIX}"
                 self._segment = self._path.open("ab", buffering=0)
+                self._segment.write(f"{COLUMNS_HEADER}{','.join(REQUEST_COLUMNS)}\n".encode())
             data = line.encode()
             if self._segment.write(data) != len(data):
                 raise OSError(f"short write to {self._path}")
@@ -68,13 +73,18 @@ class Journal:
             path.unlink(missing_ok=True)
 
 
-def read_segment(path: Path) -> list[str]:
-    """The complete rows of a segment; a last line cut short by a crash mid-write is dropped (it may
-    end inside a character, so lines are split as bytes and decoded whole)."""
+def read_segment(path: Path) -> tuple[list[str], list[str]]:
+    """The columns and complete rows of a segment. The columns are those its writer named (this
+    version's where it named none), so rows journaled before a schema change still store. A last line
+    cut short by a crash mid-write is dropped (it may end inside a character, so lines are split as
+    bytes and decoded whole)."""
     lines = path.read_bytes().split(b"\n")
     if lines[-1]:
         log.warning("%s: dropping an incomplete last row (%d bytes)", path, len(lines[-1]))
-    return [line.decode() + "\n" for line in lines[:-1]]
+    rows = [line.decode() + "\n" for line in lines[:-1]]
+    if rows and rows[0].startswith(COLUMNS_HEADER):
+        return rows[0].removeprefix(COLUMNS_HEADER).rstrip("\n").split(","), rows[1:]
+    return list(REQUEST_COLUMNS), rows
 
 
 def owner_of(path: Path) -> str | None:

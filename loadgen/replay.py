@@ -23,7 +23,7 @@ import orjson
 
 from loadgen.journal import SUFFIX, abandoned, owner_gone, owner_of, read_segment
 from loadgen.sinks import STORE_REQUESTS, Sink, make_sink
-from stampede.rows import row_batch
+from stampede.rows import RowBatch
 from stampede.settings import get_settings
 
 DELIVERY_TIMEOUT_S = 300.0
@@ -45,10 +45,10 @@ def _resend_spill(sink: Sink, path: Path) -> int:
 
 
 def _resend_segment(sink: Sink, path: Path) -> int:
-    rows = read_segment(path)
+    columns, rows = read_segment(path)
     batches = [rows[i : i + sink.batch_size] for i in range(0, len(rows), sink.batch_size)]
     for batch in batches:
-        sink.resend(STORE_REQUESTS, row_batch(batch))
+        sink.resend(STORE_REQUESTS, RowBatch(columns=columns, count=len(batch), rows="".join(batch)))
     return len(batches)
 
 

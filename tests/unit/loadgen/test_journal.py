@@ -7,14 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loadgen.journal import hold_lock, lock_path, read_segment
+from loadgen.journal import Journal, hold_lock, lock_path, read_segment
 from loadgen.replay import orphans, remove_stale_locks
+from stampede.rows import REQUEST_COLUMNS
 
 
 def test_a_row_cut_short_by_a_crash_is_dropped(tmp_path: Path) -> None:
     segment = tmp_path / "stampede-journal-1-2-3.rows"
     segment.write_bytes("a\tb\nc\té\n".encode() + "e\té".encode()[:-1])  # cut inside the last character
-    assert read_segment(segment) == ["a\tb\n", "c\té\n"]
+    assert read_segment(segment) == (list(REQUEST_COLUMNS), ["a\tb\n", "c\té\n"])
+
+
+def test_a_segment_keeps_the_columns_it_was_written_with(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, "stampede-journal-1-a1")
+    journal.append("x\ty\n")
+    segment = journal.seal()
+    assert segment is not None
+    assert read_segment(segment) == (list(REQUEST_COLUMNS), ["x\ty\n"])
+    segment.write_text("#columns id,run_id\nx\ty\n")  # as an older version with fewer columns wrote it
+    assert read_segment(segment) == (["id", "run_id"], ["x\ty\n"])
 
 
 def test_replay_takes_only_the_files_whose_writer_is_gone(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_rows_are_journaled_until_delivered_and_spilled_ones_only_once(tmp_path:
     gevent.sleep(0.05)
     # Batch 1 waits in memory, batch 2 went to the spill file, the fifth row waits in the buffer:
     # the journal holds the rows of batch 1 and of the buffer, the spill file those of batch 2.
-    journaled = [read_segment(p) for p in segments(tmp_path)]
+    journaled = [read_segment(p)[1] for p in segments(tmp_path)]
     assert [[line.split("\t")[0] for line in rows] for rows in journaled] == [
         [str(records[0].id), str(records[1].id)],
         [str(records[4].id)],
@@ -159,7 +159,7 @@ def test_a_sink_closed_undelivered_names_what_it_leaves(tmp_path: Path, caplog: 
         sink.add_request(make_request())
     with caplog.at_level(logging.ERROR, logger="loadgen.sinks"):
         assert not sink.close(timeout_s=0.2)
-    assert [len(read_segment(p)) for p in segments(tmp_path)] == [3, 1]
+    assert [len(read_segment(p)[1]) for p in segments(tmp_path)] == [3, 1]
     assert f"what it holds stays in {tmp_path}/stampede-journal-" in caplog.text
 
 
