@@ -17,9 +17,11 @@ import gc
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import gevent
 from redis import Redis
@@ -31,10 +33,11 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from loadgen.journal import Journal
 from loadgen.rq_sink import RQSink
 from stampede.db import make_engine, upgrade
 from stampede.records import Api, Outcome, RequestRecord
-from stampede.rows import RowBatch, encode_batch, row_batch
+from stampede.rows import RowBatch, encode_batch, encode_request, row_batch
 from stampede.schema import Request
 from stampede.settings import Settings
 
@@ -84,6 +87,21 @@ def truncate_requests(url: str) -> None:
     with engine.begin() as connection:
         connection.execute(text("TRUNCATE requests"))
     engine.dispose()
+
+
+def bench_journal(records: list[RequestRecord], batch_size: int) -> float:
+    """Microseconds per row that a sink's journal adds in the Locust process: the unbuffered write
+    of each row, and a segment opened, sealed and removed per batch."""
+    rows = [encode_request(r) for r in records]
+    with tempfile.TemporaryDirectory() as directory:
+        journal = Journal(Path(directory), "stampede-journal-0-bench")
+        started = time.perf_counter()
+        for i, row in enumerate(rows, start=1):
+            journal.append(row)
+            if i % batch_size == 0:
+                Journal.discard(journal.seal())
+        Journal.discard(journal.seal())
+        return (time.perf_counter() - started) / len(rows) * 1e6
 
 
 def bench_store(batches: list[RowBatch]) -> float:
@@ -160,6 +178,7 @@ def main() -> None:
         store_s = bench_store(batches)
         assert stored_rows(url) == args.records, "store path lost or doubled rows"
         print(f"store path: {args.records / store_s:,.0f} records/s ({store_s:.2f} s)")
+        print(f"journal, per row in the Locust process: {bench_journal(records, args.batch_size):.2f} µs")
 
         truncate_requests(url)
         enqueue_s, worker_s, jobs_s = bench_rq(records, args.redis_url, args.batch_size, args.fork)
