@@ -107,3 +107,18 @@ def test_batches_of_the_previous_format_are_still_stored(pg_url: str, monkeypatc
         assert stored_requests(pg_url) == 300
     finally:
         get_settings.cache_clear()
+
+
+def test_text_values_come_back_from_postgresql_exactly(pg_url: str) -> None:
+    error = "a|b\tc\nd\\e\rf \\N 'g' \"h\" é 🚀"
+    record = make_request(uuid.uuid4()).model_copy(update={"error": error, "server_request_id": "x|y"})
+    engine = make_engine(pg_url)
+    try:
+        with Session(engine) as session, session.begin():
+            assert store.insert_request_records(session, [record]) == 1
+        with Session(engine) as session:
+            row = session.get(Request, record.id)
+            assert row is not None
+            assert (row.error, row.server_request_id) == (error, "x|y")
+    finally:
+        engine.dispose()
