@@ -1,5 +1,7 @@
 """Request records: derived fields, strict validation, and the JSON form jobs receive."""
 
+import time
+import uuid
 from datetime import datetime
 
 import orjson
@@ -34,3 +36,16 @@ def test_unknown_fields_and_naive_times_are_rejected() -> None:
         make_record(surprise=1)
     with pytest.raises(ValidationError):
         make_record(started_at=datetime(2026, 1, 1))
+
+
+def test_request_ids_are_version_7_uuids_in_time_order() -> None:
+    before_ms = time.time_ns() // 1_000_000
+    first = request_record().id
+    time.sleep(0.002)
+    later = [request_record().id for _ in range(1000)]
+    after_ms = time.time_ns() // 1_000_000
+    for made in (first, *later):
+        assert (made.version, made.variant) == (7, uuid.RFC_4122)
+        assert before_ms <= made.int >> 80 <= after_ms  # the first 48 bits: Unix time in ms
+    assert all(first < made for made in later)  # a later millisecond sorts after
+    assert len(set(later)) == 1000
