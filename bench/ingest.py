@@ -42,12 +42,14 @@ from stampede.schema import Request
 from stampede.settings import Settings
 
 
-def make_records(records: int, chunks: int) -> list[RequestRecord]:
-    """Records shaped like a streamed chat run: ``chunks`` output chunks 20 ms apart."""
+def make_records(records: int, chunks: int, random_ids: bool = False) -> list[RequestRecord]:
+    """Records shaped like a streamed chat run: ``chunks`` output chunks 20 ms apart; ids time-ordered
+    as the client makes them, or random (version 4) for comparison."""
     run_id = uuid.uuid4()
     start = datetime.now(UTC)
     return [
         RequestRecord(
+            **({"id": uuid.uuid4()} if random_ids else {}),
             run_id=run_id,
             target="vllm-like",
             step_index=i % 8,
@@ -159,6 +161,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=default_batch, help="default: as STAMPEDE_BATCH_SIZE's")
     parser.add_argument("--chunks", type=int, default=32, help="output chunks per record")
     parser.add_argument("--fork", action="store_true", help="run the RQ worker with --fork (a forked process per job)")
+    parser.add_argument("--random-ids", action="store_true", help="version-4 request ids, not UUIDv7")
     args = parser.parse_args()
 
     admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
@@ -171,7 +174,7 @@ def main() -> None:
         # Workers read the database from the environment, as in a fleet.
         os.environ["STAMPEDE_DATABASE_URL"] = url
         os.environ["STAMPEDE_REDIS_URL"] = args.redis_url
-        records = make_records(args.records, args.chunks)
+        records = make_records(args.records, args.chunks, args.random_ids)
         batches = make_batches(records, args.batch_size)
         print(f"{args.records} records, {len(batches)} batches of {args.batch_size}, {args.chunks} chunks each")
 
