@@ -6,9 +6,8 @@ log) and journal segments (``stampede-journal-*.rows``: the rows it held when it
 :mod:`loadgen.journal`). This sends them, in order, through the sink this environment configures: to
 RQ workers when STAMPEDE_REDIS_URL is set, else straight to the database. Without FILE arguments it
 takes, from the temporary directory, the files whose writer is gone (a sink holds a lock file while
-it lives). Stores ignore records
-they already hold, so replaying a file twice stores nothing twice. A file is removed once all of it
-is delivered.
+it lives). Stores ignore records they already hold, so replaying a file twice stores nothing twice.
+A file is removed once all of it is delivered.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import orjson
 
 from loadgen.journal import SUFFIX, abandoned, owner_gone, owner_of, read_segment
 from loadgen.sinks import STORE_REQUESTS, Sink, make_sink
-from stampede.rows import RowBatch
+from stampede.rows import row_batch
 from stampede.settings import get_settings
 
 DELIVERY_TIMEOUT_S = 300.0
@@ -48,7 +47,7 @@ def _resend_segment(sink: Sink, path: Path) -> int:
     columns, rows = read_segment(path)
     batches = [rows[i : i + sink.batch_size] for i in range(0, len(rows), sink.batch_size)]
     for batch in batches:
-        sink.resend(STORE_REQUESTS, RowBatch(columns=columns, count=len(batch), rows="".join(batch)))
+        sink.resend(STORE_REQUESTS, row_batch(batch, columns))
     return len(batches)
 
 

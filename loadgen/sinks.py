@@ -3,9 +3,9 @@
 A sink never blocks a request: ``add_request`` appends to a buffer and, with one unbuffered write to
 a local file, to the journal that outlives the process if it is killed (:mod:`loadgen.journal`). A
 flusher greenlet hands batches to a delivery function, run in gevent's thread pool so database or
-Redis I/O never stalls the event loop. Jobs are named by dotted path, so this process never imports the worker code: the
-fleet sink enqueues them for RQ workers, the embedded sink hands them to a child process that runs
-the very function an RQ worker would (see :mod:`loadgen.store_process`).
+Redis I/O never stalls the event loop. Jobs are named by dotted path, so this process never imports
+the worker code: the fleet sink enqueues them for RQ workers, the embedded sink hands them to a
+child process that runs the very function an RQ worker would (see :mod:`loadgen.store_process`).
 
 While deliveries fail, records wait in memory up to ``max_buffered_records``; past that, new jobs
 are appended to a local JSONL spill file, and replayed from it in order once deliveries succeed

@@ -131,9 +131,10 @@ def encode_request(record: RequestRecord) -> str:
     return "\t".join(map(_field, request_values(record))) + "\n"
 
 
-def row_batch(lines: list[str]) -> RowBatch:
-    """The job argument for rows made by :func:`encode_request`."""
-    return {"columns": list(REQUEST_COLUMNS), "count": len(lines), "rows": "".join(lines)}
+def row_batch(lines: list[str], columns: list[str] | None = None) -> RowBatch:
+    """The job argument for rows made by :func:`encode_request`, or by an older version whose
+    ``columns`` were others."""
+    return {"columns": columns or list(REQUEST_COLUMNS), "count": len(lines), "rows": "".join(lines)}
 
 
 def encode_batch(records: Iterable[RequestRecord]) -> RowBatch:

@@ -66,9 +66,7 @@ def test_a_batch_from_an_older_producer_stores_with_defaults_for_missing_columns
     batch = rows.encode_batch([record])
     kept = [i for i, c in enumerate(batch["columns"]) if c not in ("chunk_tokens", "tokens_disagree")]
     line = batch["rows"].rstrip("\n").split("\t")
-    older = rows.RowBatch(
-        columns=[batch["columns"][i] for i in kept], count=1, rows="\t".join(line[i] for i in kept) + "\n"
-    )
+    older = rows.row_batch(["\t".join(line[i] for i in kept) + "\n"], [batch["columns"][i] for i in kept])
     with session.begin():
         assert store.insert_request_rows(session, older) == 1
     row = session.get(Request, record.id)
