@@ -94,7 +94,13 @@ class StreamParser(ABC):
         for line in lines:
             line = line.strip()
             if line:
-                self._parse_line(line, offset_ns, events)
+                try:
+                    self._parse_line(line, offset_ns, events)
+                except InvalidStream:
+                    raise
+                except (AttributeError, TypeError, ValueError) as exc:
+                    # Valid JSON of another shape (a list for an object, text for a number).
+                    raise InvalidStream(f"unexpected message {line[:80]!r}: {type(exc).__name__}: {exc}") from exc
         return events
 
     @property

@@ -85,6 +85,21 @@ def test_a_count_no_store_could_hold_is_an_invalid_stream(count: object) -> None
         OllamaParser().feed(ollama + b"\n", 1)
 
 
+@pytest.mark.parametrize(
+    ("parser_class", "line"),
+    [
+        (OpenAIParser, b'data: {"choices": [], "usage": [1, 2]}'),
+        (OpenAIParser, b'data: {"choices": ["a"]}'),
+        (OpenAIParser, b'data: {"choices": [], "timings": {"prompt_ms": "fast"}}'),
+        (OllamaParser, b'{"message": "hi", "done": false}'),
+        (OllamaParser, b'{"message": {}, "done": true, "eval_duration": "long"}'),
+    ],
+)
+def test_json_of_an_unexpected_shape_is_an_invalid_stream(parser_class, line: bytes) -> None:
+    with pytest.raises(InvalidStream, match="unexpected message"):
+        parser_class().feed(line + b"\n", 1)
+
+
 def test_errors_sent_inside_the_stream_are_reported() -> None:
     assert OllamaParser().feed(b'{"error":"model unloaded"}\n', 1) == [ServerError("model unloaded")]
     sse = b'data: {"error":{"message":"overloaded","code":503}}\n\n'
