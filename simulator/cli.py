@@ -53,6 +53,7 @@ class Options:
     api_key: str | None
     ground_truth: Path | None
     ground_truth_limit: int
+    metrics: bool
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes (vllm, llamacpp)")
     parser.add_argument("--ground-truth", type=Path, help="also append each finished request to this JSONL")
     parser.add_argument("--ground-truth-limit", type=int, default=10_000, help="records kept for /sim/requests")
+    parser.add_argument(
+        "--metrics", action="store_true", help="llamacpp: serve /metrics (llama-server answers 501 without it)"
+    )
     for flag, field_name, convert, text in _PROFILE_FLAGS:
         parser.add_argument(flag, dest=field_name, type=convert, help=text)
     for fault in FaultKind:
@@ -112,12 +116,14 @@ def parse_args(argv: list[str] | None = None) -> Options:
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     port = args.port if args.port is not None else DEFAULT_PORTS[flavor]
-    return Options(profile, args.host, port, args.api_key, args.ground_truth, args.ground_truth_limit)
+    return Options(profile, args.host, port, args.api_key, args.ground_truth, args.ground_truth_limit, args.metrics)
 
 
 async def serve(options: Options) -> None:
     """Serve until SIGINT or SIGTERM."""
-    server = SimServer(options.profile, options.api_key, options.ground_truth_limit, options.ground_truth)
+    server = SimServer(
+        options.profile, options.api_key, options.ground_truth_limit, options.ground_truth, options.metrics
+    )
     port = await server.start(options.host, options.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from simulator.profiles import Profile
+from simulator.profiles import Flavor, Profile
 
 _NS_PER_MS = 1_000_000
 _NS_PER_S = 1_000_000_000
@@ -25,7 +25,13 @@ class QueueFullError(Exception):
 
 
 class ContextLengthError(ValueError):
-    """Prompt plus requested output exceed ``max_model_len``."""
+    """The request does not fit the context (``limit`` tokens); the API layer words it as its server does."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int | None, limit: int) -> None:
+        super().__init__(f"{prompt_tokens} prompt tokens and max_tokens {max_tokens} exceed the context of {limit}")
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.limit = limit
 
 
 class Sequence:
@@ -47,12 +53,15 @@ class Sequence:
         "listener",
     )
 
-    def __init__(self, seq_id: int, prompt_tokens: int, target_tokens: int, finish_reason: str, now_ns: int):
+    def __init__(
+        self, seq_id: int, prompt_tokens: int, target_tokens: int, finish_reason: str, now_ns: int, context: int
+    ) -> None:
         self.id = seq_id
         self.prompt_tokens = prompt_tokens
         self.target_tokens = target_tokens
         self.finish_reason = finish_reason
-        self.kv_tokens = prompt_tokens + target_tokens
+        self.kv_tokens = min(prompt_tokens + target_tokens, context)
+        """KV cache reserved: prompt and output, never more than the context (Ollama shifts past it)."""
         self.arrived_ns = now_ns
         self.load_wait_ns = 0
         self.admitted_ns: int | None = None
@@ -97,21 +106,32 @@ class Engine:
 
     # --- requests -------------------------------------------------------------------------------------
     def submit(self, prompt_tokens: int, max_tokens: int | None, now_ns: int, ignore_eos: bool = False) -> Sequence:
-        """Queue a request; its output length is ``max_tokens`` or an EOS-like draw, whichever is first."""
+        """Queue a request; its output length is ``max_tokens`` or an EOS-like draw, whichever is first.
+
+        What does not fit the context is handled as the flavour's server does: vLLM refuses a prompt
+        plus ``max_tokens`` over ``max_model_len``; llama-server refuses only a prompt that fills its
+        slot's context and otherwise stops output at the context's end; Ollama keeps the end of an
+        over-long prompt and shifts its context while generating, so it refuses nothing.
+        """
         p = self.profile
-        room = p.max_model_len - prompt_tokens
-        if room < 1 or (max_tokens is not None and max_tokens > room):
-            raise ContextLengthError(
-                f"This model's maximum context length is {p.max_model_len} tokens. However, you requested "
-                f"{prompt_tokens + (max_tokens or 1)} tokens ({prompt_tokens} in the messages, "
-                f"{max_tokens or 1} in the completion)."
-            )
+        limit = p.max_model_len
+        room = limit - prompt_tokens
+        cap: int | None = max_tokens
+        if p.flavor is Flavor.OLLAMA:
+            prompt_tokens = min(prompt_tokens, limit)
+        elif p.flavor is Flavor.LLAMACPP:
+            if room < 1:
+                raise ContextLengthError(prompt_tokens, max_tokens, limit)
+            cap = room if max_tokens is None else min(max_tokens, room)
+        elif room < 1 or (max_tokens is not None and max_tokens > room):
+            raise ContextLengthError(prompt_tokens, max_tokens, limit)
+        elif max_tokens is None:
+            cap = room
         if p.max_queue is not None and len(self._waiting) >= p.max_queue:
             raise QueueFullError("server busy, please try again. maximum pending requests exceeded")
-        cap = room if max_tokens is None else max_tokens
-        drawn = cap if ignore_eos and max_tokens is not None else self._draw_length()
-        target, reason = (cap, "length") if drawn >= cap else (drawn, "stop")
-        seq = Sequence(self._next_id, prompt_tokens, target, reason, now_ns)
+        drawn = cap if ignore_eos and cap is not None and max_tokens is not None else self._draw_length()
+        target, reason = (cap, "length") if cap is not None and drawn >= cap else (drawn, "stop")
+        seq = Sequence(self._next_id, prompt_tokens, target, reason, now_ns, limit)
         self._next_id += self._id_step
         self.active += 1
         seq.load_wait_ns = self._ensure_loaded(now_ns)

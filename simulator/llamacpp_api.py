@@ -1,4 +1,7 @@
-"""llama-server's own routes: /health and /slots (its /metrics and OpenAI routes live elsewhere)."""
+"""llama-server's own routes: /health, /slots, and /metrics's refusal when it was started without ``--metrics``.
+
+(Its /metrics itself and its OpenAI routes live elsewhere.)
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,16 @@ if TYPE_CHECKING:
     from simulator.server import SimServer
 
 
-def register(server: SimServer) -> None:
+def register(server: SimServer, metrics: bool) -> None:
     server.add("GET", "/health", lambda req, resp: _health(server, req, resp))
     server.add("GET", "/slots", lambda req, resp: _slots(server, req, resp))
+    if not metrics:
+        server.add("GET", "/metrics", _metrics_disabled)
+
+
+def _metrics_disabled(request: Request, response: Response) -> None:
+    message = "This server does not support metrics endpoint. Start it with `--metrics`"
+    response.send_json(501, {"error": {"code": 501, "message": message, "type": "not_supported_error"}})
 
 
 def _health(server: SimServer, request: Request, response: Response) -> None:

@@ -22,11 +22,23 @@ from prometheus_client.registry import Collector
 from simulator.profiles import Flavor
 
 if TYPE_CHECKING:
+    from simulator.engine import Sequence
     from simulator.runtime import Runtime
 
-_TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-_TPOT_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
-_E2E_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
+# vLLM's own bucket bounds (vllm/v1/metrics/loggers.py), so histogram_quantile reads the same on both.
+_TTFT_BUCKETS_S = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+    160.0, 640.0, 2560.0,
+)  # fmt: skip
+_ITL_BUCKETS_S = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+_REQUEST_BUCKETS_S = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
+    1920.0, 7680.0,
+)  # fmt: skip
+_FINISH_REASONS = ("stop", "length", "abort")
+"""vLLM creates a success series per reason at start, so a rate() over one that has not happened yet is 0."""
 
 
 class Histogram:
@@ -41,14 +53,14 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += count
         self.sum += value * count
 
-    def family(self, name: str, doc: str, model: str) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(name, doc, labels=["model_name"])
+    def family(self, name: str, doc: str, labels: list[str], values: list[str]) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, doc, labels=labels)
         cumulative: list[tuple[str, float]] = []
         running = 0
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             running += count
             cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        family.add_metric([model], cumulative, self.sum)
+        family.add_metric(values, cumulative, self.sum)
         return family
 
 
@@ -64,8 +76,23 @@ class Stats:
         self.busy_slot_sum = 0
         self.finished: dict[str, int] = {}
         self.ttft_s = Histogram(_TTFT_BUCKETS_S)
-        self.tpot_s = Histogram(_TPOT_BUCKETS_S)
-        self.e2e_s = Histogram(_E2E_BUCKETS_S)
+        self.tpot_s = Histogram(_ITL_BUCKETS_S)
+        """Gap before each token after the first: vLLM's inter-token latency (and its older TPOT name)."""
+        self.e2e_s = Histogram(_REQUEST_BUCKETS_S)
+        self.queue_s = Histogram(_REQUEST_BUCKETS_S)
+        """Arrival to admission into a batch."""
+        self.prefill_s = Histogram(_REQUEST_BUCKETS_S)
+        """Admission to first token."""
+        self.decode_s = Histogram(_REQUEST_BUCKETS_S)
+        """First token to last."""
+
+    def observe_phases(self, seq: Sequence) -> None:
+        """Queue, prefill and decode time of a finished sequence, from the engine's schedule."""
+        if seq.admitted_ns is None or seq.first_token_ns is None or seq.finished_ns is None:
+            return
+        self.queue_s.observe((seq.admitted_ns - seq.arrived_ns) / 1e9)
+        self.prefill_s.observe((seq.first_token_ns - seq.admitted_ns) / 1e9)
+        self.decode_s.observe((seq.finished_ns - seq.first_token_ns) / 1e9)
 
 
 class SimCollector(Collector):
@@ -74,10 +101,10 @@ class SimCollector(Collector):
     def __init__(self, flavor: Flavor, runtime: Runtime, model: str) -> None:
         self._flavor = flavor
         self._runtime = runtime
-        self._model = model
-        # vLLM labels every series with the served model; llama-server exports bare series.
-        self._labels = ["model_name"] if flavor is Flavor.VLLM else []
-        self._values = [model] if flavor is Flavor.VLLM else []
+        # vLLM labels every series with the served model and the engine (data-parallel rank) that made it:
+        # the simulator's replicas sit behind one balancer, as one engine; llama-server exports bare series.
+        self._labels = ["model_name", "engine"] if flavor is Flavor.VLLM else []
+        self._values = [model, "0"] if flavor is Flavor.VLLM else []
 
     def collect(self) -> Iterator[Metric]:
         if self._flavor is Flavor.LLAMACPP:
@@ -106,16 +133,23 @@ class SimCollector(Collector):
         success = CounterMetricFamily(
             "vllm:request_success",
             "Count of successfully processed requests.",
-            labels=["model_name", "finished_reason"],
+            labels=[*self._labels, "finished_reason"],
         )
-        for reason, count in sorted(s.finished.items()):
-            success.add_metric([self._model, reason], count)
+        for reason in sorted({*_FINISH_REASONS, *s.finished}):
+            success.add_metric([*self._values, reason], s.finished.get(reason, 0))
         yield success
-        yield s.ttft_s.family("vllm:time_to_first_token_seconds", "Histogram of time to first token.", self._model)
-        yield s.tpot_s.family("vllm:time_per_output_token_seconds", "Histogram of time per output token.", self._model)
-        yield s.e2e_s.family(
-            "vllm:e2e_request_latency_seconds", "Histogram of end to end request latency.", self._model
+        yield self._counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", 0)
+        histograms = (
+            ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", s.ttft_s),
+            ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", s.tpot_s),
+            ("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", s.tpot_s),
+            ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", s.e2e_s),
+            ("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", s.queue_s),
+            ("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.", s.prefill_s),
+            ("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", s.decode_s),
         )
+        for name, doc, histogram in histograms:
+            yield histogram.family(name, doc, self._labels, self._values)
 
     def _llamacpp(self) -> Iterator[Metric]:
         e, s = self._runtime, self._runtime.stats

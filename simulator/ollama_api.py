@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from simulator.engine import ContextLengthError, QueueFullError, Sequence
+from simulator.engine import QueueFullError, Sequence
 from simulator.groundtruth import RequestTruth
 from simulator.http import Request, Response
 from simulator.runtime import Exchange
@@ -152,10 +152,6 @@ def _generate(server: SimServer, request: Request, response: Response, chat: boo
     exchange = OllamaExchange(server, response, truth, stream, fault, chat, requested)
     try:
         seq = server.runtime.submit(prompt_tokens, max_tokens, False, exchange)
-    except ContextLengthError as exc:
-        response.send_json(400, {"error": str(exc)})
-        server.refuse(truth, 400)
-        return
     except QueueFullError as exc:
         response.send_json(503, {"error": str(exc)})
         server.refuse(truth, 503)
@@ -218,11 +214,10 @@ class OllamaExchange(Exchange):
             body["message"] = {"role": "assistant", "content": text}
         else:
             body["response"] = text
+        body.update(done=True, done_reason=seq.finish_reason, total_duration=now_ns - seq.arrived_ns)
+        if seq.load_wait_ns:  # Ollama omits a zero duration (omitempty)
+            body["load_duration"] = seq.load_wait_ns
         body.update(
-            done=True,
-            done_reason=seq.finish_reason,
-            total_duration=now_ns - seq.arrived_ns,
-            load_duration=seq.load_wait_ns,
             prompt_eval_count=seq.prompt_tokens,
             prompt_eval_duration=first - admitted,
             eval_count=seq.emitted,

@@ -1,9 +1,8 @@
 """The OpenAI-compatible API every flavour serves: /v1/chat/completions, /v1/completions, /v1/models.
 
-Streams are SSE (``data: {json}\\n\\n``), one chunk per token, the last token's chunk carrying
-``finish_reason``; then a usage chunk with empty ``choices`` when ``stream_options.include_usage`` is set
-(llama.cpp always sends one, with its ``timings``), then ``data: [DONE]``. Error bodies and extras follow
-the flavour: vLLM, Ollama's compatibility layer, or llama-server.
+Streams are SSE (``data: {json}\\n\\n``), one chunk per token in the flavour's own shape (see
+:class:`OpenAIExchange`), then ``data: [DONE]``. Error bodies and extras follow the flavour: vLLM,
+Ollama's compatibility layer, or llama-server.
 """
 
 from __future__ import annotations
@@ -31,12 +30,7 @@ _VLLM_ERROR_TYPES = {
     429: "RateLimitError",
     503: "ServiceUnavailableError",
 }
-_LLAMACPP_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    503: "unavailable_error",
-}
+_LLAMACPP_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 503: "unavailable_error"}
 _OLLAMA_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 
 
@@ -147,12 +141,14 @@ def _complete(server: SimServer, request: Request, response: Response, chat: boo
         server.refuse(truth, http_fault.status)
         return
     stream = bool(body.get("stream"))
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    exchange = OpenAIExchange(server, response, truth, stream, fault, chat, model, include_usage)
+    options = body.get("stream_options")
+    exchange = OpenAIExchange(
+        server, response, truth, stream, fault, chat, model, options if isinstance(options, dict) else None
+    )
     try:
         seq = server.runtime.submit(prompt_tokens, max_tokens, bool(body.get("ignore_eos")), exchange)
     except ContextLengthError as exc:
-        send_error(server, response, 400, str(exc))
+        _refuse_context(server, response, exc)
         server.refuse(truth, 400)
         return
     except QueueFullError as exc:
@@ -160,6 +156,34 @@ def _complete(server: SimServer, request: Request, response: Response, chat: boo
         server.refuse(truth, 503)
         return
     exchange.begin(seq, _SSE_TYPE, {"X-Request-Id": str(truth.id), "Cache-Control": "no-cache"})
+
+
+def _refuse_context(server: SimServer, response: Response, exc: ContextLengthError) -> None:
+    """The 400 a request that does not fit the context gets, worded as the flavour's server words it."""
+    limit, prompt = exc.limit, exc.prompt_tokens
+    if server.profile.flavor is Flavor.LLAMACPP:
+        error = {
+            "code": 400,
+            "message": f"request ({prompt} tokens) exceeds the available context size ({limit} tokens), "
+            "try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": prompt,
+            "n_ctx": limit,
+        }
+        response.send_json(400, {"error": error})
+    elif exc.max_tokens is None or prompt >= limit:
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, your request has {prompt} input "
+            "tokens. Please reduce the length of the input messages."
+        )
+        send_error(server, response, 400, message)
+    else:
+        message = (
+            f"'max_tokens' or 'max_completion_tokens' is too large: {exc.max_tokens}. This model's maximum context "
+            f"length is {limit} tokens and your request has {prompt} input tokens "
+            f"({exc.max_tokens} > {limit} - {prompt})."
+        )
+        send_error(server, response, 400, message)
 
 
 def _unknown_model_message(server: SimServer, requested: object) -> str:
@@ -187,8 +211,29 @@ def llamacpp_timings(seq: Sequence) -> dict[str, float]:
     }
 
 
+_TOKEN = "\x00token\x00"
+"""Stands for the token in a rendered chunk, which is then split around it."""
+_FINGERPRINTS = {Flavor.LLAMACPP: "b6097-9515c613", Flavor.OLLAMA: "fp_ollama"}
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
 class OpenAIExchange(Exchange):
-    """Renders chat.completion(.chunk) or text_completion responses; chunk bytes are pre-split around the token."""
+    """Renders chat.completion(.chunk) or text_completion responses in the flavour's own chunk shapes.
+
+    - vLLM: a role-only chunk (``"content": ""``) just before the first token's; the last token's chunk
+      carries ``finish_reason`` and ``stop_reason``; a usage chunk when ``stream_options`` asks for it
+      (``include_usage`` defaults to true once ``stream_options`` is given).
+    - llama-server (as captured from b6097): a role chunk with ``"content": null`` before the first
+      token's, then a separate final chunk with an empty delta, ``finish_reason``, ``usage`` and
+      ``timings``.
+    - Ollama's compatibility layer: ``"role": "assistant"`` in every delta, a separate final chunk with
+      empty content and ``finish_reason``, ``system_fingerprint: fp_ollama``, no ``logprobs``.
+
+    The hot path only concatenates: each token chunk is pre-split around the token.
+    """
 
     def __init__(
         self,
@@ -199,33 +244,59 @@ class OpenAIExchange(Exchange):
         fault: FaultKind | None,
         chat: bool,
         model: str,
-        include_usage: bool,
+        stream_options: dict[str, Any] | None,
     ) -> None:
         super().__init__(server, response, truth, stream, fault)
         self.chat = chat
-        self.include_usage = include_usage
-        self.llamacpp = server.profile.flavor is Flavor.LLAMACPP
+        self.flavor = flavor = server.profile.flavor
         self.head: dict[str, Any] = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{truth.id}",
             "object": ("chat.completion" if chat else "text_completion") + (".chunk" if stream and chat else ""),
             "created": int(time.time()),
             "model": model,
         }
-        opening = b"data: " + orjson.dumps(self.head)[:-1] + b',"choices":[{"index":0,'
-        self._pre = opening + (b'"delta":{"content":' if chat else b'"text":')
-        self._pre_first = opening + b'"delta":{"role":"assistant","content":' if chat else self._pre
-        close = b"}" if chat else b""
-        self._post = close + b',"logprobs":null,"finish_reason":null}]}\n\n'
-        self._delta_end = close
+        if flavor in _FINGERPRINTS:
+            self.head["system_fingerprint"] = _FINGERPRINTS[flavor]
+        if flavor is Flavor.VLLM:
+            self.include_usage = stream_options is not None and stream_options.get("include_usage", True) is not False
+        else:
+            self.include_usage = bool(stream_options and stream_options.get("include_usage"))
+        self._pre, self._post = self._chunk(self._choice(_TOKEN, None)).split(orjson.dumps(_TOKEN))
+        self._role = b""
+        if chat and flavor is Flavor.VLLM:
+            self._role = self._chunk(
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            )
+        elif chat and flavor is Flavor.LLAMACPP:
+            role = {"role": "assistant", "content": None}
+            self._role = self._chunk({"finish_reason": None, "index": 0, "delta": role})
+
+    def _chunk(self, choice: dict[str, Any]) -> bytes:
+        return _event({**self.head, "choices": [choice]})
+
+    def _choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        """One streamed choice carrying ``text``, in the flavour's key set."""
+        if self.flavor is Flavor.VLLM:
+            body: dict[str, Any] = {"delta": {"content": text}} if self.chat else {"text": text}
+            choice = {"index": 0, **body, "logprobs": None, "finish_reason": finish_reason}
+            if finish_reason is not None or not self.chat:
+                choice["stop_reason"] = None
+            return choice
+        if self.flavor is Flavor.LLAMACPP:
+            if self.chat:
+                return {"finish_reason": finish_reason, "index": 0, "delta": {"content": text} if text else {}}
+            return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+        if self.chat:
+            return {"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+        return {"text": text, "index": 0, "finish_reason": finish_reason}
 
     def token_bytes(self, seq: Sequence, scheduled_ns: int) -> bytes:
         word = VOCAB_JSON[token_index(seq.id, seq.emitted - 1)]
-        if seq.finished_ns is not None:
-            reason = b',"logprobs":null,"finish_reason":"%b"}]}\n\n' % seq.finish_reason.encode()
-            return (self._pre_first if seq.emitted == 1 else self._pre) + word + self._delta_end + reason
-        if seq.emitted == 1:
-            return self._pre_first + word + self._post
-        return self._pre + word + self._post
+        if seq.finished_ns is not None and self.flavor is Flavor.VLLM:
+            data = self._chunk(self._choice(orjson.loads(word), seq.finish_reason))
+        else:
+            data = self._pre + word + self._post
+        return self._role + data if seq.emitted == 1 else data
 
     def _usage(self, seq: Sequence) -> dict[str, int]:
         return {
@@ -236,22 +307,28 @@ class OpenAIExchange(Exchange):
 
     def final_chunks(self, seq: Sequence) -> list[bytes]:
         chunks = []
-        if self.include_usage or self.llamacpp:
-            final: dict[str, Any] = {**self.head, "choices": [], "usage": self._usage(seq)}
-            if self.llamacpp:
-                final["timings"] = llamacpp_timings(seq)
-            chunks.append(b"data: " + orjson.dumps(final) + b"\n\n")
+        if self.flavor is Flavor.LLAMACPP:
+            final = {**self.head, "choices": [self._choice("", seq.finish_reason)], "usage": self._usage(seq)}
+            chunks.append(_event({**final, "timings": llamacpp_timings(seq)}))
+        elif self.flavor is Flavor.OLLAMA:
+            chunks.append(self._chunk(self._choice("", seq.finish_reason)))
+        if self.include_usage and self.flavor is not Flavor.LLAMACPP:
+            chunks.append(_event({**self.head, "choices": [], "usage": self._usage(seq)}))
         chunks.append(b"data: [DONE]\n\n")
         return chunks
 
     def whole_body(self, seq: Sequence) -> bytes:
         text = generated_text(seq.id, seq.emitted)
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": seq.finish_reason}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": seq.finish_reason}
+        if self.flavor is not Flavor.OLLAMA:
+            choice["logprobs"] = None
         if self.chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
+        if self.flavor is Flavor.VLLM:
+            choice["stop_reason"] = None
         body: dict[str, Any] = {**self.head, "choices": [choice], "usage": self._usage(seq)}
-        if self.llamacpp:
+        if self.flavor is Flavor.LLAMACPP:
             body["timings"] = llamacpp_timings(seq)
         return orjson.dumps(body)

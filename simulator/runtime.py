@@ -278,10 +278,10 @@ class Exchange:
         truth.completion_tokens = seq.emitted
         truth.finish_reason = seq.finish_reason
         truth.admitted_ns = seq.admitted_ns
-        self.server.runtime.stats.finished[seq.finish_reason] = (
-            self.server.runtime.stats.finished.get(seq.finish_reason, 0) + 1
-        )
-        self.server.runtime.stats.e2e_s.observe((time.monotonic_ns() - truth.arrived_ns) / 1e9)
+        stats = self.server.runtime.stats
+        stats.finished[seq.finish_reason] = stats.finished.get(seq.finish_reason, 0) + 1
+        stats.e2e_s.observe((time.monotonic_ns() - truth.arrived_ns) / 1e9)
+        stats.observe_phases(seq)
         if self.stream:
             if self.fault is FaultKind.TRUNCATE:
                 truth.outcome = "truncate"

@@ -48,7 +48,9 @@ class SimServer:
         api_key: str | None = None,
         truth_limit: int = 10_000,
         truth_path: Path | None = None,
+        llamacpp_metrics: bool = False,
     ) -> None:
+        """``llamacpp_metrics``: serve llama-server's ``/metrics``, which the real one only does with ``--metrics``."""
         self.profile = profile
         self.api_key = api_key
         self.truth = TruthLog(truth_limit, truth_path)
@@ -63,10 +65,12 @@ class SimServer:
         openai_api.register(self)
         if profile.flavor is Flavor.OLLAMA:
             ollama_api.register(self)
-        else:
+        elif profile.flavor is Flavor.VLLM or llamacpp_metrics:
             self.add("GET", "/metrics", self._metrics)
         if profile.flavor is Flavor.LLAMACPP:
-            llamacpp_api.register(self)
+            llamacpp_api.register(self, metrics=llamacpp_metrics)
+            # llama-server loads its model before it listens and keeps it: /health answers 503 until then.
+            self.runtime.preload(time.monotonic_ns())
         if profile.flavor is Flavor.VLLM:
             self.add("GET", "/health", lambda req, resp: resp.send(200, b"", "application/json"))
             self.add("GET", "/version", lambda req, resp: resp.send_json(200, {"version": "0.11.0"}))
@@ -79,9 +83,12 @@ class SimServer:
         """The served name ``requested`` refers to, or None if this server does not serve it.
 
         A missing name means the default model; Ollama-style ``:latest`` tags match the bare name.
+        llama-server serves one model and answers to any name, echoing it back.
         """
         if requested is None or requested == "":
             return self.profile.models[0]
+        if self.profile.flavor is Flavor.LLAMACPP:
+            return requested if isinstance(requested, str) else self.profile.models[0]
         if not isinstance(requested, str):
             return None
         name = requested.removesuffix(":latest") if self.profile.flavor is Flavor.OLLAMA else requested

@@ -92,6 +92,42 @@ def test_streamed_chat_sends_one_chunk_per_token_then_usage(sim: ThreadedServer,
     assert max(lateness_ns) < 20_000_000
 
 
+def sse_events(url: str, body: dict[str, Any]) -> list[Any]:
+    """The JSON payloads of a streamed response, in order, ``[DONE]`` as the string itself."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        lines = response.read().decode().split("\n\n")
+    payloads = [line.removeprefix("data: ") for line in lines if line]
+    return [p if p == "[DONE]" else json.loads(p) for p in payloads]
+
+
+def test_streamed_chat_takes_the_flavours_own_chunk_shapes(sim: ThreadedServer) -> None:
+    body = {"model": "stampede-sim", "messages": MESSAGES, "max_tokens": 3, "stream": True, "stream_options": {}}
+    events = sse_events(f"{sim.url}/v1/chat/completions", body)
+    assert events[-1] == "[DONE]"
+    choices = [e["choices"][0] if e["choices"] else None for e in events[:-1]]
+    flavor = sim.server.profile.flavor
+    if flavor is Flavor.VLLM:
+        # A role-only chunk, three tokens (the last with the finish), and usage: include_usage defaults to
+        # true once stream_options is given.
+        assert choices[0]["delta"] == {"role": "assistant", "content": ""}
+        assert [c["delta"] for c in choices[1:4]] == [{"content": c["delta"]["content"]} for c in choices[1:4]]
+        assert choices[3]["finish_reason"] == "length" and choices[3]["stop_reason"] is None
+        assert choices[4] is None and events[4]["usage"]["completion_tokens"] == 3
+    elif flavor is Flavor.LLAMACPP:
+        assert choices[0]["delta"] == {"role": "assistant", "content": None}
+        assert all(set(c["delta"]) == {"content"} and c["finish_reason"] is None for c in choices[1:4])
+        assert choices[4] == {"finish_reason": "length", "index": 0, "delta": {}}
+        assert events[4]["usage"]["completion_tokens"] == 3 and events[4]["timings"]["predicted_n"] == 3
+        assert len(choices) == 5
+    else:
+        assert all(c["delta"]["role"] == "assistant" for c in choices)
+        assert [c["finish_reason"] for c in choices] == [None, None, None, "length"]
+        assert choices[3]["delta"]["content"] == "" and "logprobs" not in choices[0]
+        assert {e["system_fingerprint"] for e in events[:-1]} == {"fp_ollama"}
+        assert len(choices) == 4  # Ollama sends usage only when include_usage is true
+
+
 def test_completions_stream_and_not(sim: ThreadedServer, client: openai.OpenAI) -> None:
     whole = client.completions.create(model="stampede-sim", prompt="Once upon a time", max_tokens=5)
     assert whole.usage is not None and whole.usage.completion_tokens == 5
@@ -99,7 +135,7 @@ def test_completions_stream_and_not(sim: ThreadedServer, client: openai.OpenAI) 
     pieces = [
         c.choices[0].text
         for c in client.completions.create(model="stampede-sim", prompt="Once", max_tokens=7, stream=True)
-        if c.choices
+        if c.choices and c.choices[0].text  # llama-server and Ollama end with an empty finish chunk
     ]
     assert len(pieces) == 7 and all(count_tokens(p) == 1 for p in pieces)
 
@@ -111,19 +147,47 @@ def test_models_lists_the_served_names(sim: ThreadedServer, client: openai.OpenA
 
 
 def test_unknown_model_is_404_in_the_servers_own_shape(sim: ThreadedServer, client: openai.OpenAI) -> None:
+    flavor = sim.server.profile.flavor
+    if flavor is Flavor.LLAMACPP:
+        # llama-server serves one model under whatever name the request gives.
+        reply = client.chat.completions.create(model="no-such-model", messages=MESSAGES, max_tokens=1)
+        assert reply.model == "no-such-model"
+        return
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
     error = caught.value.body
     assert isinstance(error, dict) and "no-such-model" in error["message"]
+    assert error["type"] == {Flavor.VLLM: "NotFoundError", Flavor.OLLAMA: "not_found_error"}[flavor]
+
+
+def test_what_does_not_fit_the_context_is_handled_as_the_server_does(
+    sim: ThreadedServer, client: openai.OpenAI
+) -> None:
+    limit = sim.server.profile.max_model_len
     flavor = sim.server.profile.flavor
-    expected_type = {Flavor.VLLM: "NotFoundError", Flavor.LLAMACPP: "not_found_error", Flavor.OLLAMA: "not_found_error"}
-    assert error["type"] == expected_type[flavor]
+    long_prompt: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * limit}]
+    if flavor is Flavor.VLLM:
+        with pytest.raises(openai.BadRequestError, match=rf"'max_tokens' .* too large: {limit}\. .* \({limit} > "):
+            client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=limit)
+        with pytest.raises(openai.BadRequestError, match="Please reduce the length of the input messages"):
+            client.chat.completions.create(model="stampede-sim", messages=long_prompt)
+    elif flavor is Flavor.LLAMACPP:
+        reply = client.chat.completions.create(
+            model="stampede-sim", messages=MESSAGES, max_tokens=limit, extra_body={"ignore_eos": True}
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens == limit - 7
+        assert reply.choices[0].finish_reason == "length"
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="stampede-sim", messages=long_prompt)
+        error = caught.value.body
+        assert isinstance(error, dict) and error["type"] == "exceed_context_size_error"
+        assert error["n_ctx"] == limit and error["n_prompt_tokens"] > limit
+    else:
+        reply = client.chat.completions.create(model="stampede-sim", messages=long_prompt, max_tokens=2)
+        assert reply.usage is not None and reply.usage.prompt_tokens == limit
 
 
 def test_bad_requests_are_400_in_the_servers_shape(sim: ThreadedServer, client: openai.OpenAI) -> None:
-    too_long = sim.server.profile.max_model_len
-    with pytest.raises(openai.BadRequestError, match="maximum context length"):
-        client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=too_long)
     with pytest.raises(openai.BadRequestError, match="max_tokens must be a positive integer"):
         client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=0)
     with pytest.raises(openai.BadRequestError):
@@ -148,15 +212,41 @@ def test_vllm_requires_the_api_key_on_v1_routes_only() -> None:
         sim.stop()
 
 
-def metric_values(url: str) -> dict[str, float]:
+def metric_samples(url: str) -> list[Any]:
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
         text = response.read().decode()
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels.get("le")
-    }
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def metric_values(url: str) -> dict[str, float]:
+    """Each series without buckets, summed over its labels."""
+    values: dict[str, float] = {}
+    for sample in metric_samples(url):
+        if not sample.labels.get("le"):
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return values
+
+
+def test_vllm_metrics_carry_vllms_labels_and_bucket_bounds() -> None:
+    sim = serve_in_thread(SimServer(build_profile(Flavor.VLLM, FAST)))
+    try:
+        client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
+        client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=3)
+        samples = metric_samples(sim.url)
+        assert {s.labels["engine"] for s in samples} == {"0"}
+        assert {s.labels["model_name"] for s in samples} == {"stampede-sim"}
+        reasons = {s.labels["finished_reason"]: s.value for s in samples if s.name == "vllm:request_success_total"}
+        assert reasons == {"abort": 0, "length": 1, "stop": 0}
+        bounds = {
+            name: max(float(s.labels["le"]) for s in samples if s.name == f"{name}_bucket" and s.labels["le"] != "+Inf")
+            for name in ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds")
+        }
+        assert bounds == {"vllm:time_to_first_token_seconds": 2560.0, "vllm:inter_token_latency_seconds": 80.0}
+        values = metric_values(sim.url)
+        assert values["vllm:request_prefill_time_seconds_count"] == 1
+        assert values["vllm:request_decode_time_seconds_count"] == 1
+    finally:
+        sim.stop()
 
 
 def test_vllm_metrics_show_requests_waiting_when_the_kv_budget_is_full() -> None:
@@ -177,6 +267,8 @@ def test_vllm_metrics_show_requests_waiting_when_the_kv_budget_is_full() -> None
         assert values["vllm:kv_cache_usage_perc"] == pytest.approx(2 * 907 / 2_000)
         assert values["vllm:generation_tokens_total"] > 0
         assert values["vllm:time_to_first_token_seconds_count"] == 2
+        assert values["vllm:request_success_total"] == 0  # stop, length and abort are there from the start
+        assert values["vllm:request_queue_time_seconds_count"] == 0
     finally:
         for stream in streams:
             stream.close()
@@ -204,8 +296,23 @@ def test_replicas_each_add_slots_behind_a_least_loaded_balancer() -> None:
         sim.stop()
 
 
+def test_llamacpp_loads_at_start_and_serves_metrics_only_when_asked() -> None:
+    sim = serve_in_thread(SimServer(build_profile(Flavor.LLAMACPP, {**FAST, "load_ms": 300.0})))
+    try:
+        assert get_json(f"{sim.url}/health") == (
+            503,
+            {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}},
+        )
+        status, body = get_json(f"{sim.url}/metrics")
+        assert status == 501 and "Start it with `--metrics`" in body["error"]["message"]
+        time.sleep(0.35)
+        assert get_json(f"{sim.url}/health") == (200, {"status": "ok"})
+    finally:
+        sim.stop()
+
+
 def test_llamacpp_reports_timings_slots_and_its_metrics() -> None:
-    sim = serve_in_thread(SimServer(build_profile(Flavor.LLAMACPP, FAST)))
+    sim = serve_in_thread(SimServer(build_profile(Flavor.LLAMACPP, FAST), llamacpp_metrics=True))
     try:
         client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
         raw = client.chat.completions.with_raw_response.create(model="stampede-sim", messages=MESSAGES, max_tokens=6)

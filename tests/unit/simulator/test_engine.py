@@ -153,10 +153,8 @@ def test_cancelled_sequence_frees_its_slot_for_the_queue() -> None:
     assert engine.kv_used_tokens == 0
 
 
-def test_requests_beyond_context_or_queue_are_refused() -> None:
+def test_requests_beyond_the_queue_are_refused() -> None:
     engine = Engine(build_profile(Flavor.OLLAMA, {"max_queue": 1, "max_running": 1, "load_ms": 0}))
-    with pytest.raises(ContextLengthError):
-        engine.submit(8_000, 500, 0)
     engine.submit(0, 10, 0)
     engine.submit(0, 10, 0)
     with pytest.raises(QueueFullError):
@@ -183,3 +181,30 @@ def test_preload_makes_the_model_resident_and_starts_keep_alive_from_then() -> N
     assert engine.loaded(1_299 * MS)
     assert not engine.loaded(1_300 * MS)
     assert engine.preload(100 * MS) == 200 * MS
+
+
+def test_vllm_refuses_a_prompt_plus_max_tokens_over_the_context() -> None:
+    engine = Engine(build_profile(Flavor.VLLM, {"max_model_len": 1_000}))
+    with pytest.raises(ContextLengthError) as caught:
+        engine.submit(900, 200, 0)
+    assert (caught.value.prompt_tokens, caught.value.max_tokens, caught.value.limit) == (900, 200, 1_000)
+    with pytest.raises(ContextLengthError):
+        engine.submit(1_000, None, 0)
+    unbounded = engine.submit(900, None, 0, ignore_eos=False)
+    assert unbounded.target_tokens <= 100
+
+
+def test_llamacpp_refuses_only_a_prompt_that_fills_the_context_and_stops_output_at_its_end() -> None:
+    engine = Engine(build_profile(Flavor.LLAMACPP, {"max_model_len": 1_000}))
+    with pytest.raises(ContextLengthError):
+        engine.submit(1_000, 10, 0)
+    capped = engine.submit(900, 500, 0, ignore_eos=True)
+    assert (capped.target_tokens, capped.finish_reason) == (100, "length")
+
+
+def test_ollama_keeps_the_end_of_a_long_prompt_and_generates_past_the_context() -> None:
+    engine = Engine(build_profile(Flavor.OLLAMA, {"max_model_len": 1_000, "kv_budget_tokens": 1_000, "load_ms": 0}))
+    seq = engine.submit(5_000, 2_000, 0, ignore_eos=True)
+    assert seq.prompt_tokens == 1_000
+    assert (seq.target_tokens, seq.finish_reason) == (2_000, "length")
+    assert seq.kv_tokens == 1_000
