@@ -5,11 +5,14 @@ fixed ``1000 / --rate`` ms whatever the batch, so every stream should get ``--ra
 over ``--replicas`` engines. Lean load clients (raw asyncio protocols that count SSE events without
 parsing them, in ``--client-procs`` processes on the other cores) hold ``--streams`` streams open, each
 a series of ``--max-tokens`` requests on one keep-alive connection; the first request of stream ``i``
-is shortened to ``1 + i * max_tokens / streams`` tokens so request boundaries do not all coincide.
+is shortened to ``1 + i * max_tokens / streams`` tokens so request boundaries do not all coincide, and
+``--ramp-s`` opens the streams over that long (first requests then reach the replicas at different
+instants, so their steps do too).
 Figures come from the simulator's ground truth: tokens/s and mean concurrent streams over the measured
 window (after ``--warmup-s``), and lateness (written minus scheduled) of every token in it; plus the
-server's CPU use from /proc. For scale it also times the floor: a bare Python loop of ``socket.send``
-to ``--floor-sockets`` loopback TCP sockets, which is what fanning one step's tokens out costs at least.
+server's CPU use from /proc, as a share of its core and as user and system microseconds per token.
+For scale it also times the floor: a bare Python loop of ``socket.send`` to ``--floor-sockets``
+loopback TCP sockets, which is what fanning one step's tokens out costs at least.
 
     python bench/simulator_throughput.py --streams 2000 --rate 50 --duration-s 20 --client-procs 4
 """
@@ -79,7 +82,7 @@ class _Stream(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def _client(port: int, streams: range, total: int, max_tokens: int, stop_at: float) -> list[int]:
+async def _client(port: int, streams: range, total: int, max_tokens: int, stop_at: float, ramp_s: float) -> list[int]:
     loop = asyncio.get_running_loop()
     counts = [0, 0]
     request = _request_bytes(port, max_tokens)
@@ -90,16 +93,20 @@ async def _client(port: int, streams: range, total: int, max_tokens: int, stop_a
             functools.partial(_Stream, first, request, stop_at, counts), "127.0.0.1", port
         )
         protocols.append(protocol)
+        if ramp_s:
+            await asyncio.sleep(ramp_s / len(streams))
     await asyncio.gather(*(p.closed for p in protocols))
     return counts
 
 
-def _client_process(port: int, streams: range, total: int, max_tokens: int, stop_at: float, cpus: set[int]) -> None:
+def _client_process(
+    port: int, streams: range, total: int, max_tokens: int, stop_at: float, ramp_s: float, cpus: set[int]
+) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
     import uvloop
 
-    tokens, requests = uvloop.run(_client(port, streams, total, max_tokens, stop_at))
+    tokens, requests = uvloop.run(_client(port, streams, total, max_tokens, stop_at, ramp_s))
     print(json.dumps({"tokens": tokens, "requests": requests}), flush=True)
 
 
@@ -143,10 +150,11 @@ def _send_floor_us(n: int, server_cpu: int, others: set[int]) -> float:
     return float(np.median(rounds))
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> np.ndarray:
+    """The process's (user, system) CPU seconds so far."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return np.array([int(fields[11]), int(fields[12])]) / os.sysconf("SC_CLK_TCK")
 
 
 def _fetch_truth(url: str) -> dict[str, Any]:
@@ -190,6 +198,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=200, help="tokens per request")
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.add_argument("--ramp-s", type=float, default=0.0, help="open the streams over this long, not at once")
     parser.add_argument("--client-procs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--server-cpu", type=int, default=0, help="core the simulator is pinned to")
     parser.add_argument("--floor-sockets", type=int, default=1_000)
@@ -217,7 +226,15 @@ def main() -> None:
         clients = [
             ctx.Process(
                 target=_client_process,
-                args=(port, range(i, args.streams, args.client_procs), args.streams, args.max_tokens, stop_at, others),
+                args=(
+                    port,
+                    range(i, args.streams, args.client_procs),
+                    args.streams,
+                    args.max_tokens,
+                    stop_at,
+                    args.ramp_s,
+                    others,
+                ),
             )
             for i in range(args.client_procs)
         ]
@@ -230,7 +247,10 @@ def main() -> None:
         for client in clients:
             client.join()
         figures = _summarize(_fetch_truth(url), start_ns, end_ns)
-        figures["server_cpu_share"] = (cpu_end - cpu_start) / ((end_ns - start_ns) / 1e9)
+        user_s, system_s = cpu_end - cpu_start
+        figures["server_cpu_share"] = (user_s + system_s) / ((end_ns - start_ns) / 1e9)
+        figures["server_user_us_per_token"] = user_s / figures["tokens"] * 1e6
+        figures["server_system_us_per_token"] = system_s / figures["tokens"] * 1e6
     finally:
         server.terminate()
         server.wait()
