@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
+
+from stampede.settings import redact_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -19,6 +22,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def store_problem(exc: Exception, url: str) -> str:
+    """One line for a failure of the results store at ``url``: the URL redacted, the driver's first
+    line (which names the host, port, user and database, never the password), and the fix if known."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines() or [type(cause).__name__]
+    first_line, shown = lines[0], redact_url(url)
+    if "no such table" in first_line or ("relation" in first_line and "does not exist" in first_line):
+        return f"the results store {shown} has no tables yet: run `stampede db upgrade` or a sweep ({first_line})"
+    return f"the results store {shown} failed: {first_line}"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

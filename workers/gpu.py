@@ -23,7 +23,7 @@ import pynvml
 from sqlalchemy.orm import Session
 
 from stampede import store
-from stampede.db import get_engine
+from stampede.db import get_engine, store_problem
 from stampede.samples import GpuProcess, GpuSampleRecord, RuntimeKind, RuntimeSampleRecord
 from stampede.settings import get_settings
 from workers import scrapers
@@ -108,10 +108,10 @@ class _Outages:
     def __init__(self) -> None:
         self._down: set[str] = set()
 
-    def failed(self, source: str, exc: Exception, consequence: str) -> None:
+    def failed(self, source: str, why: str, consequence: str) -> None:
         if source not in self._down:
             self._down.add(source)
-            log.warning("%s failed (%s); %s", source, type(exc).__name__, consequence)
+            log.warning("%s failed (%s); %s", source, why, consequence)
 
     def worked(self, source: str) -> None:
         if source in self._down:
@@ -141,7 +141,7 @@ def main(argv: list[str], nvml: Any = pynvml) -> int:
             readings += 1
             # A reading that overran its interval is not made up for: the next one starts now.
             next_at = max(next_at + args.interval_s, time.monotonic())
-            time.sleep(next_at - time.monotonic())
+            time.sleep(max(0.0, next_at - time.monotonic()))  # the clock moved on since the line above
     except KeyboardInterrupt:
         pass
     finally:
@@ -154,7 +154,7 @@ def _read_gpus(nvml: Any, host: str, run_id: uuid.UUID | None, outages: _Outages
     try:
         samples = read_gpus(nvml, host, run_id)
     except nvml.NVMLError as exc:  # e.g. a GPU fallen off the bus: keep scraping the runtimes
-        outages.failed("reading the GPUs", exc, "retrying each interval")
+        outages.failed("reading the GPUs", f"{type(exc).__name__}: {exc}", "retrying each interval")
         return []
     outages.worked("reading the GPUs")
     return samples
@@ -165,7 +165,8 @@ def _scrape(kind: str, url: str, target: str, run_id: uuid.UUID | None, outages:
     try:
         samples = scrapers.scrape_once(kind, url, target=target, run_id=run_id)
     except (OSError, ValueError) as exc:
-        outages.failed(source, exc, "retrying each interval")
+        # The runtime's own words (e.g. llama-server's "Start it with `--metrics`") say what to fix.
+        outages.failed(source, f"{type(exc).__name__}: {exc}", "retrying each interval")
         return []
     outages.worked(source)
     return samples
@@ -180,6 +181,7 @@ def _store(
             store.insert_runtime_samples(session, runtime_samples)
     except Exception as exc:  # any database failure: keep sampling
         # Samples are a time series: while the store is away they are dropped, not queued for later.
-        outages.failed("storing samples", exc, "dropping them until the store is back")
+        url = engine.url.render_as_string(hide_password=True)
+        outages.failed("storing samples", store_problem(exc, url), "dropping them until the store is back")
         return
     outages.worked("storing samples")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable
@@ -77,9 +78,27 @@ def ollama_ps_values(ps: dict[str, Any]) -> list[Value]:
 
 
 def _get(url: str, timeout_s: float) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        body: bytes = response.read()
+    """The body at ``url``; an error answer raises ``OSError`` quoting the runtime's own message."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            body: bytes = response.read()
+    except urllib.error.HTTPError as exc:
+        raise OSError(f"{url} answered HTTP {exc.code}: {_error_message(exc.read())}") from exc
     return body
+
+
+def _error_message(body: bytes) -> str:
+    """The message of an error body (``{"error": {"message": ...}}``, ``{"error": ...}``, ``{"detail": ...}``)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:200]
+    if isinstance(payload, dict):
+        error = payload.get("error", payload.get("detail", payload))
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        return str(error)[:200]
+    return str(payload)[:200]
 
 
 def scrape_values(kind: RuntimeKind | str, base_url: str, timeout_s: float = 5.0) -> list[Value]:

@@ -20,7 +20,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 from rq.serializers import JSONSerializer
 
-from stampede.db import get_engine
+from stampede.db import get_engine, store_problem
 from stampede.settings import get_settings, redact_url
 from workers.rqjob import StampedeJob
 
@@ -61,7 +61,7 @@ def _warm_up_engine(url: str) -> None:
         with engine.connect():
             pass
     except Exception as exc:  # database not up yet: each job will find out, and retry
-        log.warning("database unreachable at start (%s); jobs will retry until it is back", type(exc).__name__)
+        log.warning("%s; jobs will retry until it is back", store_problem(exc, url))
     engine.dispose()
 
 

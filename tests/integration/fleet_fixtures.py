@@ -28,6 +28,7 @@ from redis import Redis
 
 from stampede.db import upgrade
 from stampede.processes import free_port
+from stampede.settings import get_settings
 from tests.integration.fleet_helpers import create_database, drop_database, wait_until
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -60,6 +61,15 @@ def pg_url(shared_pg: str) -> Iterator[str]:
         yield url
     finally:
         drop_database(shared_pg, name)
+
+
+@pytest.fixture
+def pg_store(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``pg_url``, made this process's configured store (STAMPEDE_DATABASE_URL) for the test."""
+    monkeypatch.setenv("STAMPEDE_DATABASE_URL", pg_url)
+    get_settings.cache_clear()
+    yield pg_url
+    get_settings.cache_clear()
 
 
 def _remove_queue_keys(connection: Redis, queue_name: str) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stampede.settings import get_settings
+from simulator.profiles import Flavor, build_profile
+from simulator.server import SimServer, serve_in_thread
 from tests.unit.workers.fake_nvml import FakeNvml
 from workers import gpu, scrapers
 
@@ -71,17 +72,19 @@ def test_scrape_once_reads_each_runtime_over_http(runtime_url: str) -> None:
         scrapers.scrape_once("vllm", f"{runtime_url}/missing")
 
 
-def test_agent_without_gpu_stores_runtime_samples(runtime_url: str, pg_url: str, monkeypatch) -> None:
-    monkeypatch.setenv("STAMPEDE_DATABASE_URL", pg_url)
-    get_settings.cache_clear()
+def test_an_error_answer_is_reported_in_the_runtimes_own_words() -> None:
+    sim = serve_in_thread(SimServer(build_profile(Flavor.LLAMACPP, {})))  # started without --metrics
     try:
-        args = ["--count", "2", "--interval-s", "0.05", "--scrape", "vllm", f"{runtime_url}/vllm", "vllm-8b"]
-        assert (
-            gpu.main(args + ["--scrape", "ollama", f"{runtime_url}/ollama", "ollama"], nvml=FakeNvml(driver=False)) == 0
-        )
+        with pytest.raises(OSError, match=r"/metrics answered HTTP 501: .*Start it with `--metrics`"):
+            scrapers.scrape_values("llamacpp", sim.url)
     finally:
-        get_settings.cache_clear()
-    with psycopg.connect(pg_url.replace("+psycopg", "")) as connection:
+        sim.stop()
+
+
+def test_agent_without_gpu_stores_runtime_samples(runtime_url: str, pg_store: str) -> None:
+    args = ["--count", "2", "--interval-s", "0.05", "--scrape", "vllm", f"{runtime_url}/vllm", "vllm-8b"]
+    assert gpu.main(args + ["--scrape", "ollama", f"{runtime_url}/ollama", "ollama"], nvml=FakeNvml(driver=False)) == 0
+    with psycopg.connect(pg_store.replace("+psycopg", "")) as connection:
         rows = connection.execute("SELECT target, metric, count(*) FROM runtime_samples GROUP BY 1, 2").fetchall()
         gpu_rows = connection.execute("SELECT count(*) FROM gpu_samples").fetchone()
     assert ("vllm-8b", "vllm:kv_cache_usage_perc", 2) in rows
@@ -89,21 +92,15 @@ def test_agent_without_gpu_stores_runtime_samples(runtime_url: str, pg_url: str,
     assert gpu_rows == (0,)
 
 
-def test_agent_says_once_that_a_runtime_is_away(runtime_url: str, pg_url: str, monkeypatch, caplog) -> None:
-    monkeypatch.setenv("STAMPEDE_DATABASE_URL", pg_url)
-    get_settings.cache_clear()
+def test_agent_says_once_that_a_runtime_is_away(runtime_url: str, pg_store: str, caplog) -> None:
     missing = f"{runtime_url}/missing"
     args = ["--count", "3", "--interval-s", "0.05", "--scrape", "vllm", missing, "gone"]
-    try:
-        with caplog.at_level(logging.WARNING, logger="workers.gpu"):
-            assert (
-                gpu.main(args + ["--scrape", "vllm", f"{runtime_url}/vllm", "here"], nvml=FakeNvml(driver=False)) == 0
-            )
-    finally:
-        get_settings.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="workers.gpu"):
+        assert gpu.main(args + ["--scrape", "vllm", f"{runtime_url}/vllm", "here"], nvml=FakeNvml(driver=False)) == 0
     assert [r.getMessage() for r in caplog.records if "gone" in r.getMessage()] == [
-        f"scraping gone at {missing} failed (HTTPError); retrying each interval"
+        f"scraping gone at {missing} failed (OSError: {missing}/metrics answered HTTP 404: not found); "
+        "retrying each interval"
     ]
-    with psycopg.connect(pg_url.replace("+psycopg", "")) as connection:
+    with psycopg.connect(pg_store.replace("+psycopg", "")) as connection:
         targets = connection.execute("SELECT target, count(*) FROM runtime_samples GROUP BY 1").fetchall()
     assert targets == [("here", 9)]

@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 import pytest
 from psycopg.errors import DataError
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from stampede import store
-from stampede.db import make_engine
+from stampede.db import make_engine, store_problem
 from stampede.records import Api, Outcome, RequestRecord
 from stampede.rows import REQUEST_COLUMNS, encode_batch, encode_request, row_batch
 from stampede.schema import Request
-from stampede.settings import get_settings
 from tests.integration.fleet_helpers import stored_requests
 from workers import jobs
 
@@ -72,41 +72,31 @@ def test_retried_and_overlapping_batches_add_only_new_rows(pg_url: str) -> None:
         engine.dispose()
 
 
-def test_the_job_stores_a_row_batch_once_and_a_bad_value_fails_the_whole_batch(pg_url: str, monkeypatch) -> None:
-    monkeypatch.setenv("STAMPEDE_DATABASE_URL", pg_url)
-    get_settings.cache_clear()
-    try:
-        run_id = uuid.uuid4()
-        records = [make_request(run_id) for _ in range(600)]
-        assert jobs.store_request_rows(encode_batch(records)) == 600
-        assert jobs.store_request_rows(encode_batch([*records, make_request(run_id)])) == 1  # a retry
-        lines = [encode_request(make_request(run_id)) for _ in range(600)]
-        fields = lines[300].split("\t")
-        fields[list(REQUEST_COLUMNS).index("step_index")] = "three"
-        lines[300] = "\t".join(fields)
-        with pytest.raises(DataError, match=r"integer.*\n.*line 301, column step_index"):
-            jobs.store_request_rows(row_batch(lines))
-        assert stored_requests(pg_url) == 601  # nothing of the broken batch
-    finally:
-        get_settings.cache_clear()
+def test_the_job_stores_a_row_batch_once_and_a_bad_value_fails_the_whole_batch(pg_store: str) -> None:
+    run_id = uuid.uuid4()
+    records = [make_request(run_id) for _ in range(600)]
+    assert jobs.store_request_rows(encode_batch(records)) == 600
+    assert jobs.store_request_rows(encode_batch([*records, make_request(run_id)])) == 1  # a retry
+    lines = [encode_request(make_request(run_id)) for _ in range(600)]
+    fields = lines[300].split("\t")
+    fields[list(REQUEST_COLUMNS).index("step_index")] = "three"
+    lines[300] = "\t".join(fields)
+    with pytest.raises(DataError, match=r"integer.*\n.*line 301, column step_index"):
+        jobs.store_request_rows(row_batch(lines))
+    assert stored_requests(pg_store) == 601  # nothing of the broken batch
 
 
-def test_batches_of_the_previous_format_are_still_stored(pg_url: str, monkeypatch) -> None:
+def test_batches_of_the_previous_format_are_still_stored(pg_store: str) -> None:
     # Locust processes of versions before row batches enqueue records as JSON objects; a fleet
     # upgraded one host at a time, or their spill files, still sends these.
-    monkeypatch.setenv("STAMPEDE_DATABASE_URL", pg_url)
-    get_settings.cache_clear()
-    try:
-        run_id = uuid.uuid4()
-        records = [make_request(run_id).to_job_arg() for _ in range(300)]
-        assert jobs.store_request_records(records) == 300
-        assert jobs.store_request_records(records) == 0
-        broken = [make_request(run_id).to_job_arg(), {**make_request(run_id).to_job_arg(), "step_index": -1}]
-        with pytest.raises(ValidationError):
-            jobs.store_request_records(broken)
-        assert stored_requests(pg_url) == 300
-    finally:
-        get_settings.cache_clear()
+    run_id = uuid.uuid4()
+    records = [make_request(run_id).to_job_arg() for _ in range(300)]
+    assert jobs.store_request_records(records) == 300
+    assert jobs.store_request_records(records) == 0
+    broken = [make_request(run_id).to_job_arg(), {**make_request(run_id).to_job_arg(), "step_index": -1}]
+    with pytest.raises(ValidationError):
+        jobs.store_request_records(broken)
+    assert stored_requests(pg_store) == 300
 
 
 def test_text_values_come_back_from_postgresql_exactly(pg_url: str) -> None:
@@ -122,3 +112,18 @@ def test_text_values_come_back_from_postgresql_exactly(pg_url: str) -> None:
             assert (row.error, row.server_request_id) == (error, "x|y")
     finally:
         engine.dispose()
+
+
+def test_a_store_failure_is_one_line_naming_the_database_but_never_the_password(shared_pg: str, tmp_path) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    missing = f"postgresql+psycopg://postgres:{password}@127.0.0.1:5432/stampede_missing_{uuid.uuid4().hex[:8]}"
+    engine = make_engine(missing)
+    with pytest.raises(OperationalError) as failure:
+        engine.connect()
+    said = store_problem(failure.value, missing)
+    assert "does not exist" in said and missing.rsplit("/", 1)[1] in said
+    assert password not in said and "postgres:***@" in said and "\n" not in said
+    empty = f"sqlite:///{tmp_path}/empty.db"  # no tables: the fix is named
+    with pytest.raises(OperationalError) as failure, make_engine(empty).connect() as connection:
+        connection.exec_driver_sql("SELECT * FROM runs")
+    assert "has no tables yet: run `stampede db upgrade`" in store_problem(failure.value, empty)

@@ -7,6 +7,7 @@ the real ``pynvml``, which on a machine without the driver fails to load NVML as
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,8 +105,42 @@ def test_a_lost_gpu_is_said_once_and_sampling_goes_on(database: str, caplog: pyt
     with caplog.at_level(logging.WARNING, logger="workers.gpu"):
         assert gpu.main(["--count", "4", "--interval-s", "0.01"], nvml=nvml) == 0
     assert nvml.readings == 4
-    assert [r.getMessage() for r in caplog.records] == ["reading the GPUs failed (NVMLError); retrying each interval"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "reading the GPUs failed (NVMLError: GPU is lost); retrying each interval"
+    ]
     engine = make_engine(database)
     with Session(engine) as session:
         assert len(session.scalars(select(GpuSample)).all()) == 3  # the first reading only
+    engine.dispose()
+
+
+def test_a_store_without_tables_is_said_once_with_its_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"  # never upgraded
+    monkeypatch.setenv("STAMPEDE_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="workers.gpu"):
+            assert gpu.main(["--count", "3", "--interval-s", "0.01"], nvml=FakeNvml()) == 0
+    finally:
+        get_settings.cache_clear()
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"storing samples failed (the results store {url} has no tables yet: run `stampede db")
+    assert message.endswith("dropping them until the store is back")
+
+
+class SlowNvml(FakeNvml):
+    """Readings that take longer than the interval."""
+
+    def nvmlDeviceGetCount(self) -> int:
+        time.sleep(0.02)
+        return super().nvmlDeviceGetCount()
+
+
+def test_readings_slower_than_the_interval_follow_one_another(database: str) -> None:
+    assert gpu.main(["--count", "5", "--interval-s", "0.001"], nvml=SlowNvml()) == 0
+    engine = make_engine(database)
+    with Session(engine) as session:
+        assert len({s.sampled_at for s in session.scalars(select(GpuSample))}) == 5
     engine.dispose()
