@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.cron import CronJob
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from stampede.db import get_engine
@@ -38,6 +40,7 @@ from stampede.sweepfile import SweepFile
 SWEEPS_QUEUE = "stampede-sweeps"
 RUN_SCHEDULED_SWEEP = "workers.sweeps.run_scheduled_sweep"
 RELOAD_S = 60.0
+RETRY_S = 5.0
 REGRESSION_EXIT = 3
 # Headroom over a sweep's planned length: start-up, draining in-flight requests, the summary.
 JOB_MARGIN_S = 600
@@ -105,6 +108,8 @@ class SweepScheduler:
         self.connection = connection
         self.queue_name = queue_name
         self.jobs: dict[str, tuple[str, JsonCronJob]] = {}  # name -> (definition, cron job)
+        self.redis_down = False
+        """The last enqueue failed: due sweeps stay due and are retried every RETRY_S."""
 
     def reload(self) -> None:
         """Add, replace or drop cron jobs so they match the schedules table."""
@@ -119,17 +124,33 @@ class SweepScheduler:
                 log.info("schedule %s: '%s'", name, schedule.cron)
 
     def enqueue_due(self) -> list[str]:
-        """Enqueue every sweep that is due; returns their names."""
+        """Enqueue every sweep that is due; returns their names.
+
+        While Redis is away a due sweep stays due (it is enqueued once Redis is back, late rather than
+        lost) and the scheduler goes on; it says so once, and once more when Redis is back.
+        """
         due = []
         for name, (_, job) in self.jobs.items():
             if job.should_run():
-                job.enqueue(self.connection)
+                try:
+                    job.enqueue(self.connection)
+                except RedisError as exc:
+                    if not self.redis_down:
+                        log.warning("cannot enqueue sweep %s (%s: %s); retrying every %g s", name,
+                                    type(exc).__name__, exc, RETRY_S)  # fmt: skip
+                    self.redis_down = True
+                    continue
+                if self.redis_down:
+                    log.warning("Redis is back: sweep %s enqueued", name)
+                    self.redis_down = False
                 job.set_enqueue_time(datetime.now(UTC))
                 due.append(name)
         return due
 
     def sleep_s(self) -> float:
-        """Seconds until the next sweep is due, at most the reload interval."""
+        """Seconds until the next sweep is due (or the next retry), at most the reload interval."""
+        if self.redis_down:
+            return RETRY_S
         times = [job.next_enqueue_time for _, job in self.jobs.values() if job.next_enqueue_time]
         if not times:
             return RELOAD_S
@@ -155,6 +176,9 @@ def main(argv: list[str]) -> int:
     log.info("scheduler: Redis %s, queue %s", redact_url(redis_url), args.queue)
     scheduler = SweepScheduler(Redis.from_url(redis_url), args.queue)
     while True:
-        scheduler.reload()
+        try:
+            scheduler.reload()
+        except SQLAlchemyError as exc:  # the database is away: keep the schedules already loaded
+            log.warning("cannot read the schedules (%s); keeping those loaded", type(exc).__name__)
         scheduler.enqueue_due()
         time.sleep(scheduler.sleep_s())

@@ -21,7 +21,7 @@ from stampede.schedules import add_schedule
 from stampede.schema import Run
 from stampede.settings import get_settings
 from stampede.sweepfile import SweepFile
-from workers.sweeps import RUN_SCHEDULED_SWEEP, SweepScheduler
+from workers.sweeps import RETRY_S, RUN_SCHEDULED_SWEEP, SweepScheduler
 
 pytest_plugins = ["tests.integration.fleet_fixtures"]
 
@@ -112,3 +112,20 @@ def test_scheduled_sweeps_run_on_a_worker_and_flag_regressions_both_ways(
 
     same = sweep_against()
     assert same.regression is False and same.baseline_run_id == first.id and same.findings == []
+
+
+def test_a_due_sweep_waits_out_a_redis_outage(fleet_env: dict[str, str], queue_name: str) -> None:
+    spec = SweepFile.model_validate(
+        {"name": "n", "targets": [{"name": "sim", "url": "http://127.0.0.1:9", "model": "m"}], "warmup_s": 1}
+    )
+    with Session(create_engine(fleet_env["STAMPEDE_DATABASE_URL"])) as session, session.begin():
+        add_schedule(session, "nightly", "0 3 * * *", spec)
+    away = SweepScheduler(Redis.from_url(f"redis://127.0.0.1:{free_port()}/0"), queue_name)  # nothing listens
+    away.reload()
+    (_, job) = away.jobs["nightly"]
+    job.next_enqueue_time = datetime.now(UTC) - timedelta(seconds=1)
+    assert away.enqueue_due() == [] and away.redis_down and away.sleep_s() == RETRY_S
+    away.connection = Redis.from_url(fleet_env["STAMPEDE_REDIS_URL"])  # Redis is back
+    assert away.enqueue_due() == ["nightly"] and not away.redis_down
+    queued = Queue(queue_name, connection=away.connection, serializer=JSONSerializer).jobs
+    assert [j.args for j in queued] == [["nightly"]]
