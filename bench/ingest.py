@@ -1,4 +1,4 @@
-"""Ingest benchmark: request records per second that one worker stores into PostgreSQL.
+"""Ingest benchmark: request records per second that one worker stores into PostgreSQL (or SQLite).
 
 Two figures: the store path (the job function called directly with row batches as a sink makes
 them: the batch's checks, COPY and commit) and the full RQ path (records added to the RQ sink a
@@ -8,6 +8,9 @@ and queue of its own and removes both afterwards.
 
     python bench/ingest.py --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
         --redis-url redis://127.0.0.1:6379/0 --records 200000 --batch-size 5000 --chunks 32
+
+With ``--sqlite`` it measures the store path alone into a throwaway SQLite file: the embedded
+store, where a Locust process's store child runs the same job function.
 """
 
 from __future__ import annotations
@@ -152,6 +155,21 @@ def bench_rq(records: list[RequestRecord], redis_url: str, batch_size: int, fork
         connection.srem("rq:workers", f"rq:worker:{name}")
 
 
+def report_store(records: int, batches: list[RowBatch], url: str, chunks: int) -> None:
+    print(f"{records} records, {len(batches)} batches of {batches[0]['count']}, {chunks} chunks each")
+    store_s = bench_store(batches)
+    assert stored_rows(url) == records, "store path lost or doubled rows"
+    print(f"store path: {records / store_s:,.0f} records/s ({store_s:.2f} s)")
+
+
+def bench_sqlite(records: int, batch_size: int, chunks: int) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        url = f"sqlite:///{directory}/bench.db"
+        upgrade(url)
+        os.environ["STAMPEDE_DATABASE_URL"] = url
+        report_store(records, make_batches(make_records(records, chunks), batch_size), url, chunks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -162,7 +180,11 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=32, help="output chunks per record")
     parser.add_argument("--fork", action="store_true", help="run the RQ worker with --fork (a forked process per job)")
     parser.add_argument("--random-ids", action="store_true", help="version-4 request ids, not UUIDv7")
+    parser.add_argument("--sqlite", action="store_true", help="the store path into a throwaway SQLite file instead")
     args = parser.parse_args()
+    if args.sqlite:
+        bench_sqlite(args.records, args.batch_size, args.chunks)
+        return
 
     admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
     database = f"stampede_bench_{uuid.uuid4().hex[:8]}"
@@ -175,12 +197,7 @@ def main() -> None:
         os.environ["STAMPEDE_DATABASE_URL"] = url
         os.environ["STAMPEDE_REDIS_URL"] = args.redis_url
         records = make_records(args.records, args.chunks, args.random_ids)
-        batches = make_batches(records, args.batch_size)
-        print(f"{args.records} records, {len(batches)} batches of {args.batch_size}, {args.chunks} chunks each")
-
-        store_s = bench_store(batches)
-        assert stored_rows(url) == args.records, "store path lost or doubled rows"
-        print(f"store path: {args.records / store_s:,.0f} records/s ({store_s:.2f} s)")
+        report_store(args.records, make_batches(records, args.batch_size), url, args.chunks)
         print(f"journal, per row in the Locust process: {bench_journal(records, args.batch_size):.2f} µs")
 
         truncate_requests(url)
