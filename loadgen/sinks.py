@@ -295,6 +295,10 @@ class EmbeddedSink(Sink):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._store = StoreProcess()
         super().__init__(*args, **kwargs)
+        # The child's start (a second of imports, and the database's first connection) happens now,
+        # with an empty batch, rather than with the first records while the load runs, where it
+        # took a core the load generator needed. A caller that waits on flush() knows it is over.
+        self._put(STORE_REQUESTS, row_batch([]))
 
     def close(self, timeout_s: float | None = None) -> bool:
         delivered = super().close(timeout_s)

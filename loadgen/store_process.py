@@ -6,6 +6,12 @@ meanwhile that much late. A long-lived child (``python -m loadgen.store_process`
 line per job on its stdin, runs the job by its dotted name, exactly as an RQ worker would, and
 answers ``ok`` or ``error MESSAGE`` on its stdout. The parent side uses plain file descriptors from
 a thread of gevent's pool, so the event loop never waits and the GIL is free while the child works.
+
+The child runs at the lowest priority (nice 19): on a machine whose cores the load generator and
+the target share, a batch being stored would otherwise keep the load generator waiting for a core,
+its reads late by as much. Its start-up (a second of imports and the database's first connection)
+is done before the load (see ``EmbeddedSink``), since at nice 19 on a machine the load saturates it
+would take many seconds; a batch is a few tens of ms. (``SCHED_IDLE`` could starve outright.)
 """
 
 from __future__ import annotations
@@ -99,6 +105,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def main() -> None:
     """The child: run each job line from stdin, answer one line per job on stdout."""
+    with contextlib.suppress(OSError):  # a sandbox may refuse it; storing matters more
+        os.nice(19)
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         job, arg = orjson.loads(line)

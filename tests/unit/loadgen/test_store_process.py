@@ -54,3 +54,10 @@ def test_a_dead_child_fails_the_job_and_a_new_one_takes_the_next(store) -> None:
         process.run(STORE_RUN, run_arg("lost"))
     process.run(STORE_RUN, run_arg("b"))
     assert stored_names(url) == ["a", "b"]
+
+
+def test_the_child_gives_way_to_the_load_generator(store) -> None:
+    process, _ = store
+    process.run(STORE_RUN, run_arg("a"))
+    assert process._pid is not None
+    assert os.getpriority(os.PRIO_PROCESS, process._pid) == 19
