@@ -107,8 +107,8 @@ def main(argv: list[str]) -> int:
         else:
             print(f"{path}: not all of its {jobs} jobs could be delivered; file kept", file=sys.stderr)
             failed += 1
-    if not args.files:
-        remove_stale_locks(directory)
+    for folder in {directory, *(path.parent for path in files)}:
+        remove_stale_locks(folder)
     return 2 if failed else 0
 
 

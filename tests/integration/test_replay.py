@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import orjson
+import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
@@ -92,7 +93,8 @@ gevent.sleep(60)
 """
 
 
-def test_rows_of_a_killed_process_are_delivered_from_its_journal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("named", [False, True], ids=["found", "named"])
+def test_rows_of_a_killed_process_are_delivered_from_its_journal(tmp_path: Path, named: bool) -> None:
     db_url = f"sqlite:///{tmp_path}/r.db"
     upgrade(db_url)
     env = {
@@ -113,8 +115,10 @@ def test_rows_of_a_killed_process_are_delivered_from_its_journal(tmp_path: Path)
     child.wait()
     assert counts(db_url) == (4000, 0)  # two full batches of 2,000 had gone to the store
 
-    result = replay(tmp_path, db_url)  # no files named: those of stopped processes
+    # Named on the command line, or found: with none named, those of stopped processes.
+    result = replay(tmp_path, db_url, *(sorted(tmp_path.glob("stampede-journal-*")) if named else []))
     assert result.returncode == 0, result.stderr
     assert counts(db_url) == (4500, 0)  # the other 500, and none of the 4,000 twice
     assert not list(tmp_path.glob("stampede-journal-*"))
+    assert not list(tmp_path.glob("stampede-owner-*.lock"))  # the dead sink's lock file went with them
     assert "nothing left behind" in replay(tmp_path, db_url).stdout
