@@ -137,6 +137,8 @@ def test_sweep_prints_one_line_per_step_and_samples_the_runtime(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     lines = [line.split() for line in result.stdout.splitlines() if line.startswith("sim ")]
     assert [(cols[1], cols[2]) for cols in lines] == [("0", "1"), ("1", "3")]
+    # The progress lines number the steps as the table does.
+    assert "sim: step 0 (1 users), 1 of 2" in result.stderr and "sim: step 1 (3 users), 2 of 2" in result.stderr
     assert all(cols[11].startswith("0/") for cols in lines)  # the errors column
     run_id = uuid.UUID(result.stderr.split()[1].rstrip(":"))
     with Session(create_engine(db_url)) as session:
@@ -144,3 +146,22 @@ def test_sweep_prints_one_line_per_step_and_samples_the_runtime(tmp_path: Path) 
         cached = session.scalar(select(func.count()).select_from(StepStats).where(StepStats.run_id == run_id))
     assert {"vllm:num_requests_running", "vllm:num_requests_waiting"} <= gauges  # scraped during the load
     assert cached == 2  # both steps summarised at the end of the sweep, so reports read them ready-made
+
+
+def test_a_failing_target_gets_backed_off_not_hammered(tmp_path: Path) -> None:
+    locustfile = locustfiles().split(",")[0]
+    # Every request refused with 429 and Retry-After: 1: each of 4 users tries at about 0, 1 and 2 s.
+    with simulator(tmp_path / "a", "vllm", "--fault-429", "1", "--retry-after-s", "1") as host:
+        db_url, sent = run_locust(
+            tmp_path / "a", host, "-f", locustfile, "-u", "4", "-r", "4", "-t", "3s", "OpenAIChatUser"
+        )
+    assert 8 <= sent <= 16, sent  # without the backoff, hundreds a second
+    assert stored(db_url) == stored(db_url, Request.http_status == 429) == sent
+    # A 500 every time, no Retry-After: waits of 0.05, 0.1, 0.2, 0.4, 0.8, 1.6 s; six tries each in 3 s
+    # (the fifth is due at 0.75 s, the seventh at 3.15 s).
+    with simulator(tmp_path / "b", "vllm", "--fault-500", "1") as host:
+        db_url, sent = run_locust(
+            tmp_path / "b", host, "-f", locustfile, "-u", "4", "-r", "4", "-t", "3s", "OpenAIChatUser"
+        )
+    assert 4 * 5 <= sent <= 4 * 7, sent  # the margins allow a late start or stop
+    assert stored(db_url, Request.http_status == 500) == sent
