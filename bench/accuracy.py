@@ -6,7 +6,8 @@ into a fresh SQLite file (embedded mode). Each stored request is matched to the 
 by ``server_request_id`` (the ``X-Request-Id`` it returned) and compared:
 
 - tokens: stored ``output_tokens`` == truth ``completion_tokens`` == tokens written == chunks seen;
-- ITL: ``|client gap_i - truth gap_i|`` for every gap, truth gaps from ``token_written_ns``;
+- ITL: ``|client gap_i - truth gap_i|`` for every gap, truth gaps from ``token_written_ns``, and the
+  share of gaps off by more than 1 ms;
 - TTFT against the wire (``ttft_error_vs_wire_ms``): ``|client TTFT - wire TTFT|``, no offset
   removed, where a loopback capture in this process (bench/wire_truth.py; root or CAP_NET_RAW)
   times each request's first packet and the packet that completed its first output chunk. Requests
@@ -58,10 +59,14 @@ REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = REPO / "loadgen" / "chat.py"
 
 
+# Extra simulator flags (--step-base-ms), set from the command line.
+SIMULATOR_ARGS: list[str] = []
+
+
 def start_simulator(port: int, log_path: Path, streams: int) -> subprocess.Popen[bytes]:
     """A vLLM-like simulator that decodes all ``streams`` at once and keeps every record; returns once it listens."""
     command = [sys.executable, "-m", "simulator", "--profile", "vllm", "--port", str(port),
-               "--max-running", str(max(256, streams)), "--ground-truth-limit", "1000000"]  # fmt: skip
+               "--max-running", str(max(256, streams)), "--ground-truth-limit", "1000000", *SIMULATOR_ARGS]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     deadline = time.monotonic() + 30
@@ -167,6 +172,7 @@ def compare(measured: list[dict[str, Any]], truth: dict[str, dict[str, Any]]) ->
         "ttft_error_ms": percentiles(np.abs(diff - offset_ns) / 1e6),
         "itl_gaps": int(itl.size),
         "itl_error_ms": percentiles(itl / 1e6),
+        "itl_share_over_1_ms": float((itl > 1_000_000).mean()) if itl.size else float("nan"),
     }
 
 
@@ -385,9 +391,12 @@ def main() -> None:
     parser.add_argument("--peer-streams", type=int, default=200)
     parser.add_argument("--peer-requests", type=int, default=2600)
     parser.add_argument("--peer-venv", type=Path, default=Path("/tmp/peer-venv"))
+    parser.add_argument("--step-base-ms", type=float, help="the simulator's fixed decode step cost (vLLM profile: 12)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     PROMPT_SET[1] = args.prompt_set
+    if args.step_base_ms is not None:
+        SIMULATOR_ARGS.extend(["--step-base-ms", str(args.step_base_ms)])
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
     results: dict[str, Any] = {"machine": {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}}

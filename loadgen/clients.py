@@ -21,6 +21,7 @@ import orjson
 from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
 
+from loadgen.backoff import parse_retry_after
 from loadgen.parsers import (
     InvalidStream,
     OllamaParser,
@@ -32,7 +33,7 @@ from loadgen.parsers import (
     StreamParser,
     TokenCounts,
 )
-from loadgen.rxstamps import ReadStamps, StampedHTTPClient, chunk_time_ns
+from loadgen.rxstamps import ReadStamps, StampedHTTPClient, chunk_time_ns, send_time_ns
 from stampede.records import Api, Outcome
 
 ERROR_BODY_BYTES = 300
@@ -111,6 +112,7 @@ class Measurement:
     server_timings_ms: dict[str, float] = field(default_factory=dict)
     chunk_texts: list[str] = field(default_factory=list)
     response_bytes: int = 0
+    retry_after_s: float | None = None
 
     def fail(self, outcome: Outcome, error: str) -> None:
         self.outcome = outcome
@@ -121,18 +123,28 @@ def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurem
     ended = False
     server_error = None
     offset_ns = 0
+    # The read that completed the headers may have taken body lines too: those are not its first.
+    last_read_ns = stamps.read_ns if stamps is not None else 0
+    first_output_pending = False
     while True:
         line = response.readline(b"\n")
         now_ns = time.perf_counter_ns()
         if not line:
             break
-        # readline reads only while no whole line is buffered, so the last read completed this line.
-        line_ns = now_ns if stamps is None else chunk_time_ns(stamps, start_ns, now_ns)
+        if stamps is None:
+            line_ns = now_ns
+        else:
+            # readline reads only while no whole line is buffered, so the last read completed this line;
+            # the first output a read completes ended in the oldest segment that read took.
+            if stamps.read_ns != last_read_ns:
+                last_read_ns, first_output_pending = stamps.read_ns, True
+            line_ns = chunk_time_ns(stamps, start_ns, now_ns, oldest=first_output_pending)
         # A read without a stamp is timed late, so the next read's stamp may be earlier: never go back.
         offset_ns = max(offset_ns, line_ns - start_ns)
         m.response_bytes += len(line)
         for event in parser.feed(line, offset_ns):
             if isinstance(event, OutputChunk):
+                first_output_pending = False
                 m.chunk_offsets_ns.append(event.offset_ns)
                 m.chunk_texts.append(event.text)
             elif isinstance(event, TokenCounts):
@@ -158,19 +170,23 @@ def send_chat(http: HTTPClient, api: ChatApi, body: bytes, headers: dict[str, st
     """
     m = Measurement()
     start_ns = time.perf_counter_ns()
+    stamps = http.stamps if isinstance(http, StampedHTTPClient) else None
     response = None
     try:
         with gevent.Timeout(timeout_s):
             response = http.request("POST", api.path, body=body, headers=headers)
+            if stamps is not None:  # TTFT starts as the request goes out, not as the client builds it
+                start_ns = send_time_ns(stamps, start_ns)
             m.http_status = response.status_code
             request_id = response.get("x-request-id")
             m.server_request_id = request_id if isinstance(request_id, str) else None
             if m.http_status != 200:
+                retry_after = response.get("retry-after")
+                m.retry_after_s = parse_retry_after(retry_after if isinstance(retry_after, str) else None)
                 text = response.read(ERROR_BODY_BYTES)
                 m.response_bytes = len(text)
                 m.fail(Outcome.HTTP_ERROR, f"HTTP {m.http_status}: {text.decode(errors='replace').strip()}")
             else:
-                stamps = http.stamps if isinstance(http, StampedHTTPClient) else None
                 _read_stream(response, api.parser(), start_ns, m, stamps)
     except gevent.Timeout:
         m.fail(Outcome.TIMEOUT, f"no complete response within {timeout_s:g} s")

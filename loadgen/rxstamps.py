@@ -10,11 +10,15 @@ reads that way and keeps, per read, the moment the read returned and the stamp, 
 Limits, each falling back to the client clock at the read (:func:`chunk_time_ns`): no stamp where
 the option is missing (not Linux) or the read bypasses ``recv`` (TLS: OpenSSL reads the socket
 itself); a stamp later than its read, more than :data:`MAX_AGE_NS` before it, or before the send,
-is distrusted (a clock step). TCP keeps one stamp per buffered segment and merges queued segments
-under the newest stamp, so chunks that sat unread together share the last one's arrival.
+is distrusted (a clock step). A read returns the stamp of the newest segment it took, so when the
+reader fell behind and several segments waited, each read first peeks one byte for the stamp of the
+oldest: the first output the read completes gets that one, later ones the newest. Exact for two
+waiting segments; with three or more, the middle ones get the newest.
 
-The same client sends promptly: it checks a pooled connection without yielding to other greenlets
-(:func:`idle_and_open`), so a request goes out right after its clock starts.
+The same client times the send: each socket records when it was made and when its last write
+started, so a request's clock starts at its write (:func:`send_time_ns`), or before the connect
+when it opened the connection; and it checks a pooled connection without yielding to other
+greenlets (:func:`idle_and_open`), so that write follows at once.
 """
 
 from __future__ import annotations
@@ -45,13 +49,21 @@ _poll = gevent.monkey.get_original("select", "poll")
 
 @dataclass
 class ReadStamps:
-    """The last read of a connection: when it returned, and when the kernel received its bytes.
+    """The last read of a connection: when it returned, and when the kernel received its bytes; and
+    when its socket was made and last written to.
 
-    Both on the ``perf_counter_ns`` timeline; ``received_ns`` is None when the read carried no stamp.
+    All on the ``perf_counter_ns`` timeline; a stamp is None when the read carried none.
     """
 
+    opened_ns: int = 0
+    """When the connection's socket was made, before its connect."""
+    sent_ns: int = 0
+    """When the last write started: for a request, the moment it was handed to the kernel."""
     read_ns: int = 0
     received_ns: int | None = None
+    """Arrival of the newest segment the read took."""
+    first_received_ns: int | None = None
+    """Arrival of the oldest segment the read took (the same segment when it took one)."""
 
 
 def kernel_stamp_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
@@ -77,17 +89,31 @@ def realtime_minus_perf_ns() -> tuple[int, int]:
     return before, wall - (before + after) // 2
 
 
-def chunk_time_ns(stamps: ReadStamps, sent_ns: int, now_ns: int) -> int:
+def send_time_ns(stamps: ReadStamps, called_ns: int) -> int:
+    """When a request made at ``called_ns`` went out: its write, on a connection it found open.
+
+    ``called_ns`` itself when the request opened its connection (the connect counts, as TTFT's
+    definition has it) or no write since is known.
+    """
+    if stamps.opened_ns >= called_ns or stamps.sent_ns < called_ns:
+        return called_ns
+    return stamps.sent_ns
+
+
+def chunk_time_ns(stamps: ReadStamps, sent_ns: int, now_ns: int, oldest: bool = False) -> int:
     """When a chunk arrived, on the ``perf_counter_ns`` timeline; never before ``sent_ns``.
 
-    The chunk is the one completed by the connection's last read. Its time is the kernel receive
-    stamp of that read when one is plausible: not later than the read, not more than
-    :data:`MAX_AGE_NS` before it, not before the send. Otherwise the time the read returned; and
-    ``now_ns`` (the caller's clock) when no read since the send is known.
+    The chunk is one completed by the connection's last read: the first output it completed when
+    ``oldest`` (its end lies in the oldest segment the read took), else a later one. Its time is
+    the kernel receive stamp of that segment when one is plausible: not later than the read, not
+    more than :data:`MAX_AGE_NS` before it, not before the send. Otherwise the time the read
+    returned; and ``now_ns`` (the caller's clock) when no read since the send is known.
     """
     if stamps.read_ns < sent_ns:
         return now_ns
     received_ns = stamps.received_ns
+    if oldest and stamps.first_received_ns is not None:
+        received_ns = stamps.first_received_ns
     if received_ns is None or received_ns > stamps.read_ns:
         return stamps.read_ns
     if received_ns < sent_ns or stamps.read_ns - received_ns > MAX_AGE_NS:
@@ -107,6 +133,8 @@ class StampedSocket(gevent.socket.socket):
     ) -> None:
         super().__init__(family, kind, proto, fileno)
         self.stamps = stamps
+        stamps.opened_ns = time.perf_counter_ns()
+        self._drained = False
         self.kernel_stamps = False
         if STAMPS_SUPPORTED:
             try:
@@ -115,13 +143,19 @@ class StampedSocket(gevent.socket.socket):
             except OSError:
                 pass
 
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self.stamps.sent_ns = time.perf_counter_ns()
+        super().sendall(data, flags)
+
     def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
         if not self.kernel_stamps:
             data: bytes = super().recv(bufsize, flags)
             self._record(None)
             return data
+        first = self._oldest_stamp(flags)
         data, ancdata, _, _ = self.recvmsg(bufsize, _ANCILLARY_BYTES, flags)
-        self._record(kernel_stamp_ns(ancdata))
+        self._drained = 0 < len(data) < bufsize
+        self._record(kernel_stamp_ns(ancdata), first)
         return data  # type: ignore[no-any-return]
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:  # type: ignore[override]
@@ -130,14 +164,32 @@ class StampedSocket(gevent.socket.socket):
             self._record(None)
             return count
         view = memoryview(buffer)
-        count, ancdata, _, _ = self.recvmsg_into([view[:nbytes] if nbytes else view], _ANCILLARY_BYTES, flags)
-        self._record(kernel_stamp_ns(ancdata))
+        size = nbytes or len(view)
+        first = self._oldest_stamp(flags)
+        count, ancdata, _, _ = self.recvmsg_into([view[:size]], _ANCILLARY_BYTES, flags)
+        self._drained = 0 < count < size
+        self._record(kernel_stamp_ns(ancdata), first)
         return count  # type: ignore[no-any-return]
 
-    def _record(self, realtime_ns: int | None) -> None:
+    def _oldest_stamp(self, flags: int) -> int | None:
+        """Wait for data, then peek one byte: the stamp of the oldest segment waiting (realtime ns).
+
+        After a read that emptied the socket it waits before trying: gevent's ``recvmsg`` tries first
+        and waits on EWOULDBLOCK, and a streamed chunk has not arrived yet when its read starts, so
+        that try would fail every time (a wasted system call and exception per chunk).
+        """
+        if self._drained and self.timeout != 0.0:
+            self._wait(self._read_event)
+        _, ancdata, _, _ = self.recvmsg(1, _ANCILLARY_BYTES, flags | socket.MSG_PEEK)
+        return kernel_stamp_ns(ancdata)
+
+    def _record(self, realtime_ns: int | None, first_realtime_ns: int | None = None) -> None:
         read_ns, offset_ns = realtime_minus_perf_ns()
         self.stamps.read_ns = read_ns
         self.stamps.received_ns = None if realtime_ns is None else realtime_ns - offset_ns
+        self.stamps.first_received_ns = self.stamps.received_ns
+        if first_realtime_ns is not None and realtime_ns is not None and first_realtime_ns <= realtime_ns:
+            self.stamps.first_received_ns = first_realtime_ns - offset_ns
 
 
 class StampedHTTPClient(HTTPClient):

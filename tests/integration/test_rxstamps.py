@@ -115,3 +115,39 @@ def test_a_plain_client_times_the_same_chunk_when_it_was_read(listener: gevent.s
     m = _send_while_the_loop_is_held(HTTPClient("127.0.0.1", port, concurrency=1), listener)
     assert m.chunk_texts == ["a", "b"], m.error
     assert m.chunk_offsets_ns[0] >= BLOCK_S * 1e9
+
+
+def _serve_keep_alive(listener: gevent.socket.socket, requests: int) -> None:
+    """Answer ``requests`` requests on one kept-alive connection, each with one chunk at once."""
+    conn, _ = listener.accept()
+    with conn:
+        for _ in range(requests):
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + chunk(content("a")) + chunk(USAGE) + chunk(DONE) + b"0\r\n\r\n"
+            )  # fmt: skip
+
+
+def test_ttft_starts_as_the_request_is_written_not_as_it_is_built(
+    listener: gevent.socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = StampedHTTPClient._build_request
+
+    def slow_build(self: StampedHTTPClient, *args: object, **kwargs: object) -> str:
+        real_sleep(BLOCK_S)  # a busy client: the loop is held between the clock's start and the write
+        return build(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StampedHTTPClient, "_build_request", slow_build)
+    server = gevent.spawn(_serve_keep_alive, listener, 2)
+    http = StampedHTTPClient("127.0.0.1", listener.getsockname()[1], concurrency=1)
+    api = APIS[Api.OPENAI_CHAT]
+    body = encode_body(api.body("m", ({"role": "user", "content": "hi"},), 4))
+    try:
+        opener, reuser = (send_chat(http, api, body, {}, timeout_s=10) for _ in range(2))
+    finally:
+        server.join(timeout=5)
+        http.close()
+    assert opener.chunk_texts == reuser.chunk_texts == ["a"], (opener.error, reuser.error)
+    assert opener.chunk_offsets_ns[0] >= BLOCK_S * 1e9  # it opened its connection: the clock starts at the call
+    assert reuser.chunk_offsets_ns[0] < BLOCK_S * 1e9 / 2  # from the write

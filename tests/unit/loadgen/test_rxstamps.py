@@ -139,6 +139,31 @@ class _ScriptedResponse:
         return line
 
 
+class _CoalescedResponse:
+    """Two token lines taken by one read (the reader fell a step behind), after the headers' read."""
+
+    def __init__(self, stamps: ReadStamps, start_ns: int) -> None:
+        self._stamps, self._start_ns = stamps, start_ns
+        token = b'data: {"choices": [{"delta": {"content": "a"}}]}\n'
+        self._lines = [b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}\n', b"\n", token]
+        self._lines += [b"\n", token, b"\n", b"data: [DONE]\n"]
+
+    def readline(self, sep: bytes) -> bytes:
+        if len(self._lines) == 7:  # the read: segments stamped at 20 ms (role, first token) and 40 ms
+            self._stamps.read_ns = self._start_ns + 45_000_000
+            self._stamps.first_received_ns = self._start_ns + 20_000_000
+            self._stamps.received_ns = self._start_ns + 40_000_000
+        return self._lines.pop(0) if self._lines else b""
+
+
+def test_the_first_output_a_read_completes_gets_the_oldest_segments_stamp() -> None:
+    start_ns = time.perf_counter_ns()
+    stamps = ReadStamps(read_ns=start_ns + 1_000, received_ns=start_ns + 500, first_received_ns=start_ns + 500)
+    m = Measurement()
+    _read_stream(_CoalescedResponse(stamps, start_ns), OpenAIParser(), start_ns, m, stamps)
+    assert m.chunk_offsets_ns == [20_000_000, 40_000_000]  # not both at 40 ms
+
+
 def test_chunk_times_never_go_back_when_an_unstamped_read_came_first() -> None:
     stamps = ReadStamps()
     start_ns = time.perf_counter_ns()
