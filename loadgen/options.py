@@ -92,3 +92,12 @@ def ensure_run_id(options: Any) -> None:
     """Give the run a new id unless one was passed; the master forwards it to its workers."""
     if not options.run_id:
         options.run_id = str(uuid.uuid4())
+
+
+if __name__ == "__main__":
+    # Locust prints --help before it loads the locustfile, so its help never shows these options.
+    import argparse
+
+    _parser = argparse.ArgumentParser(prog="locust -f loadgen/chat.py", description="Stampede's Locust options")
+    add_chat_arguments(_parser)
+    _parser.print_help()

@@ -8,17 +8,29 @@ Kept apart from chat.py because Locust lets a shape class override ``-u``: plain
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from locust import LoadTestShape, events
+from locust.env import Environment
 
 from loadgen.options import add_step_arguments, parse_rates, parse_steps
 from loadgen.run import RunContext
+from stampede.processes import sigterm_as_interrupt
 
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
     add_step_arguments(parser)
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    # Headless with a shape, Locust (2.47) runs the whole shape before it installs its SIGTERM handler:
+    # until then SIGTERM (kill, timeout, a stopped sweep) killed it on the spot, with the run left
+    # "running" and records unstored. As Ctrl-C instead, it stops the shape and shuts down cleanly.
+    if environment.shape_class is not None and threading.current_thread() is threading.main_thread():
+        sigterm_as_interrupt()
 
 
 class StepLoadShape(LoadTestShape):

@@ -1,5 +1,5 @@
 """``python -m stampede`` runs the CLI."""
 
-from stampede.cli import app
+from stampede.cli import main
 
-app()
+main()

@@ -15,12 +15,24 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from stampede import baseline, db, demo, report, schedules
+from stampede.processes import sigterm_as_interrupt
 from stampede.records import Api
+from stampede.schema import Run
 from stampede.settings import get_settings, redact_url
-from stampede.sweep import SweepError, SweepPlan, check_reachable, read_progress, run_target, wait_until_stored
+from stampede.sweep import (
+    Progress,
+    SweepError,
+    SweepPlan,
+    check_reachable,
+    common_errors,
+    read_progress,
+    run_target,
+    wait_until_stored,
+)
 from stampede.sweepfile import SweepFile, TargetSpec, load_sweep_file, validate_sweep
 from stampede.table import format_summary
 
@@ -60,9 +72,27 @@ def _parse_list(text: str, kind: type[int] | type[float], flag: str) -> list[Any
         raise _fail(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
 
-def _spec(**fields: Any) -> SweepFile:
+# The sweep fields that command-line options set, named as the user typed them in error messages.
+FLAGS = {
+    "name": "--run-name",
+    "targets.0.name": "--target-name",
+    "targets.0.url": "--host",
+    "targets.0.api": "--api",
+    "targets.0.model": "--model",
+    "targets.0.runtime": "--runtime",
+    "steps": "--steps",
+    "rates": "--rates",
+    "step_duration_s": "--step-duration-s",
+    "warmup_s": "--warmup-s",
+    "max_tokens": "--max-tokens",
+    "prompt_set": "--prompt-set",
+    "processes": "--processes",
+}
+
+
+def _spec(labels: dict[str, str] = FLAGS, **fields: Any) -> SweepFile:
     try:
-        return validate_sweep(fields)
+        return validate_sweep(fields, labels)
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
@@ -73,8 +103,12 @@ def _sweep(plan: SweepPlan, check: bool = False) -> None:
     With ``check``, compare the run with its baseline and exit with status 3 on a regression.
     """
     url = _database_url()
-    for target in plan.spec.targets:
-        check_reachable(target)  # all of them before any load, so a typo fails in seconds
+    prompt_file = plan.spec.prompt_file
+    if prompt_file is not None and not prompt_file.is_file():
+        raise SweepError(f"prompt file {prompt_file} not found (--prompt-set {plan.spec.prompt_set})")
+    api_key = get_settings().api_key
+    for target in plan.spec.targets:  # all of them before any load, so a typo fails in seconds
+        check_reachable(target, api_key.get_secret_value() if api_key is not None else None)
     if get_settings().redis_url is None:
         db.upgrade(url)  # embedded: the store is ours to create
     engine = db.get_engine(url)
@@ -82,15 +116,18 @@ def _sweep(plan: SweepPlan, check: bool = False) -> None:
     loads = plan.loads
     unit = "req/s" if plan.spec.rates else "users"
     typer.echo(f"run {plan.run_id}: results in {redact_url(url)}", err=True)
+    failed_targets: list[str] = []
     for target in plan.spec.targets:
         last_step = ""
 
-        def tick(elapsed_s: float, target: TargetSpec = target) -> None:
+        def tick(elapsed_s: float, target: TargetSpec = target) -> Progress:
+            """Print the target's progress (a line per step when not a terminal); returns it."""
             nonlocal last_step
             with Session(engine) as session:
                 progress = read_progress(session, plan.run_id, target.name)
             index = progress.step_index
-            step = "starting" if index is None else f"step {index + 1}/{len(loads)} ({loads[index]} {unit})"
+            # Step numbers as the summary table, the dashboard and the store give them: from 0.
+            step = "starting" if index is None else f"step {index} ({loads[index]} {unit}), {index + 1} of {len(loads)}"
             line = (
                 f"{target.name}: {step}  {elapsed_s:4.0f}/{plan.duration_s:.0f} s"
                 f"  {progress.requests} requests stored, {progress.errors} errors"
@@ -100,18 +137,35 @@ def _sweep(plan: SweepPlan, check: bool = False) -> None:
             elif step != last_step:
                 typer.echo(line, err=True)
             last_step = step
+            return progress
 
         sent = run_target(target, plan, LOG_DIR / f"{plan.run_id}-{target.name}.log", tick)
         stored = wait_until_stored(lambda: Session(engine), plan.run_id, target.name, sent, STORE_WAIT_S)
-        tick(plan.duration_s)
+        progress = tick(plan.duration_s)
         if interactive:
             typer.echo("", err=True)
         if stored < sent:
             typer.echo(f"warning: {sent - stored} of {sent} requests to {target.name} not stored yet", err=True)
+            settings = get_settings()
+            if settings.redis_url is not None and stored == 0:
+                typer.echo(
+                    f"hint: records go through the RQ queue {settings.queue_name!r}; is a worker consuming it? "
+                    "Start one with `stampede worker` (same STAMPEDE_REDIS_URL and STAMPEDE_DATABASE_URL); "
+                    "what is queued is stored once it runs",
+                    err=True,
+                )
+        with Session(engine) as session:
+            errors = common_errors(session, plan.run_id, target.name)
+        for message, count in errors:
+            typer.echo(f"{target.name}: {count} of {progress.requests} requests failed: {message}", err=True)
+        if progress.requests and progress.errors == progress.requests:
+            failed_targets.append(target.name)
         with Session(engine) as session, session.begin():
             # Summarised now, at the end of the target's steps, and cached: reports need not rescan rows.
             summaries = report.step_summaries(session, plan.run_id)
     typer.echo(format_summary(summaries))
+    if failed_targets:
+        raise SweepError(f"every request to {', '.join(failed_targets)} failed: nothing was measured (see above)")
     if check:
         with Session(engine) as session, session.begin():
             findings = baseline.check_run(session, plan.run_id, plan.spec.regression)
@@ -123,10 +177,18 @@ def _sweep(plan: SweepPlan, check: bool = False) -> None:
 
 
 def _run(plan: SweepPlan, check: bool) -> None:
+    sigterm_as_interrupt()
     try:
         _sweep(plan, check)
     except SweepError as exc:
         raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        typer.echo(
+            f"interrupted: run {plan.run_id} and its load stopped; records not yet stored wait in $TMPDIR for "
+            "`stampede replay`",
+            err=True,
+        )
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -163,7 +225,13 @@ def sweep(
         raise _fail("give --host URL (or --file SWEEP.toml)")
     else:
         name = target_name or host.split("://")[-1].rstrip("/")
+        # Names not given are taken from the host: a mistake in them is one in --host.
+        names_from = {
+            "name": "--run-name" if run_name else "--host",
+            "targets.0.name": "--target-name" if target_name else "--host",
+        }
         spec = _spec(
+            {**FLAGS, **names_from},
             name=run_name or name,
             targets=[{"name": name, "url": host, "api": api, "model": model, "runtime": runtime or None}],
             steps=_parse_list(steps, int, "--steps"),
@@ -191,8 +259,9 @@ def demo_command(
     processes: ProcessesOpt = 1,
 ) -> None:
     """Sweep the built-in simulator, Ollama-like then vLLM-like, into the configured database."""
+    sigterm_as_interrupt()
     try:
-        with demo.simulators(LOG_DIR) as targets:
+        with demo.simulators(LOG_DIR) as targets:  # stopped on the way out, however the sweep ends
             spec = _spec(
                 name=f"demo {time.strftime('%Y-%m-%d %H:%M')}",
                 targets=[t.model_dump() for t in targets],
@@ -202,9 +271,9 @@ def demo_command(
                 max_tokens=max_tokens,
                 processes=processes,
             )
-            _sweep(SweepPlan(spec))
-    except SweepError as exc:
-        raise _fail(str(exc)) from None
+            _run(SweepPlan(spec), check=False)
+    except KeyboardInterrupt:  # while the simulators start
+        raise typer.Exit(130) from None
 
 
 @app.command(name="report")
@@ -218,6 +287,8 @@ def report_command(
                 chosen = uuid.UUID(run_id)
             except ValueError:
                 raise _fail(f"not a run id: {run_id!r}") from None
+            if session.get(Run, chosen) is None:
+                raise _fail(f"no run {chosen} in {redact_url(_database_url())}")
         else:
             latest = report.latest_run_id(session)
             if latest is None:
@@ -313,3 +384,12 @@ def scheduler(ctx: typer.Context) -> None:
 def agent(ctx: typer.Context) -> None:
     """Run the GPU and runtime sampling agent (arguments go to `python -m workers agent`)."""
     _forward(["workers", "agent"], ctx)
+
+
+def main() -> None:
+    """The ``stampede`` command: the CLI, with a failing results store said in one line, not a traceback."""
+    try:
+        app()
+    except DBAPIError as exc:
+        typer.echo(f"error: {db.store_problem(exc, _database_url())}", err=True)
+        raise SystemExit(2) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 from typing import Any
@@ -24,3 +25,12 @@ def stop(process: subprocess.Popen[Any], timeout_s: float = STOP_TIMEOUT_S) -> N
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, systemd) raise KeyboardInterrupt, as Ctrl-C does.
+
+    Python's default for SIGTERM ends the process on the spot, skipping the clean-up Ctrl-C runs
+    (stopping child processes, storing what is pending). Main thread only, as for any handler.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -6,6 +6,7 @@ with no services runs everything. Secrets are ``SecretStr`` so they never print 
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from pydantic import Field, SecretStr
@@ -40,6 +41,14 @@ def get_settings() -> Settings:
     return Settings()
 
 
+# Query parameters that carry a secret in database and Redis URLs (libpq's password and sslpassword;
+# any *password, *secret, *token or *key).
+_SECRET_PARAMETER = re.compile(r"(password|secret|token|key)$", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """A database or Redis URL with its password masked, fit for logs and reports."""
-    return make_url(url).render_as_string(hide_password=True)
+    """A database or Redis URL with its password masked, in the user part and in the query, fit for
+    logs and reports."""
+    parsed = make_url(url)
+    hidden = {name: "redacted" for name in parsed.query if _SECRET_PARAMETER.search(name)}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)

@@ -57,15 +57,21 @@ class SweepPlan:
         return len(self.loads) * self.spec.step_duration_s
 
 
-def check_reachable(target: TargetSpec) -> None:
-    """Raise SweepError in one line if the target does not answer HTTP or refuses our key."""
+def check_reachable(target: TargetSpec, api_key: str | None = None) -> None:
+    """Raise SweepError in one line if the target does not answer HTTP or refuses ``api_key``.
+
+    The probe carries the key as the load will (``Authorization: Bearer``), so a target that needs
+    one is judged with it.
+    """
     url = target.url.rstrip("/") + PROBE_PATHS[target.api]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=PROBE_TIMEOUT_S):
             return
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            raise SweepError(f"target {target.name} ({target.url}) refused access: HTTP {exc.code}") from None
+            hint = "the key in STAMPEDE_API_KEY" if api_key else "no key: set STAMPEDE_API_KEY"
+            raise SweepError(f"target {target.name} ({target.url}) refused access: HTTP {exc.code} ({hint})") from None
         return  # it answers HTTP; the load itself will show what else is wrong
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -134,6 +140,19 @@ def read_progress(session: Session, run_id: uuid.UUID, target: str) -> Progress:
     return Progress(step, counts[0], counts[1])
 
 
+def common_errors(session: Session, run_id: uuid.UUID, target: str, limit: int = 3) -> list[tuple[str, int]]:
+    """The most frequent error messages of a target's failed requests, with their counts."""
+    count = func.count().label("n")
+    rows = session.execute(
+        select(func.coalesce(Request.error, Request.outcome), count)
+        .where(Request.run_id == run_id, Request.target == target, Request.outcome != Outcome.OK.value)
+        .group_by(func.coalesce(Request.error, Request.outcome))
+        .order_by(count.desc())
+        .limit(limit)
+    ).all()
+    return [(str(message), int(n)) for message, n in rows]
+
+
 def sent_requests(locust_stdout: str) -> int:
     """Requests Locust counted, from its ``--json`` output (the master's list comes last)."""
     decoder, text = json.JSONDecoder(), locust_stdout.strip()
@@ -160,7 +179,7 @@ def run_target(
     target: TargetSpec,
     plan: SweepPlan,
     log_path: Path,
-    on_tick: Callable[[float], None],
+    on_tick: Callable[[float], object],
     tick_s: float = 1.0,
 ) -> int:
     """Run Locust for one target, calling ``on_tick(elapsed_s)`` while it runs; returns requests sent."""
@@ -172,9 +191,10 @@ def run_target(
             while process.poll() is None:
                 on_tick(time.monotonic() - started)
                 time.sleep(tick_s)
-        except KeyboardInterrupt:
-            process.terminate()  # Locust stops its users and flushes its records on SIGTERM
-            process.wait(timeout=plan.stop_timeout_s)
+        except BaseException:
+            # Interrupted, terminated (see processes.sigterm_as_interrupt) or the progress read failed: never leave
+            # the load running. Locust stops its users and flushes its records on SIGTERM.
+            stop(process, plan.stop_timeout_s)
             raise
         if process.returncode != 0:
             raise SweepError(f"locust exited with status {process.returncode} for {target.name}; see {log_path}")

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from stampede.records import Api
 
@@ -47,6 +49,15 @@ class TargetSpec(_Spec):
         description="Runtime whose own statistics to sample during the run (vLLM or llama.cpp /metrics, "
         "Ollama /api/ps); by default Ollama for its native API, none otherwise.",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"needs its scheme, e.g. http://{url}")
+        if not urlsplit(url).hostname:
+            raise ValueError(f"names no host: {url!r}")
+        return url
 
     @property
     def scraped_runtime(self) -> str | None:
@@ -72,6 +83,10 @@ class RegressionSpec(_Spec):
     latency_rise_pct: float = Field(default=20.0, gt=0, description="TTFT/ITL/E2E p99 rise, percent.")
 
 
+PROMPT_SET_KINDS = ("synthetic", "jsonl", "sharegpt")
+"""Prompt sets that take an argument after ``:`` (``seeds`` takes none); loadgen/prompts.py reads them."""
+
+
 class SweepFile(_Spec):
     """Everything a sweep needs besides secrets."""
 
@@ -80,7 +95,7 @@ class SweepFile(_Spec):
     steps: list[int] = Field(default=[1, 2, 4, 8, 16, 32], min_length=1, description="Users per step.")
     rates: list[float] = Field(default=[], description="Open loop: requests/s per step; steps[0] caps in flight.")
     step_duration_s: float = Field(default=30.0, gt=0)
-    warmup_s: float = Field(default=10.0, ge=0)
+    warmup_s: float = Field(default=10.0, ge=0, validate_default=True)  # checked against the step even when left out
     max_tokens: int = Field(default=128, ge=1)
     prompt_set: str = "seeds"
     ignore_eos: bool = False
@@ -105,6 +120,28 @@ class SweepFile(_Spec):
             raise ValueError("every rate must be > 0")
         return rates
 
+    @field_validator("prompt_set")
+    @classmethod
+    def _known_prompt_set(cls, spec: str) -> str:
+        kind, _, arg = spec.partition(":")
+        if not (spec == "seeds" or (kind in PROMPT_SET_KINDS and arg)):
+            raise ValueError(f"{spec!r} is not seeds, synthetic:..., jsonl:PATH or sharegpt:PATH")
+        return spec
+
+    @field_validator("warmup_s")
+    @classmethod
+    def _warmup_inside_step(cls, warmup_s: float, info: ValidationInfo) -> float:
+        step_s = info.data.get("step_duration_s")  # absent when it failed its own check
+        if step_s is not None and warmup_s >= step_s:
+            raise ValueError(f"{warmup_s:g} s leaves nothing of a {step_s:g} s step to measure; make it shorter")
+        return warmup_s
+
+    @property
+    def prompt_file(self) -> Path | None:
+        """The file a ``jsonl:`` or ``sharegpt:`` prompt set reads, on the host that runs the load."""
+        kind, _, arg = self.prompt_set.partition(":")
+        return Path(arg) if kind in ("jsonl", "sharegpt") else None
+
     @field_validator("targets")
     @classmethod
     def _unique_names(cls, targets: list[TargetSpec]) -> list[TargetSpec]:
@@ -114,13 +151,19 @@ class SweepFile(_Spec):
         return targets
 
 
-def validate_sweep(data: Any) -> SweepFile:
-    """A sweep from parsed data; ValueError naming every problem found (``field.path: message; ...``)."""
+def validate_sweep(data: Any, labels: Mapping[str, str] | None = None) -> SweepFile:
+    """A sweep from parsed data; ValueError naming every problem found (``field.path: message; ...``).
+
+    ``labels`` names a field path as the user gave it, e.g. ``targets.0.url`` as ``--host``.
+    """
     try:
         return SweepFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ValueError(problems) from None
+        problems: dict[str, None] = {}  # in order, once each: two fields can come from one option
+        for error in exc.errors():
+            path = ".".join(str(p) for p in error["loc"])
+            problems[f"{(labels or {}).get(path, path)}: {error['msg'].removeprefix('Value error, ')}"] = None
+        raise ValueError("; ".join(problems)) from None
 
 
 def parse_sweep_file(text: str, suffix: str) -> SweepFile:

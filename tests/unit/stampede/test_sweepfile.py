@@ -1,5 +1,7 @@
 """Sweep files: what a valid one gives, and how a broken one is reported."""
 
+import re
+
 import pytest
 
 from stampede.records import Api
@@ -55,3 +57,23 @@ def test_problems_are_named(text: str, message: str) -> None:
 def test_an_unreadable_file_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ValueError, match="cannot read"):
         load_sweep_file(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem", "message"),
+    [
+        ('url = "http://127.0.0.1:8000"', 'url = "127.0.0.1:8000"', "needs its scheme, e.g. http://127.0.0.1:8000"),
+        ("step_duration_s = 15", "step_duration_s = 15\nwarmup_s = 15", "warmup_s: 15 s leaves nothing of a 15 s step"),
+        ("step_duration_s = 15", "step_duration_s = 5", "warmup_s: 10 s leaves nothing of a 5 s step"),  # the default
+        ("step_duration_s = 15", 'step_duration_s = 15\nprompt_set = "bogus"', "'bogus' is not seeds, synthetic:"),
+    ],
+)
+def test_mistakes_that_would_measure_nothing_are_refused(change: str, problem: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_sweep_file(EXAMPLE.replace(change, problem), ".toml")
+
+
+def test_a_prompt_file_is_named_for_the_load_host() -> None:
+    text = EXAMPLE.replace("step_duration_s = 15", 'step_duration_s = 15\nprompt_set = "jsonl:p.jsonl"')
+    assert str(parse_sweep_file(text, ".toml").prompt_file) == "p.jsonl"
+    assert parse_sweep_file(EXAMPLE, ".toml").prompt_file is None
