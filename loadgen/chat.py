@@ -195,6 +195,7 @@ class ChatUser(User):
             error=m.error,
             started_at=started_at,
             chunk_offsets_ns=m.chunk_offsets_ns,
+            late_chunks=m.late_chunks,
             end_offset_ns=m.end_offset_ns,
             prompt_tokens=m.prompt_tokens,
             output_tokens=m.output_tokens,

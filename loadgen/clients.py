@@ -4,7 +4,9 @@ Bytes are read with geventhttpclient's ``readline``, which returns as soon as a 
 buffer and otherwise reads whatever the socket has (not a full block). A line is timed by the read
 that completed it: with a :class:`~loadgen.rxstamps.StampedHTTPClient`, the kernel's receive stamp
 of that read (when its bytes reached the host, however late the loop got to them), else the time
-that read returned; with a plain ``HTTPClient``, the time ``readline`` returned. Nothing here parses
+that read returned; with a plain ``HTTPClient``, the time ``readline`` returned. An output whose read
+also completed a later output is listed in ``late_chunks``: its time is an upper bound (see
+:mod:`loadgen.rxstamps`). Nothing here parses
 into models or blocks the gevent loop. Raw measurements only: the record's derived values (TTFT,
 ITL, TPOT) are computed in :mod:`stampede.metrics`.
 """
@@ -106,6 +108,7 @@ class Measurement:
     server_request_id: str | None = None
     error: str | None = None
     chunk_offsets_ns: list[int] = field(default_factory=list)
+    late_chunks: list[int] = field(default_factory=list)
     end_offset_ns: int = 0
     prompt_tokens: int | None = None
     output_tokens: int | None = None
@@ -126,6 +129,7 @@ def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurem
     # The read that completed the headers may have taken body lines too: those are not its first.
     last_read_ns = stamps.read_ns if stamps is not None else 0
     first_output_pending = False
+    output_read_ns = -1  # the read that completed the last output
     while True:
         line = response.readline(b"\n")
         now_ns = time.perf_counter_ns()
@@ -145,6 +149,10 @@ def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurem
         for event in parser.feed(line, offset_ns):
             if isinstance(event, OutputChunk):
                 first_output_pending = False
+                if stamps is not None and stamps.read_ns >= start_ns:
+                    if stamps.read_ns == output_read_ns:  # the read that brought this also brought the last
+                        m.late_chunks.append(len(m.chunk_offsets_ns) - 1)
+                    output_read_ns = stamps.read_ns
                 m.chunk_offsets_ns.append(event.offset_ns)
                 m.chunk_texts.append(event.text)
             elif isinstance(event, TokenCounts):

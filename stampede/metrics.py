@@ -133,6 +133,7 @@ class RequestSample:
     model_load_ms: float = 0.0
     network_and_queue_ms: float | None = None
     tokens_disagree: bool = False
+    late_chunks: int = 0
 
     @property
     def had_model_load(self) -> bool:
@@ -173,6 +174,8 @@ class StepSummary:
     network_and_queue_ms: Percentiles = Percentiles(None, None, None)
     model_loads: int = 0
     token_disagreements: int = 0
+    late_chunks: int = 0
+    """Chunks of successful requests read together with a later chunk: timed up to that one's arrival."""
 
     @property
     def error_rate(self) -> float:
@@ -216,6 +219,7 @@ def summarize_step(
         network_and_queue_ms=Percentiles.of([s.network_and_queue_ms for s in ok if s.network_and_queue_ms is not None]),
         model_loads=sum(s.had_model_load for s in ok),
         token_disagreements=sum(s.tokens_disagree for s in ok),
+        late_chunks=sum(s.late_chunks for s in ok),
     )
 
 

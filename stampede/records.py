@@ -88,6 +88,11 @@ class RequestRecord(_Record):
         default_factory=list,
         description="Monotonic ns from send to the arrival of each chunk that carried output text.",
     )
+    late_chunks: list[int] = Field(
+        default_factory=list,
+        description="Indexes of output chunks read together with a later one: timed at or after their"
+        " arrival, by up to the gap to it (the kernel stamps segments that waited together as one).",
+    )
     end_offset_ns: int = Field(ge=0, description="Monotonic ns from send to the end of the response.")
     prompt_tokens: int | None = Field(default=None, description="Prompt tokens as the server counted them.")
     output_tokens: int | None = Field(default=None, description="Output tokens as the server counted them.")

@@ -41,11 +41,12 @@ ROW_COLUMNS = (
     "goodput_requests_per_s",
     "model_loads",
     "token_disagreements",
+    "late_chunks",
     "saturated",
     *(f"{name}_p{p}_ms" for name in LATENCIES for p in PERCENTILES),
 )
 # Bumped whenever the cached form of a summary changes, so older cache rows are recomputed.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 # The load generator samples its health once a second (loadgen/health.py).
 SAMPLE_INTERVAL_S = 1.0
@@ -118,6 +119,7 @@ class TargetStep:
             "goodput_requests_per_s": s.goodput_requests_per_s,
             "model_loads": s.model_loads,
             "token_disagreements": s.token_disagreements,
+            "late_chunks": s.late_chunks,
             "saturated": self.saturated,
         }
         for name in LATENCIES:
@@ -163,6 +165,7 @@ def _samples(session: Session, run_id: uuid.UUID, target: str, index: int) -> li
             cast(Request.server_timings_ms, Text).label("server"),
             Request.response_ms,
             Request.tokens_disagree,
+            cast(Request.late_chunks, Text).label("late"),
         ).where(
             Request.run_id == run_id,
             Request.target == target,
@@ -187,6 +190,7 @@ def _samples(session: Session, run_id: uuid.UUID, target: str, index: int) -> li
                 model_load_ms=float(server.get("load_ms") or 0.0),
                 network_and_queue_ms=metrics.network_and_queue_ms(row.e2e_ms, server.get("total_ms")),
                 tokens_disagree=bool(row.tokens_disagree),
+                late_chunks=len(_json(row.late, [])),
             )
         )
     return samples

@@ -54,6 +54,7 @@ REQUEST_COLUMNS = {
     "send_delay_ms": "float8",
     "response_ms": "float8",
     "tokens_disagree": "bool",
+    "late_chunks": "json",
 }
 NULL = "\\N"
 
@@ -106,6 +107,7 @@ def request_values(record: RequestRecord) -> tuple[Any, ...]:
         record.send_delay_ns / metrics.NS_PER_MS,
         record.response_ms,
         record.tokens_disagree,
+        record.late_chunks,
     )
 
 

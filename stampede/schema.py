@@ -98,6 +98,7 @@ class Request(Base):
     send_delay_ms: Mapped[float] = mapped_column(server_default="0")
     response_ms: Mapped[float | None]
     tokens_disagree: Mapped[bool] = mapped_column(server_default=false())
+    late_chunks: Mapped[list[int]] = mapped_column(JSON, server_default="[]")
 
 
 class StepStats(Base):

@@ -14,6 +14,7 @@ COLUMNS = (
 GOODPUT = ("goodput/s", ">")
 NOTES = ("", "<")
 SATURATED = "generator saturated"
+LATE = "chunks read late"
 
 
 def _ms(value: float | None) -> str:
@@ -44,7 +45,10 @@ def _row(item: TargetStep, with_goodput: bool) -> list[str]:
     ]
     if with_goodput:
         row.append("-" if s.goodput_requests_per_s is None else f"{s.goodput_requests_per_s:,.2f}")
-    row.append(SATURATED if item.saturated else "")
+    notes = [SATURATED] if item.saturated else []
+    if s.late_chunks:
+        notes.append(f"{s.late_chunks:,} {LATE}")
+    row.append("; ".join(notes))
     return row
 
 
@@ -63,4 +67,6 @@ def format_summary(steps: Sequence[TargetStep]) -> str:
     lines.append("latencies in ms over each step's measured window (warm-up excluded); errors = failed/sent")
     if any(step.saturated for step in steps):
         lines.append(f"{SATURATED}: the load generator ran out of CPU or its event loop lagged; see docs/metrics.md")
+    if any(step.summary.late_chunks for step in steps):
+        lines.append(f"{LATE}: read together with a later chunk, timed up to that one's arrival; see docs/metrics.md")
     return "\n".join(lines)

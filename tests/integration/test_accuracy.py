@@ -8,6 +8,12 @@ limit is the benchmark's to find (bench/accuracy.py), not this test's. At the de
 slow 2-vCPU VM runs the client near one full core, and the check failed there now and then (figures
 in docs/benchmarks.md, "The accuracy check on a slower VM").
 
+A chunk the client read together with a later one (the kernel then stamps both with the later
+arrival) is listed in the record's ``late_chunks``: its time is an upper bound. The 1 ms comparisons
+leave those out, and must still cover most chunks; a late chunk must never be timed early. A stall
+of the whole machine longer than a step makes a batch of them late: CI's shared VM once stalled the
+client 45 ms, and 1 % of first chunks came 45 ms late, which failed the TTFT check before chunks said so.
+
 Each stored request is matched to the simulator's record by ``server_request_id`` (the X-Request-Id
 the simulator returned) and compared:
 
@@ -70,9 +76,12 @@ class Comparison:
     tokens_agree: int
     ttft_offset_ms: float
     ttft_error_ms: np.ndarray
+    ttft_late: np.ndarray  # per ttft_error_ms: the first chunk is listed late (timed by a later one)
     itl_error_ms: np.ndarray
+    itl_late: np.ndarray  # per itl_error_ms: the gap ends at or starts from a chunk listed late
     itl_truth_ms: np.ndarray
     wire_ttft_error_ms: np.ndarray  # client TTFT - wire TTFT, signed, on reused connections
+    wire_late: np.ndarray  # per wire_ttft_error_ms: the first chunk is listed late
     wire_send_lag_ms: np.ndarray  # the record's started_at -> request's first packet: the request built and written
     wire_openers: int  # stored requests that opened their connection
     wire_note: str  # why there is no wire truth, or what the capture lost and cost
@@ -135,7 +144,8 @@ def comparison(simulator_host: str, tmp_path_factory: pytest.TempPathFactory) ->
         truth = {str(r["id"]): r for r in json.load(answer)["requests"]}
     with Session(create_engine(db_url)) as session:
         rows = session.execute(
-            select(Request.server_request_id, Request.chunk_offsets_ns, Request.output_tokens, Request.started_at)
+            select(Request.server_request_id, Request.chunk_offsets_ns, Request.output_tokens, Request.started_at,
+                   Request.late_chunks)
             .where(Request.outcome == "ok")
             .order_by(Request.started_at)
         ).all()  # fmt: skip
@@ -158,7 +168,8 @@ def _realtime_ns(moment: datetime) -> int:
 def compare(sent: int, rows: list, truth: dict[str, dict], wire: dict[str, WireRequest], wire_note: str) -> Comparison:
     matched = tokens_agree = openers = 0
     ttft_diff_ns, itl_err_ns, itl_truth_ns, wire_err_ns, send_lag_ns = [], [], [], [], []
-    for index, (request_id, offsets, output_tokens, started_at) in enumerate(rows):
+    ttft_late, itl_late, wire_late = [], [], []
+    for index, (request_id, offsets, output_tokens, started_at, late) in enumerate(rows):
         record = truth.get(str(request_id))
         if record is None or not offsets:
             continue
@@ -168,16 +179,21 @@ def compare(sent: int, rows: list, truth: dict[str, dict], wire: dict[str, WireR
         if len(offsets) == written.size:
             itl_err_ns.append(np.abs(np.diff(np.asarray(offsets, dtype=np.int64)) - np.diff(written)))
             itl_truth_ns.append(np.diff(written))
+            late_chunk = np.zeros(len(offsets), dtype=bool)
+            late_chunk[late] = True
+            itl_late.append(late_chunk[:-1] | late_chunk[1:])
         if index >= USERS:  # every user's first request also opened its connection
             ttft_diff_ns.append(offsets[0] - (written[0] - record["arrived_ns"]))
+            ttft_late.append(0 in late)
         on_wire = wire.get(str(request_id))
         if on_wire is not None and on_wire.index == 0:
             openers += 1
         elif on_wire is not None and on_wire.ttft_ns is not None:
             wire_err_ns.append(offsets[0] - on_wire.ttft_ns)
+            wire_late.append(0 in late)
             send_lag_ns.append(on_wire.sent_ns - _realtime_ns(started_at))
     diff = np.asarray(ttft_diff_ns, dtype=np.float64)
-    offset = float(np.median(diff))
+    offset = float(np.median(diff[~np.asarray(ttft_late, dtype=bool)]))
     return Comparison(
         sent=sent,
         stored=len(rows),
@@ -185,9 +201,12 @@ def compare(sent: int, rows: list, truth: dict[str, dict], wire: dict[str, WireR
         tokens_agree=tokens_agree,
         ttft_offset_ms=offset / 1e6,
         ttft_error_ms=np.abs(diff - offset) / 1e6,
+        ttft_late=np.asarray(ttft_late, dtype=bool),
         itl_error_ms=np.concatenate(itl_err_ns) / 1e6,
+        itl_late=np.concatenate(itl_late),
         itl_truth_ms=np.concatenate(itl_truth_ns) / 1e6,
         wire_ttft_error_ms=np.asarray(wire_err_ns, dtype=np.float64) / 1e6,
+        wire_late=np.asarray(wire_late, dtype=bool),
         wire_send_lag_ms=np.asarray(send_lag_ns, dtype=np.float64) / 1e6,
         wire_openers=openers,
         wire_note=wire_note,
@@ -196,18 +215,22 @@ def compare(sent: int, rows: list, truth: dict[str, dict], wire: dict[str, WireR
 
 def _describe(c: Comparison) -> str:
     def pct(a: np.ndarray) -> str:
+        if not a.size:
+            return "none"
         return f"p50 {np.percentile(a, 50):.3f} p99 {np.percentile(a, 99):.3f} max {a.max():.3f} ms"
 
     wire = "none"
     if c.wire_ttft_error_ms.size:
         e, lag = c.wire_ttft_error_ms, c.wire_send_lag_ms
         wire = (
-            f"{e.size} requests, |error| {pct(np.abs(e))}, signed min {e.min():.3f} ms; from started_at, the "
-            f"request built and on the wire {pct(lag)}"
+            f"{e.size} requests, {c.wire_late.sum()} with the first chunk late; |error| {pct(np.abs(e[~c.wire_late]))}"
+            f" (late: {pct(e[c.wire_late])}), signed min {e.min():.3f} ms; from started_at, the request built and"
+            f" on the wire {pct(lag)}"
         )
     return (
         f"TTFT vs wire: {wire} ({c.wire_note}); TTFT vs simulator: offset {c.ttft_offset_ms:.2f} ms, "
-        f"error {pct(c.ttft_error_ms)}; ITL error {pct(c.itl_error_ms)}"
+        f"error {pct(c.ttft_error_ms[~c.ttft_late])}; ITL: {c.itl_late.sum()} of {c.itl_late.size} gaps touch a"
+        f" late chunk; error {pct(c.itl_error_ms[~c.itl_late])} (late: {pct(c.itl_error_ms[c.itl_late])})"
     )
 
 
@@ -220,11 +243,22 @@ def test_every_request_is_matched_and_its_token_count_agrees_exactly(comparison:
     assert c.itl_error_ms.size == c.matched * (MAX_TOKENS - 1)
 
 
+def test_most_chunks_were_read_before_the_next_one_arrived(comparison: Comparison) -> None:
+    """The exact comparisons below leave out chunks listed late; they must still cover most of them.
+
+    A chunk is late when the client read it together with a later one (a stall longer than a decode
+    step; docs/metrics.md). Here a handful of chunks in thousands are, or one step's worth after a
+    stall of the whole machine.
+    """
+    c = comparison
+    assert c.itl_late.mean() < 0.5 and c.wire_late.mean() < 0.5, _describe(c)
+
+
 def test_measured_gaps_and_ttft_track_the_truth_grossly(comparison: Comparison) -> None:
     """A guard against gross errors (batched reads, wrong clock or units), not the 1 ms target.
 
     A client that stamped chunks late in batches would show gaps near zero and step-sized; one
-    with a wrong unit or clock, errors the size of the gaps themselves.
+    with a wrong unit or clock, errors the size of the gaps themselves. Over all chunks, late or not.
     """
     c = comparison
     truth_gap_ms = float(np.median(c.itl_truth_ms))
@@ -235,7 +269,7 @@ def test_measured_gaps_and_ttft_track_the_truth_grossly(comparison: Comparison) 
 
 def test_itl_agrees_with_the_truth_within_1_ms_at_p99(comparison: Comparison) -> None:
     c = comparison
-    assert np.percentile(c.itl_error_ms, 99) <= TOLERANCE_MS, _describe(c)
+    assert np.percentile(c.itl_error_ms[~c.itl_late], 99) <= TOLERANCE_MS, _describe(c)
 
 
 def test_ttft_agrees_with_the_wire_within_1_ms_at_p99(comparison: Comparison) -> None:
@@ -245,5 +279,6 @@ def test_ttft_agrees_with_the_wire_within_1_ms_at_p99(comparison: Comparison) ->
     print(_describe(c))
     # Every stored request is on the wire: those that opened a connection, and the ones compared.
     assert c.wire_openers + c.wire_ttft_error_ms.size == c.matched, _describe(c)
-    assert c.wire_ttft_error_ms.min() >= 0, _describe(c)  # the client cannot see the token before the wire
-    assert np.percentile(np.abs(c.wire_ttft_error_ms), 99) <= TOLERANCE_MS, _describe(c)
+    # The client cannot see the token before the wire; a late first chunk is timed after it.
+    assert c.wire_ttft_error_ms.min() >= 0, _describe(c)
+    assert np.percentile(np.abs(c.wire_ttft_error_ms[~c.wire_late]), 99) <= TOLERANCE_MS, _describe(c)

@@ -117,6 +117,38 @@ def test_a_plain_client_times_the_same_chunk_when_it_was_read(listener: gevent.s
     assert m.chunk_offsets_ns[0] >= BLOCK_S * 1e9
 
 
+def _serve_while_the_loop_is_held(listener: gevent.socket.socket) -> None:
+    """Answer one request: the head, then three chunks 5, 40 and 40 ms apart with the loop held (the
+    client finds them all waiting), then the rest after the client read them."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for text, gap_s in (("a", 0.005), ("b", 0.04), ("c", 0.04)):
+            real_sleep(gap_s)
+            conn.sendall(chunk(content(text)))
+        real_sleep(0.01)
+        gevent.sleep(0.05)
+        conn.sendall(chunk(USAGE) + chunk(DONE) + b"0\r\n\r\n")
+
+
+def test_chunks_that_waited_behind_a_later_one_are_listed_late(listener: gevent.socket.socket) -> None:
+    """Linux merges segments waiting in a socket and keeps the newest stamp (tcp_try_coalesce): a and b
+    get c's arrival time, about 85 ms, and say so."""
+    server = gevent.spawn(_serve_while_the_loop_is_held, listener)
+    http = StampedHTTPClient("127.0.0.1", listener.getsockname()[1], concurrency=1)
+    api = APIS[Api.OPENAI_CHAT]
+    body = encode_body(api.body("m", ({"role": "user", "content": "hi"},), 4))
+    try:
+        m = send_chat(http, api, body, {}, timeout_s=10)
+    finally:
+        server.join(timeout=5)
+        http.close()
+    assert m.chunk_texts == ["a", "b", "c"], m.error
+    assert m.late_chunks == [0, 1]
+    assert all(offset_ns >= 85_000_000 for offset_ns in m.chunk_offsets_ns)  # never early: upper bounds
+
+
 def _serve_keep_alive(listener: gevent.socket.socket, requests: int) -> None:
     """Answer ``requests`` requests on one kept-alive connection, each with one chunk at once."""
     conn, _ = listener.accept()

@@ -162,6 +162,23 @@ def test_the_first_output_a_read_completes_gets_the_oldest_segments_stamp() -> N
     m = Measurement()
     _read_stream(_CoalescedResponse(stamps, start_ns), OpenAIParser(), start_ns, m, stamps)
     assert m.chunk_offsets_ns == [20_000_000, 40_000_000]  # not both at 40 ms
+    assert m.late_chunks == [0]  # the kernel may have merged the two segments: 20 ms is an upper bound
+
+
+def test_outputs_each_read_on_its_own_are_not_late() -> None:
+    start_ns = time.perf_counter_ns()
+    token = b'data: {"choices": [{"delta": {"content": "a"}}]}\n'
+    response = _ScriptedResponse(
+        ReadStamps(),
+        [
+            (token, start_ns + 21_000_000, start_ns + 20_000_000),
+            (token, start_ns + 41_000_000, start_ns + 40_000_000),
+            (b"data: [DONE]\n", start_ns + 41_000_000, start_ns + 40_000_000),  # with the last token: not an output
+        ],
+    )
+    m = Measurement()
+    _read_stream(response, OpenAIParser(), start_ns, m, response._stamps)
+    assert m.chunk_offsets_ns == [20_000_000, 40_000_000] and m.late_chunks == []
 
 
 def test_chunk_times_never_go_back_when_an_unstamped_read_came_first() -> None:

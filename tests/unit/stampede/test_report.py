@@ -85,8 +85,8 @@ def test_every_request_field_reaches_the_summary(session: Session) -> None:
     records = [
         # Ollama-like: the server's total leaves 30 ms of network and queue; 5 tokens by the client's tokenizer.
         request(run_id, output_tokens=None, client_output_tokens=5, server_timings_ms={"total_ms": 100.0}),
-        # Chunks of 2 tokens: ITL halves each gap.
-        request(run_id, chunk_tokens=[1, 2, 2, 2], send_delay_ns=20 * MS),
+        # Chunks of 2 tokens: ITL halves each gap. Two chunks were read together with the next.
+        request(run_id, chunk_tokens=[1, 2, 2, 2], send_delay_ns=20 * MS, late_chunks=[0, 2]),
         # Waited 500 ms for a model load: counted as a load, left out of TTFT.
         request(
             run_id, chunk_offsets_ns=[900 * MS, 910 * MS], end_offset_ns=910 * MS, server_timings_ms={"load_ms": 500}
@@ -97,7 +97,7 @@ def test_every_request_field_reaches_the_summary(session: Session) -> None:
     step = only_step(session, seed(session, records))
     s = step.summary
 
-    assert (s.requests, s.errors, s.model_loads) == (4, 1, 1)
+    assert (s.requests, s.errors, s.model_loads, s.late_chunks) == (4, 1, 1, 2)
     assert s.requests_per_s == pytest.approx(0.3)
     # Output tokens: 5 (tokenizer) + 4 + 4 (server) over 10 s; prompt tokens add 3 x 6.
     assert s.output_tokens_per_s == pytest.approx(1.3)

@@ -31,3 +31,13 @@ def test_a_saturated_step_is_flagged_and_explained() -> None:
     assert text.splitlines()[3].endswith("generator saturated")
     assert not text.splitlines()[2].endswith("generator saturated")
     assert "the load generator ran out of CPU" in text
+
+
+def test_chunks_read_late_are_counted_and_explained() -> None:
+    p = Percentiles(10.0, 20.0, 30.0)
+    late = StepSummary(64, 10.0, 50, 0, 5.0, 250.0, p, p, p, p, late_chunks=1234)
+    text = format_summary([step(0, 1), TargetStep("vllm-like", 1, late, saturated=True)])
+    assert text.splitlines()[3].endswith("generator saturated; 1,234 chunks read late")
+    assert "late" not in text.splitlines()[2]
+    assert "chunks read late: read together with a later chunk, timed up to" in text
+    assert "chunks read late:" not in format_summary([step(0, 1)])
