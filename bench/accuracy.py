@@ -18,10 +18,11 @@ by ``server_request_id`` (the ``X-Request-Id`` it returned) and compared:
   server's clock starts): the median of that difference is reported as the offset, and the error
   is the deviation from it.
 
-Also the chunks per second the process received, its loop lag (the health samples it stored), and
-its CPU cost: user+sys CPU seconds of the Locust process tree (``RUSAGE_CHILDREN`` around it) per
-1,000 output tokens, and the machine's noise floor (how late an idle thread wakes from a 1 ms
-sleep meanwhile). ``--limit-streams`` raises the load until the p99 ITL error passes 1 ms.
+Also the chunks per second the process received, the share it listed late (read together with a
+later chunk, so timed by that one's arrival: ``late_chunks``), its loop lag (the health samples it
+stored), and its CPU cost: user+sys CPU seconds of the Locust process tree (``RUSAGE_CHILDREN``
+around it) per 1,000 output tokens, and the machine's noise floor (how late an idle thread wakes
+from a 1 ms sleep meanwhile). ``--limit-streams`` raises the load until the p99 ITL error passes 1 ms.
 ``--peer aiperf`` runs AIPerf (from ``--peer-venv``, never this venv) on the same load; its
 requests cannot be matched one by one (see :func:`bench_aiperf`), so its percentiles stand beside
 the truth's, as Stampede's do in ``side_by_side``.
@@ -176,18 +177,20 @@ def compare(measured: list[dict[str, Any]], truth: dict[str, dict[str, Any]]) ->
     }
 
 
-def stampede_requests(db_url: str) -> tuple[list[dict[str, Any]], int, int, float, list[float]]:
-    """Stored ok requests as ``compare`` items, output tokens, chunks, chunk window (s), loop lags (ms)."""
+def stampede_requests(db_url: str) -> tuple[list[dict[str, Any]], int, int, int, float, list[float]]:
+    """Stored ok requests as ``compare`` items, output tokens, chunks, chunks read late, chunk window (s),
+    loop lags (ms)."""
     with Session(create_engine(db_url)) as session:
         rows = session.execute(
-            select(Request.server_request_id, Request.chunk_offsets_ns, Request.output_tokens, Request.started_at)
+            select(Request.server_request_id, Request.chunk_offsets_ns, Request.output_tokens, Request.started_at,
+                   Request.late_chunks)
             .where(Request.outcome == "ok")
             .order_by(Request.started_at)
         ).all()  # fmt: skip
         lags = list(session.scalars(select(LoadgenSample.loop_lag_ms)))
     measured = [
         {"id": str(rid), "ttft_ns": offs[0], "gaps_ns": np.diff(offs).tolist(), "tokens": tokens}
-        for rid, offs, tokens, _ in rows
+        for rid, offs, tokens, _, _ in rows
         if offs
     ]
     starts = [r.started_at.timestamp() for r in rows]
@@ -195,7 +198,8 @@ def stampede_requests(db_url: str) -> tuple[list[dict[str, Any]], int, int, floa
     window_s = max(ends) - min(starts) if rows else float("nan")
     tokens = sum(r.output_tokens or 0 for r in rows)
     chunks = sum(len(r.chunk_offsets_ns) for r in rows)
-    return measured, tokens, chunks, window_s, lags
+    late = sum(len(r.late_chunks) for r in rows)
+    return measured, tokens, chunks, late, window_s, lags
 
 
 def wire_errors(measured: list[dict[str, Any]], wire: dict[str, WireRequest]) -> dict[str, Any]:
@@ -241,7 +245,7 @@ def bench_stampede(users: int, max_tokens: int, duration_s: float, workdir: Path
     finally:
         drops = capture.finish() if capture is not None else 0
         stop(sim)
-    measured, tokens, chunks, window_s, lags = stampede_requests(db_url)
+    measured, tokens, chunks, late, window_s, lags = stampede_requests(db_url)
     result = compare(measured, truth)
     if capture is not None:
         requests, broken = reconstruct(capture.packets, port)
@@ -263,6 +267,7 @@ def bench_stampede(users: int, max_tokens: int, duration_s: float, workdir: Path
         streams=users,
         output_tokens=tokens,
         chunks_per_s=chunks / window_s,
+        late_chunk_share=late / max(chunks, 1),
         cpu_s=cpu_s,
         cpu_s_per_1k_tokens=1000 * cpu_s / max(tokens, 1),
         simulator_cpu_s=sim_cpu_s,

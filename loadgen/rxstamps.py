@@ -12,8 +12,11 @@ the option is missing (not Linux) or the read bypasses ``recv`` (TLS: OpenSSL re
 itself); a stamp later than its read, more than :data:`MAX_AGE_NS` before it, or before the send,
 is distrusted (a clock step). A read returns the stamp of the newest segment it took, so when the
 reader fell behind and several segments waited, each read first peeks one byte for the stamp of the
-oldest: the first output the read completes gets that one, later ones the newest. Exact for two
-waiting segments; with three or more, the middle ones get the newest.
+oldest: the first output the read completes gets that one, later ones the newest. But Linux often
+merges segments waiting unread in a socket under the newest one's stamp (``tcp_try_coalesce``), and
+then the peek sees that stamp too: what came when is lost. So a chunk read together with a later one
+is timed at or after its arrival, by up to the gap between them, and the client lists it as late
+(:mod:`loadgen.clients`).
 
 The same client times the send: each socket records when it was made and when its last write
 started, so a request's clock starts at its write (:func:`send_time_ns`), or before the connect

@@ -127,14 +127,14 @@ def _serve_while_the_loop_is_held(listener: gevent.socket.socket) -> None:
         for text, gap_s in (("a", 0.005), ("b", 0.04), ("c", 0.04)):
             real_sleep(gap_s)
             conn.sendall(chunk(content(text)))
-        real_sleep(0.01)
+        real_sleep(0.05)
         gevent.sleep(0.05)
         conn.sendall(chunk(USAGE) + chunk(DONE) + b"0\r\n\r\n")
 
 
 def test_chunks_that_waited_behind_a_later_one_are_listed_late(listener: gevent.socket.socket) -> None:
-    """Linux merges segments waiting in a socket and keeps the newest stamp (tcp_try_coalesce): a and b
-    get c's arrival time, about 85 ms, and say so."""
+    """Linux often merges segments waiting in a socket under the newest one's stamp (tcp_try_coalesce):
+    a and b may get c's arrival time, about 85 ms in, and say so. c's time is its own, not the read's."""
     server = gevent.spawn(_serve_while_the_loop_is_held, listener)
     http = StampedHTTPClient("127.0.0.1", listener.getsockname()[1], concurrency=1)
     api = APIS[Api.OPENAI_CHAT]
@@ -146,7 +146,9 @@ def test_chunks_that_waited_behind_a_later_one_are_listed_late(listener: gevent.
         http.close()
     assert m.chunk_texts == ["a", "b", "c"], m.error
     assert m.late_chunks == [0, 1]
-    assert all(offset_ns >= 85_000_000 for offset_ns in m.chunk_offsets_ns)  # never early: upper bounds
+    a, b, c = m.chunk_offsets_ns
+    assert a >= 5_000_000 and b >= 45_000_000  # never early
+    assert 85_000_000 <= c < 110_000_000  # read at 135 ms or later
 
 
 def _serve_keep_alive(listener: gevent.socket.socket, requests: int) -> None:
