@@ -31,7 +31,7 @@ from rq.serializers import JSONSerializer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from stampede.db import get_engine
+from stampede.db import get_engine, store_problem
 from stampede.schedules import list_schedules
 from stampede.schema import Run, Schedule
 from stampede.settings import get_settings, redact_url
@@ -179,6 +179,7 @@ def main(argv: list[str]) -> int:
         try:
             scheduler.reload()
         except SQLAlchemyError as exc:  # the database is away: keep the schedules already loaded
-            log.warning("cannot read the schedules (%s); keeping those loaded", type(exc).__name__)
+            problem = store_problem(exc, settings.database_url.get_secret_value())
+            log.warning("cannot read the schedules, keeping those loaded: %s", problem)
         scheduler.enqueue_due()
         time.sleep(scheduler.sleep_s())

@@ -3,9 +3,12 @@
 import os
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from select import select as wait_readable
 
 import pytest
 from redis import Redis
@@ -129,3 +132,26 @@ def test_a_due_sweep_waits_out_a_redis_outage(fleet_env: dict[str, str], queue_n
     assert away.enqueue_due() == ["nightly"] and not away.redis_down
     queued = Queue(queue_name, connection=away.connection, serializer=JSONSerializer).jobs
     assert [j.args for j in queued] == [["nightly"]]
+
+
+def test_a_scheduler_without_its_database_says_why_and_keeps_going(shared_redis: str, queue_name: str) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    missing = f"postgresql+psycopg://postgres:{password}@127.0.0.1:5432/stampede_missing_{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "STAMPEDE_DATABASE_URL": missing, "STAMPEDE_REDIS_URL": shared_redis}
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "workers", "scheduler", "--queue", queue_name], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        assert scheduler.stderr is not None
+        said, deadline = "", time.monotonic() + 60
+        while "cannot read the schedules" not in said:
+            ready, _, _ = wait_readable([scheduler.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no warning within 60 s: {said}"
+            data = os.read(scheduler.stderr.fileno(), 65536)
+            assert data, f"the scheduler exited: {said}"
+            said += data.decode()
+    finally:
+        scheduler.terminate()
+        scheduler.wait(timeout=30)
+    assert f'database "{missing.rsplit("/", 1)[1]}" does not exist' in said
+    assert password not in said
