@@ -50,6 +50,7 @@ class RunContext:
         self._measure_from_ns = 0
         self._step: StepRecord | None = None
         self._run: RunRecord | None = None
+        self._steps_done = False
         # Arrivals are configured by the step messages, which carry the master's options to workers.
         self.pacer = Pacer(ArrivalSchedule(Arrival.POISSON), time.perf_counter_ns)
         self._arrivals: tuple[str, float, int] | None = None
@@ -160,10 +161,19 @@ class RunContext:
             self._step = self._step.model_copy(update={"ended_at": utc_now()})
             self.sink.add_step(self._step)
 
+    def end_steps(self) -> None:
+        """The load shape ran its last step: the run is complete."""
+        self.end_step()
+        self._steps_done = True
+
     def end_run(self) -> None:
+        """Close the run: finished, or stopped when a load shape had steps left (a run without one ends
+        when its user or its time limit says, and is finished)."""
         self.end_step()
         if self._run is not None:
-            self._run = self._run.model_copy(update={"status": RunStatus.FINISHED, "ended_at": utc_now()})
+            stopped = self.environment.shape_class is not None and not self._steps_done
+            status = RunStatus.STOPPED if stopped else RunStatus.FINISHED
+            self._run = self._run.model_copy(update={"status": status, "ended_at": utc_now()})
             self.sink.add_run(self._run)
 
     def _broadcast(self) -> None:

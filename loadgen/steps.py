@@ -50,7 +50,7 @@ class StepLoadShape(LoadTestShape):
         index = int(self.get_run_time() // opts.step_duration_s)
         context: RunContext = environment.stampede  # type: ignore[attr-defined]
         if index >= len(users):
-            context.end_step()  # the last window closes now, not after in-flight requests drain
+            context.end_steps()  # the last window closes now, not after in-flight requests drain
             return None
         context.enter_step(index, users[index], opts.warmup_s, rates[index] if rates else None)
         # Start every step's users within about a second; the warm-up covers the ramp.

@@ -41,6 +41,8 @@ class RunStatus(str, Enum):
 
     RUNNING = "running"
     FINISHED = "finished"
+    STOPPED = "stopped"
+    """Ended before its last load step (Ctrl-C, SIGTERM, a stopped sweep); the steps it ran are stored."""
     FAILED = "failed"
 
 

@@ -108,9 +108,9 @@ def test_a_terminated_sweep_stops_its_load(tmp_path) -> None:
         assert sweep.returncode == 130
         assert "interrupted: run" in stderr and "stampede replay" in stderr
         assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
-        # Locust shut down cleanly: the run is closed and every record it sent is stored, none journaled.
+        # Locust shut down cleanly: the run is closed as stopped and every record it sent is stored, none journaled.
         with sqlite3.connect(tmp_path / "x.db") as db:
-            assert db.execute("SELECT status FROM runs").fetchall() == [("finished",)]
+            assert db.execute("SELECT status FROM runs").fetchall() == [("stopped",)]
             assert db.execute("SELECT count(*) FROM requests").fetchone()[0] > 0
         assert list(tmp_path.glob("stampede-journal-*")) == []
     finally:
@@ -179,7 +179,7 @@ def test_a_terminated_demo_stops_its_simulators_and_load(tmp_path) -> None:
         assert sum("-m simulator" in command for command in commands) == 2, commands
         assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
         with sqlite3.connect(tmp_path / "x.db") as db:
-            assert db.execute("SELECT status FROM runs").fetchall() == [("finished",)]
+            assert db.execute("SELECT status FROM runs").fetchall() == [("stopped",)]
     finally:
         for process in [demo, *children]:
             with contextlib.suppress(psutil.NoSuchProcess):
