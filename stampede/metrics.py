@@ -223,7 +223,7 @@ def summarize_step(
     )
 
 
-# Locust warns above 90% CPU; a loop lag past 10 ms shifts chunk timestamps by as much.
+# Locust warns above 90% CPU; a loop lag past 10 ms delays sends and reads by as much (chunk times are kernel stamps).
 SATURATED_CPU_PCT = 90.0
 SATURATED_LOOP_LAG_MS = 10.0
 
