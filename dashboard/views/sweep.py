@@ -31,6 +31,10 @@ def page() -> None:
     if steps["saturated"].any():
         st.warning("✕ marks steps where a load generator saturated (CPU ≥ 90 % or loop lag ≥ 10 ms): those figures "
                    "describe the client, not the server.")  # fmt: skip
+    late = int(steps["late_chunks"].sum())
+    if late:
+        st.warning(f"{late:,} chunks were read together with a later chunk, too late to time exactly: each is timed "
+                   "up to that one's arrival (column late_chunks; docs/metrics.md).")  # fmt: skip
 
     tokens = charts.by_load(
         steps, {"output_tokens_per_s": ""}, "Output tokens/s vs load", "Output tokens/s", knee_loads

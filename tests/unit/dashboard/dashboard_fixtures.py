@@ -67,9 +67,11 @@ class Seeder:
         slo: dict[str, float] | None = None,
         rates: tuple[float, ...] | None = None,
         saturated_steps: tuple[int, ...] = (),
+        late_steps: tuple[int, ...] = (),
     ) -> uuid.UUID:
         """A run stepping through ``users`` (or open-loop ``rates``) against each target; the first
-        ``ended_steps`` steps ended; the load generator of ``saturated_steps`` lagged 25 ms."""
+        ``ended_steps`` steps ended; the load generator of ``saturated_steps`` lagged 25 ms, and in
+        ``late_steps`` read every successful request's first chunk late."""
         targets = targets or {"ollama-like": OLLAMA_LIKE, "vllm-like": VLLM_LIKE}
         run_id = uuid.uuid4()
         ended = len(users) if ended_steps is None else ended_steps
@@ -106,7 +108,7 @@ class Seeder:
                             ended_at=step_start + timedelta(seconds=STEP_S) if index < ended else None,
                         ),
                     )
-                    records = _step_requests(run_id, target, api, index, u, step_start, profile)
+                    records = _step_requests(run_id, target, api, index, u, step_start, profile, index in late_steps)
                     store.insert_request_records(session, records)
                     store.insert_loadgen_samples(
                         session,
@@ -163,6 +165,7 @@ def _step_requests(
     users: int,
     step_start: datetime,
     profile: TargetProfile,
+    late: bool = False,
 ) -> list[RequestRecord]:
     ttft_ns = int(profile.ttft_ms(users) * NS_PER_MS)
     gap_ns = int(profile.itl_ms(users) * NS_PER_MS)
@@ -188,6 +191,7 @@ def _step_requests(
             http_status=200,
             started_at=step_start + timedelta(seconds=WARMUP_S + 10.0 * k / n_ok),
             chunk_offsets_ns=offsets,
+            late_chunks=[0] if late else [],
             end_offset_ns=offsets[-1],
             output_tokens=profile.tokens,
             # The first request of an Ollama run waited for the model to load.

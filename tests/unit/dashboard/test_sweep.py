@@ -7,7 +7,15 @@ from datetime import timedelta
 
 from dashboard.widgets import LIVE_REFRESH_S
 from stampede.records import RunStatus
-from tests.unit.dashboard.dashboard_fixtures import OLLAMA_LIKE, T0, VLLM_LIKE, Seeder, figures, run_app
+from tests.unit.dashboard.dashboard_fixtures import (
+    OLLAMA_LIKE,
+    T0,
+    VLLM_LIKE,
+    Seeder,
+    figures,
+    requests_per_step,
+    run_app,
+)
 
 
 def traces(fig: dict) -> dict[str, dict]:
@@ -102,6 +110,20 @@ def test_saturated_steps_are_marked(seeder: Seeder) -> None:
     tokens = traces(figures(at)["Output tokens/s vs load"])
     assert tokens["vllm-like saturated"]["x"] == [8.0] and tokens["vllm-like saturated"]["y"] == [40.0]
     assert "saturated" in at.warning[0].value
+
+
+def test_chunks_read_late_are_counted_in_a_warning(seeder: Seeder) -> None:
+    seeder.sweep(name="late", late_steps=(2,))
+    seeder.sweep(name="on time", started_at=T0 + timedelta(hours=1))
+    at = run_app()
+    assert not at.warning
+    picker = at.sidebar.selectbox[0]
+    picker.select(picker.options[1]).run()
+    late = 2 * requests_per_step(4)  # both targets' successful requests of the 4-user step
+    assert [w.value for w in at.warning] == [
+        f"{late:,} chunks were read together with a later chunk, too late to time exactly: each is timed up to that "
+        "one's arrival (column late_chunks; docs/metrics.md)."
+    ]
 
 
 def test_open_loop_runs_are_drawn_against_request_rate(seeder: Seeder) -> None:
