@@ -5,8 +5,11 @@ buffer and otherwise reads whatever the socket has (not a full block). A line is
 that completed it: with a :class:`~loadgen.rxstamps.StampedHTTPClient`, the kernel's receive stamp
 of that read (when its bytes reached the host, however late the loop got to them), else the time
 that read returned; with a plain ``HTTPClient``, the time ``readline`` returned. An output whose read
-also completed a later output is listed in ``late_chunks``: its time is an upper bound (see
-:mod:`loadgen.rxstamps`). Nothing here parses
+may have taken bytes that arrived after it is listed in ``late_chunks``, its time an upper bound (see
+:mod:`loadgen.rxstamps`): a later output came in the same read, or an SSE comment (a keep-alive), or
+the read ended inside a line. Other lines with no text (a role or a finish reason, usage, ``[DONE]``,
+Ollama's final object) are taken to come with the token they follow, as runtimes send them. Only
+stamped reads are checked (not ``https://``, whose every chunk is timed at its read). Nothing parses
 into models or blocks the gevent loop. Raw measurements only: the record's derived values (TTFT,
 ITL, TPOT) are computed in :mod:`stampede.metrics`.
 """
@@ -122,13 +125,17 @@ class Measurement:
         self.error = error[:500]
 
 
+def _late(m: Measurement, index: int) -> None:
+    if not m.late_chunks or m.late_chunks[-1] != index:
+        m.late_chunks.append(index)
+
+
 def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurement, stamps: ReadStamps | None) -> None:
     ended = False
     server_error = None
     offset_ns = 0
-    # The read that completed the headers may have taken body lines too: those are not its first.
+    # The read that completed the headers may have taken body lines too: none is its first line.
     last_read_ns = stamps.read_ns if stamps is not None else 0
-    first_output_pending = False
     output_read_ns = -1  # the read that completed the last output
     while True:
         line = response.readline(b"\n")
@@ -139,20 +146,24 @@ def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurem
             line_ns = now_ns
         else:
             # readline reads only while no whole line is buffered, so the last read completed this line;
-            # the first output a read completes ended in the oldest segment that read took.
-            if stamps.read_ns != last_read_ns:
-                last_read_ns, first_output_pending = stamps.read_ns, True
-            line_ns = chunk_time_ns(stamps, start_ns, now_ns, oldest=first_output_pending)
+            # the first line a read completes ended in the oldest segment that read took.
+            first_line, last_read_ns = stamps.read_ns != last_read_ns, stamps.read_ns
+            line_ns = chunk_time_ns(stamps, start_ns, now_ns, oldest=first_line)
         # A read without a stamp is timed late, so the next read's stamp may be earlier: never go back.
         offset_ns = max(offset_ns, line_ns - start_ns)
         m.response_bytes += len(line)
+        # The stamped read that completed this line, if any.
+        read_ns = stamps.read_ns if stamps is not None and stamps.read_ns >= start_ns else None
+        if read_ns is not None and read_ns == output_read_ns and line[:1] == b":":
+            _late(m, len(m.chunk_offsets_ns) - 1)  # a keep-alive came in the read that brought the last output
         for event in parser.feed(line, offset_ns):
             if isinstance(event, OutputChunk):
-                first_output_pending = False
-                if stamps is not None and stamps.read_ns >= start_ns:
-                    if stamps.read_ns == output_read_ns:  # the read that brought this also brought the last
-                        m.late_chunks.append(len(m.chunk_offsets_ns) - 1)
-                    output_read_ns = stamps.read_ns
+                if read_ns is not None:
+                    if read_ns == output_read_ns:  # the read that brought this also brought the last
+                        _late(m, len(m.chunk_offsets_ns) - 1)
+                    if stamps is not None and not stamps.ends_line:  # it also took part of a line still to come
+                        _late(m, len(m.chunk_offsets_ns))
+                    output_read_ns = read_ns
                 m.chunk_offsets_ns.append(event.offset_ns)
                 m.chunk_texts.append(event.text)
             elif isinstance(event, TokenCounts):

@@ -12,7 +12,7 @@ the option is missing (not Linux) or the read bypasses ``recv`` (TLS: OpenSSL re
 itself); a stamp later than its read, more than :data:`MAX_AGE_NS` before it, or before the send,
 is distrusted (a clock step). A read returns the stamp of the newest segment it took, so when the
 reader fell behind and several segments waited, each read first peeks one byte for the stamp of the
-oldest: the first output the read completes gets that one, later ones the newest. But Linux often
+oldest: the first line the read completes gets that one, later ones the newest. But Linux often
 merges segments waiting unread in a socket under the newest one's stamp (``tcp_try_coalesce``), and
 then the peek sees that stamp too: what came when is lost. So a chunk read together with a later one
 is timed at or after its arrival, by up to the gap between them, and the client lists it as late
@@ -67,6 +67,8 @@ class ReadStamps:
     """Arrival of the newest segment the read took."""
     first_received_ns: int | None = None
     """Arrival of the oldest segment the read took (the same segment when it took one)."""
+    ends_line: bool = True
+    """The read's bytes ended with a newline: it took no part of a line still to come."""
 
 
 def kernel_stamp_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
@@ -106,7 +108,7 @@ def send_time_ns(stamps: ReadStamps, called_ns: int) -> int:
 def chunk_time_ns(stamps: ReadStamps, sent_ns: int, now_ns: int, oldest: bool = False) -> int:
     """When a chunk arrived, on the ``perf_counter_ns`` timeline; never before ``sent_ns``.
 
-    The chunk is one completed by the connection's last read: the first output it completed when
+    The chunk is one completed by the connection's last read: the first line it completed when
     ``oldest`` (its end lies in the oldest segment the read took), else a later one. Its time is
     the kernel receive stamp of that segment when one is plausible: not later than the read, not
     more than :data:`MAX_AGE_NS` before it, not before the send. Otherwise the time the read
@@ -154,17 +156,20 @@ class StampedSocket(gevent.socket.socket):
         if not self.kernel_stamps:
             data: bytes = super().recv(bufsize, flags)
             self._record(None)
+            self.stamps.ends_line = data[-1:] == b"\n"
             return data
         first = self._oldest_stamp(flags)
         data, ancdata, _, _ = self.recvmsg(bufsize, _ANCILLARY_BYTES, flags)
         self._drained = 0 < len(data) < bufsize
         self._record(kernel_stamp_ns(ancdata), first)
+        self.stamps.ends_line = data[-1:] == b"\n"
         return data  # type: ignore[no-any-return]
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:  # type: ignore[override]
         if not self.kernel_stamps:
             count: int = super().recv_into(buffer, nbytes, flags)
             self._record(None)
+            self.stamps.ends_line = count > 0 and memoryview(buffer)[count - 1] == 10
             return count
         view = memoryview(buffer)
         size = nbytes or len(view)
@@ -172,6 +177,7 @@ class StampedSocket(gevent.socket.socket):
         count, ancdata, _, _ = self.recvmsg_into([view[:size]], _ANCILLARY_BYTES, flags)
         self._drained = 0 < count < size
         self._record(kernel_stamp_ns(ancdata), first)
+        self.stamps.ends_line = count > 0 and view[count - 1] == 10
         return count  # type: ignore[no-any-return]
 
     def _oldest_stamp(self, flags: int) -> int | None:

@@ -248,10 +248,11 @@ def test_most_chunks_were_read_before_the_next_one_arrived(comparison: Compariso
 
     A chunk is late when the client read it together with a later one (a stall longer than a decode
     step; docs/metrics.md). Here a handful of chunks in thousands are, or one step's worth after a
-    stall of the whole machine.
+    stall of the whole machine. Stopping the client 100 ms in every 470 ms made 4 % of first chunks
+    and 11 % of gaps late (a gap is late when either of its chunks is).
     """
     c = comparison
-    assert c.itl_late.mean() < 0.5 and c.wire_late.mean() < 0.5, _describe(c)
+    assert c.ttft_late.mean() < 0.2 and c.itl_late.mean() < 0.2, _describe(c)
 
 
 def test_measured_gaps_and_ttft_track_the_truth_grossly(comparison: Comparison) -> None:

@@ -72,6 +72,16 @@ def test_a_socket_without_ancillary_data_records_its_read_time() -> None:
         assert before <= client.stamps.read_ns <= after
 
 
+def test_a_read_says_whether_it_ended_inside_a_line() -> None:
+    server, client = _stamped_pair()
+    with server, client:
+        server.sendall(b"one\ntw")
+        assert client.recv(100) == b"one\ntw" and not client.stamps.ends_line
+        server.sendall(b"o\n")
+        buffer = bytearray(100)
+        assert client.recv_into(buffer) == 2 and client.stamps.ends_line
+
+
 def test_a_line_left_in_the_buffer_keeps_the_time_of_the_read_that_brought_it() -> None:
     server, client = _stamped_pair()
     with server, client:
@@ -139,30 +149,55 @@ class _ScriptedResponse:
         return line
 
 
-class _CoalescedResponse:
-    """Two token lines taken by one read (the reader fell a step behind), after the headers' read."""
+class _OneLateRead:
+    """After the headers' read, one read takes the given lines: segments the kernel stamped at 20 ms
+    (the oldest) and 40 ms (the newest), as when the reader fell a step behind."""
 
-    def __init__(self, stamps: ReadStamps, start_ns: int) -> None:
-        self._stamps, self._start_ns = stamps, start_ns
-        token = b'data: {"choices": [{"delta": {"content": "a"}}]}\n'
-        self._lines = [b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}\n', b"\n", token]
-        self._lines += [b"\n", token, b"\n", b"data: [DONE]\n"]
+    def __init__(self, stamps: ReadStamps, start_ns: int, lines: list[bytes]) -> None:
+        self._stamps, self._start_ns, self._lines, self._read = stamps, start_ns, lines, False
 
     def readline(self, sep: bytes) -> bytes:
-        if len(self._lines) == 7:  # the read: segments stamped at 20 ms (role, first token) and 40 ms
+        if not self._read:
+            self._read = True
             self._stamps.read_ns = self._start_ns + 45_000_000
             self._stamps.first_received_ns = self._start_ns + 20_000_000
             self._stamps.received_ns = self._start_ns + 40_000_000
         return self._lines.pop(0) if self._lines else b""
 
 
-def test_the_first_output_a_read_completes_gets_the_oldest_segments_stamp() -> None:
+TOKEN = b'data: {"choices": [{"delta": {"content": "a"}}]}\n'
+ROLE = b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}\n'
+
+
+def _read_late(lines: list[bytes]) -> Measurement:
     start_ns = time.perf_counter_ns()
     stamps = ReadStamps(read_ns=start_ns + 1_000, received_ns=start_ns + 500, first_received_ns=start_ns + 500)
     m = Measurement()
-    _read_stream(_CoalescedResponse(stamps, start_ns), OpenAIParser(), start_ns, m, stamps)
+    _read_stream(_OneLateRead(stamps, start_ns, lines), OpenAIParser(), start_ns, m, stamps)
+    return m
+
+
+def test_the_first_line_a_read_completes_gets_the_oldest_segments_stamp() -> None:
+    m = _read_late([TOKEN, b"\n", TOKEN, b"\n", b"data: [DONE]\n"])
     assert m.chunk_offsets_ns == [20_000_000, 40_000_000]  # not both at 40 ms
     assert m.late_chunks == [0]  # the kernel may have merged the two segments: 20 ms is an upper bound
+
+
+def test_an_output_after_the_first_line_is_never_given_the_oldest_stamp() -> None:
+    # A role-only delta sent on its own, earlier: the token that follows did not come at 20 ms.
+    m = _read_late([ROLE, b"\n", TOKEN, b"\n", b"data: [DONE]\n"])
+    assert m.chunk_offsets_ns == [40_000_000] and m.late_chunks == []
+
+
+def test_a_keep_alive_or_a_line_cut_short_in_the_same_read_makes_an_output_late() -> None:
+    assert _read_late([b"\n", TOKEN, b"\n", b": ping\n", b"\n", b"data: [DONE]\n"]).late_chunks == [0]
+    start_ns = time.perf_counter_ns()
+    stamps = ReadStamps(read_ns=start_ns + 1_000, received_ns=start_ns + 500)
+    response = _ScriptedResponse(stamps, [(TOKEN, start_ns + 21_000_000, start_ns + 20_000_000)])
+    stamps.ends_line = False  # the read that brought it ended inside the next line
+    m = Measurement()
+    _read_stream(response, OpenAIParser(), start_ns, m, stamps)
+    assert m.chunk_offsets_ns == [20_000_000] and m.late_chunks == [0]
 
 
 def test_outputs_each_read_on_its_own_are_not_late() -> None:
