@@ -50,7 +50,8 @@ class RunContext:
         self._measure_from_ns = 0
         self._step: StepRecord | None = None
         self._run: RunRecord | None = None
-        self._steps_done = False
+        self.steps_left = False
+        """Set by a stepped load shape while it has steps to run: a run ended meanwhile is stopped."""
         # Arrivals are configured by the step messages, which carry the master's options to workers.
         self.pacer = Pacer(ArrivalSchedule(Arrival.POISSON), time.perf_counter_ns)
         self._arrivals: tuple[str, float, int] | None = None
@@ -113,6 +114,7 @@ class RunContext:
     # Coordinator side
 
     def start_run(self) -> None:
+        self.steps_left = False  # a test the web UI started again starts over
         opts = self.options
         config = {
             "host": public_url(self.environment.host or ""),
@@ -164,15 +166,14 @@ class RunContext:
     def end_steps(self) -> None:
         """The load shape ran its last step: the run is complete."""
         self.end_step()
-        self._steps_done = True
+        self.steps_left = False
 
     def end_run(self) -> None:
-        """Close the run: finished, or stopped when a load shape had steps left (a run without one ends
-        when its user or its time limit says, and is finished)."""
+        """Close the run: stopped when its stepped load shape had steps left, else finished (a run
+        without one ends when its user or its time limit says)."""
         self.end_step()
         if self._run is not None:
-            stopped = self.environment.shape_class is not None and not self._steps_done
-            status = RunStatus.STOPPED if stopped else RunStatus.FINISHED
+            status = RunStatus.STOPPED if self.steps_left else RunStatus.FINISHED
             self._run = self._run.model_copy(update={"status": status, "ended_at": utc_now()})
             self.sink.add_run(self._run)
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,10 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from stampede import baseline, db, demo, report, schedules
+from stampede import baseline, db, demo, report, schedules, store
 from stampede.processes import sigterm_as_interrupt
 from stampede.records import Api
 from stampede.schema import Run
@@ -183,6 +184,10 @@ def _run(plan: SweepPlan, check: bool) -> None:
     except SweepError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
+        # Locust marks a run it stopped itself; this also catches one stopped between two targets.
+        steps = len(plan.loads) * len(plan.spec.targets)
+        with contextlib.suppress(SQLAlchemyError), Session(db.get_engine(_database_url())) as session, session.begin():
+            store.mark_stopped_unless_complete(session, plan.run_id, steps)
         typer.echo(
             f"interrupted: run {plan.run_id} and its load stopped; records not yet stored wait in $TMPDIR for "
             "`stampede replay`",

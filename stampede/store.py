@@ -14,15 +14,16 @@ compiled anew for every batch, took twelve times as long (``bench/ingest.py --sq
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from psycopg.errors import UniqueViolation
-from sqlalchemy import CursorResult
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
+from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, RunStatus, StepRecord, utc_now
 from stampede.rows import RowBatch, check_batch, decode_rows, encode_batch
 from stampede.samples import GpuSampleRecord, RuntimeSampleRecord
 from stampede.schema import Base, GpuSample, LoadgenSample, Request, Run, RuntimeSample, Step
@@ -111,6 +112,18 @@ def upsert_run(session: Session, run: RunRecord) -> None:
         },
     )
     session.execute(stmt)
+
+
+def mark_stopped_unless_complete(session: Session, run_id: uuid.UUID, steps: int) -> None:
+    """Mark ``run_id`` stopped (and ended now, if no end is stored) unless ``steps`` of its steps ended."""
+    ended = session.scalar(select(func.count()).where(Step.run_id == run_id, Step.ended_at.is_not(None)))
+    if ended is not None and ended >= steps:
+        return
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(status=RunStatus.STOPPED.value, ended_at=func.coalesce(Run.ended_at, utc_now()))
+    )
 
 
 def upsert_step(session: Session, step: StepRecord) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from stampede import rows, store
 from stampede.db import make_engine, upgrade
-from stampede.records import RequestRecord, RunRecord, RunStatus
+from stampede.records import Api, RequestRecord, RunRecord, RunStatus, StepRecord
 from stampede.schema import Request, Run
 from tests.builders import MS, request_record
 
@@ -81,3 +81,17 @@ def test_run_upsert_keeps_one_row_with_the_latest_status(session: Session) -> No
     with session.begin():
         store.upsert_run(session, run.model_copy(update={"status": RunStatus.FINISHED}))
     assert session.scalars(select(Run.status)).all() == ["finished"]
+
+
+def test_a_run_interrupted_before_its_last_step_ended_is_marked_stopped(session: Session) -> None:
+    run = RunRecord(id=uuid.uuid4(), name="r", status=RunStatus.FINISHED, started_at=datetime.now(UTC))
+    step = StepRecord(run_id=run.id, target="a", index=0, users=1, api=Api.OPENAI_CHAT, model="m", base_url="u",
+                      started_at=run.started_at, warmup_s=0, ended_at=run.started_at)  # fmt: skip
+    with session.begin():
+        store.upsert_run(session, run)
+        store.upsert_step(session, step)  # one of two targets' steps ended: stopped between them
+        store.mark_stopped_unless_complete(session, run.id, steps=1)
+        assert session.scalars(select(Run.status)).all() == ["finished"]  # all it had ended
+        store.mark_stopped_unless_complete(session, run.id, steps=2)
+    stopped = session.scalars(select(Run)).one()
+    assert stopped.status == "stopped" and stopped.ended_at is not None
