@@ -134,7 +134,10 @@ def test_a_due_sweep_waits_out_a_redis_outage(fleet_env: dict[str, str], queue_n
     assert [j.args for j in queued] == [["nightly"]]
 
 
-def test_a_scheduler_without_its_database_says_why_and_keeps_going(shared_redis: str, queue_name: str) -> None:
+def test_a_scheduler_without_its_database_says_why_and_keeps_going(
+    shared_pg: str, shared_redis: str, queue_name: str
+) -> None:
+    # shared_pg: the server is there (else its fixture says how to get one); the database is not.
     password = f"pw-{uuid.uuid4().hex}"
     missing = f"postgresql+psycopg://postgres:{password}@127.0.0.1:5432/stampede_missing_{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "STAMPEDE_DATABASE_URL": missing, "STAMPEDE_REDIS_URL": shared_redis}
