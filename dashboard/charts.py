@@ -117,6 +117,32 @@ def over_time(
     return fig
 
 
+def counter_rates(frame: pd.DataFrame, metric: str, per: str | None = None) -> pd.DataFrame:
+    """How fast a runtime's cumulative counter grew between consecutive scrapes, per target and host.
+
+    ``frame`` holds scraped values (``target``, ``host``, ``sampled_at``, ``metric``, ``value``); a
+    counter's series (one per engine or label set) are summed per scrape. The result's ``value`` is
+    the increase per second, or with ``per``, per increase of that other counter (hits per query).
+    An interval where a counter went down (the runtime restarted) or ``per`` did not grow is left out.
+    """
+    keys = ["target", "host", "sampled_at"]
+
+    def increases(name: str) -> pd.DataFrame:
+        rows = frame[frame["metric"] == name].groupby(keys, as_index=False)["value"].sum().sort_values(keys)
+        by_source = rows.groupby(["target", "host"])
+        rows["increase"] = by_source["value"].diff()
+        rows["seconds"] = by_source["sampled_at"].diff().dt.total_seconds()
+        return rows.dropna(subset=["increase"])
+
+    rows = increases(metric)
+    if per is None:
+        rows = rows[(rows["increase"] >= 0) & (rows["seconds"] > 0)]
+        return rows.assign(value=rows["increase"] / rows["seconds"])[keys + ["value"]]
+    rows = rows.merge(increases(per)[keys + ["increase"]], on=keys, suffixes=("", "_per"))
+    rows = rows[(rows["increase"] >= 0) & (rows["increase_per"] > 0)]
+    return rows.assign(value=rows["increase"] / rows["increase_per"])[keys + ["value"]]
+
+
 def step_bands(fig: go.Figure, steps: pd.DataFrame) -> None:
     """Shade each load step behind the data, labelled with its load."""
     spans = steps.dropna(subset=["ended_at"]).groupby("index").agg(

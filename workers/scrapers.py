@@ -32,6 +32,10 @@ VLLM_METRICS = frozenset(
         "vllm:num_requests_waiting",
         "vllm:gpu_cache_usage_perc",
         "vllm:kv_cache_usage_perc",
+        # Counters (cumulative): the dashboard draws their rates. Preemptions mean the KV cache ran out.
+        "vllm:num_preemptions_total",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
     }
 )
 LLAMACPP_PREFIX = "llamacpp:"

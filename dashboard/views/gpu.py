@@ -1,6 +1,7 @@
 """GPU and runtime: GPU utilisation, memory and power per host and GPU over time, and the runtimes' own
-gauges (vLLM KV-cache usage, requests running and waiting; Ollama model size against its VRAM share),
-with the run's load steps shaded behind."""
+gauges (vLLM KV-cache usage, requests running and waiting; Ollama model size against its VRAM share)
+and counters as rates (vLLM preemptions per second, prefix-cache hit rate), with the run's load steps
+shaded behind."""
 
 import streamlit as st
 
@@ -13,6 +14,12 @@ GAUGES = (
     ("Requests running and waiting", "requests", ("vllm:num_requests_running", "vllm:num_requests_waiting")),
     ("Ollama model size and VRAM share", "GiB", ("ollama:size_bytes", "ollama:size_vram_bytes")),
 )
+# Runtime counters drawn as rates between scrapes: chart title, y axis, the counter, and what it is per.
+RATES = (
+    ("vLLM preemptions", "preemptions/s", "vllm:num_preemptions_total", None),
+    ("vLLM prefix-cache hit rate", "cached / queried prompt tokens", "vllm:prefix_cache_hits_total",
+     "vllm:prefix_cache_queries_total"),
+)  # fmt: skip
 
 st.title("GPU and runtime")
 url = queries.database_url()
@@ -50,6 +57,12 @@ def page() -> None:
         if unit == "GiB":
             rows = rows.assign(value=rows["value"] / GIB)
         st.plotly_chart(charts.over_time(rows, "value", ["target", "metric"], title, unit, steps), key=title)
+    for title, unit, metric, per in RATES:
+        rates = charts.counter_rates(runtime, metric, per)
+        if rates.empty:
+            continue
+        drawn.update({metric, per} - {None})
+        st.plotly_chart(charts.over_time(rates, "value", ["target", "host"], title, unit, steps), key=title)
     others = runtime[~runtime["metric"].isin(drawn)]
     if len(others):
         st.subheader("Other runtime metrics")

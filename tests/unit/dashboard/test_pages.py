@@ -103,6 +103,9 @@ def test_gpu_page_draws_gpus_and_runtime_gauges_over_step_bands(seeder: Seeder) 
     ollama = traces(figs["Ollama model size and VRAM share"])
     assert ollama["ollama-like / ollama:size_bytes"]["y"][0] == 2.0
     assert ollama["ollama-like / ollama:size_vram_bytes"]["y"][0] == 1.5
+    preemptions = traces(figs["vLLM preemptions"])["vllm-like / scraper"]["y"]
+    assert preemptions[:24] == [0.0] * 24 and preemptions[24:] == [2.0] * 23  # rates between 48 readings
+    assert set(traces(figs["vLLM prefix-cache hit rate"])["vllm-like / scraper"]["y"]) == {0.75}
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download gpu_samples.csv", "Download runtime_samples.csv"]
 

@@ -1,0 +1,34 @@
+"""Counter rates: per second or per another counter, summed over a runtime's engines, restarts skipped."""
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from dashboard.charts import counter_rates
+
+T0 = datetime(2026, 11, 21, tzinfo=UTC)
+
+
+def scrapes(metric: str, values: list[float], engines: int = 1) -> list[dict[str, object]]:
+    return [
+        {"target": "vllm", "host": "h", "sampled_at": T0 + timedelta(seconds=2 * i), "metric": metric,
+         "labels": {"engine": str(e)}, "value": value}
+        for i, value in enumerate(values)
+        for e in range(engines)
+    ]  # fmt: skip
+
+
+def test_a_counter_becomes_its_increase_per_second_over_all_engines() -> None:
+    frame = pd.DataFrame(scrapes("c", [0, 4, 10], engines=2))
+    rates = counter_rates(frame, "c")
+    assert rates["value"].tolist() == [4.0, 6.0]  # (8 - 0) / 2 s, then (20 - 8) / 2 s
+    assert rates["sampled_at"].tolist() == [T0 + timedelta(seconds=2), T0 + timedelta(seconds=4)]
+
+
+def test_a_restart_and_an_idle_interval_are_left_out_of_a_ratio() -> None:
+    frame = pd.DataFrame(scrapes("hits", [0, 30, 5, 20, 20]) + scrapes("queries", [0, 40, 10, 30, 30]))
+    rates = counter_rates(frame, "hits", per="queries")
+    # 30/40; the restart (30 -> 5) is left out; 15/20; nothing queried in the last interval.
+    assert rates["value"].tolist() == pytest.approx([0.75, 0.75])
+    assert counter_rates(frame, "hits")["value"].tolist() == [15.0, 7.5, 0.0]
