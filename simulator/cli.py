@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics", action="store_true", help="llamacpp: serve /metrics (llama-server answers 501 without it)"
     )
+    parser.add_argument(
+        "--no-enable-prefix-caching", dest="prefix_caching", action="store_false", default=None,
+        help="vllm: prefill every prompt in full, as vLLM started with this flag does",
+    )  # fmt: skip
     for flag, field_name, convert, text in _PROFILE_FLAGS:
         parser.add_argument(flag, dest=field_name, type=convert, help=text)
     for fault in FaultKind:
@@ -95,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     }
     if args.model:
         flags["models"] = args.model
+    if args.prefix_caching is not None:
+        flags["prefix_caching"] = args.prefix_caching
     faults: dict[str, Any] = {
         name: getattr(args, f"fault_{name}")
         for _, name, _, _ in _FAULT_FLAGS

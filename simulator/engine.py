@@ -3,14 +3,15 @@
 Pure and deterministic: every method takes ``now_ns`` from the caller and nothing reads a clock, so the
 same calls on a virtual clock replay exactly. One step emits one token to every running sequence and
 lasts ``step_base_ms + step_per_seq_ms * batch`` plus the prefill of the sequences admitted into it
-(``prompt_tokens / prefill_tokens_per_s``); those get their first token when that step ends.
+(``prompt_tokens / prefill_tokens_per_s``); those get their first token when that step ends. With
+``prefix_caching``, a prompt's leading blocks found in the prefix cache are not prefilled again.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,19 @@ from simulator.profiles import Flavor, Profile
 
 _NS_PER_MS = 1_000_000
 _NS_PER_S = 1_000_000_000
+PREFIX_BLOCK_TOKENS = 16
+"""vLLM's default KV block size: prefix caching reuses whole blocks only."""
+
+
+def prefix_block_ids(tokens: list[str]) -> tuple[int, ...]:
+    """An id per full block of ``tokens``, each naming the whole prefix up to the block's end (a hash
+    chained over the blocks, as vLLM's block hashes are), so a block matches only after the same prefix."""
+    ids = []
+    previous = 0
+    for start in range(0, len(tokens) - PREFIX_BLOCK_TOKENS + 1, PREFIX_BLOCK_TOKENS):
+        previous = hash((previous, *tokens[start : start + PREFIX_BLOCK_TOKENS]))
+        ids.append(previous)
+    return tuple(ids)
 
 
 class QueueFullError(Exception):
@@ -51,6 +65,8 @@ class Sequence:
         "emitted",
         "cancelled",
         "listener",
+        "prefix_blocks",
+        "cached_tokens",
     )
 
     def __init__(
@@ -71,6 +87,10 @@ class Sequence:
         self.cancelled = False
         self.listener: Any = None
         """Opaque to the engine: whoever submitted the sequence hangs its stream writer here."""
+        self.prefix_blocks: tuple[int, ...] = ()
+        """Ids of the prompt's full blocks, each naming the whole prefix up to its end (chained hashes)."""
+        self.cached_tokens = 0
+        """Prompt tokens the prefix cache held at admission, so not prefilled."""
 
 
 @dataclass(slots=True)
@@ -103,10 +123,23 @@ class Engine:
         self._idle_since_ns = 0
         self.loads = 0
         self._p_stop = 1.0 / max(profile.mean_output_tokens, 1.0)
+        # Block id -> None, least recently used first; as many blocks as the KV cache holds.
+        self._prefix_cache: OrderedDict[int, None] = OrderedDict()
+        self.prefix_queried_tokens = 0
+        self.prefix_hit_tokens = 0
 
     # --- requests -------------------------------------------------------------------------------------
-    def submit(self, prompt_tokens: int, max_tokens: int | None, now_ns: int, ignore_eos: bool = False) -> Sequence:
+    def submit(
+        self,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        now_ns: int,
+        ignore_eos: bool = False,
+        prefix_blocks: tuple[int, ...] = (),
+    ) -> Sequence:
         """Queue a request; its output length is ``max_tokens`` or an EOS-like draw, whichever is first.
+
+        ``prefix_blocks`` names the prompt's full blocks for the prefix cache (:func:`prefix_block_ids`).
 
         What does not fit the context is handled as the flavour's server does: vLLM refuses a prompt
         plus ``max_tokens`` over ``max_model_len``; llama-server refuses only a prompt that fills its
@@ -132,6 +165,7 @@ class Engine:
         drawn = cap if ignore_eos and cap is not None and max_tokens is not None else self._draw_length()
         target, reason = (cap, "length") if cap is not None and drawn >= cap else (drawn, "stop")
         seq = Sequence(self._next_id, prompt_tokens, target, reason, now_ns, limit)
+        seq.prefix_blocks = prefix_blocks
         self._next_id += self._id_step
         self.active += 1
         seq.load_wait_ns = self._ensure_loaded(now_ns)
@@ -252,13 +286,35 @@ class Engine:
             seq.admitted_ns = at_ns
             running.append(seq)
             admitted += 1
-            prefill_tokens += seq.prompt_tokens
+            if p.prefix_caching:
+                seq.cached_tokens = self._use_prefix_cache(seq)
+            prefill_tokens += seq.prompt_tokens - seq.cached_tokens
         if not running:
             self._idle_since_ns = at_ns
             return
         duration_ms = p.step_base_ms + p.step_per_seq_ms * len(running)
         duration_ns = round(duration_ms * _NS_PER_MS + prefill_tokens * _NS_PER_S / p.prefill_tokens_per_s)
         self._step = Step(at_ns, at_ns + duration_ns, running, admitted, prefill_tokens)
+
+    def _use_prefix_cache(self, seq: Sequence) -> int:
+        """Prompt tokens of ``seq`` already cached (its leading blocks found, but never the whole prompt:
+        the last token is always computed, as vLLM does); then cache its blocks, evicting the least
+        recently used beyond the KV cache's size."""
+        cache = self._prefix_cache
+        found = 0
+        for block in seq.prefix_blocks:
+            if block not in cache:
+                break
+            found += 1
+        cached = min(found * PREFIX_BLOCK_TOKENS, max(seq.prompt_tokens - 1, 0))
+        for block in seq.prefix_blocks:
+            cache[block] = None
+            cache.move_to_end(block)
+        while len(cache) > self.profile.kv_budget_tokens // PREFIX_BLOCK_TOKENS:
+            cache.popitem(last=False)
+        self.prefix_queried_tokens += seq.prompt_tokens
+        self.prefix_hit_tokens += cached
+        return cached
 
     # --- state ----------------------------------------------------------------------------------------
     @property

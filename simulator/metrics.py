@@ -139,6 +139,12 @@ class SimCollector(Collector):
             success.add_metric([*self._values, reason], s.finished.get(reason, 0))
         yield success
         yield self._counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", 0)
+        queried = sum(engine.prefix_queried_tokens for engine in e.engines)
+        hits = sum(engine.prefix_hit_tokens for engine in e.engines)
+        yield self._counter(
+            "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", queried
+        )
+        yield self._counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", hits)
         histograms = (
             ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", s.ttft_s),
             ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", s.tpot_s),

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from simulator.engine import ContextLengthError, QueueFullError, Sequence
+from simulator.engine import ContextLengthError, QueueFullError, Sequence, prefix_block_ids
 from simulator.groundtruth import RequestTruth
 from simulator.http import Request, Response
 from simulator.profiles import Flavor
 from simulator.runtime import Exchange
-from simulator.tokens import VOCAB_JSON, count_chat_tokens, count_tokens, generated_text, token_index
+from simulator.tokens import VOCAB_JSON, chat_tokens, generated_text, token_index, tokenize
 
 if TYPE_CHECKING:
     from simulator.faults import FaultKind
@@ -98,19 +98,19 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return value
 
 
-def _prompt_tokens(body: dict[str, Any], chat: bool) -> int:
+def _prompt_tokens(body: dict[str, Any], chat: bool) -> list[str]:
     """Prompt tokens of a chat's ``messages`` or a completion's ``prompt``; ValueError if malformed."""
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise ValueError("messages must be a non-empty list of objects")
-        return count_chat_tokens(messages)
+        return chat_tokens(messages)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         prompt = "".join(prompt)
     if not isinstance(prompt, str):
         raise ValueError("prompt must be a string or a list of strings")
-    return count_tokens(prompt)
+    return tokenize(prompt)
 
 
 def _complete(server: SimServer, request: Request, response: Response, chat: bool) -> None:
@@ -122,7 +122,7 @@ def _complete(server: SimServer, request: Request, response: Response, chat: boo
         body = orjson.loads(request.body)
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
-        prompt_tokens = _prompt_tokens(body, chat)
+        prompt = _prompt_tokens(body, chat)
         max_tokens = _max_tokens(body)
         fault = server.pick_fault(request)
     except ValueError as exc:
@@ -146,7 +146,8 @@ def _complete(server: SimServer, request: Request, response: Response, chat: boo
         server, response, truth, stream, fault, chat, model, options if isinstance(options, dict) else None
     )
     try:
-        seq = server.runtime.submit(prompt_tokens, max_tokens, bool(body.get("ignore_eos")), exchange)
+        blocks = prefix_block_ids(prompt) if server.profile.prefix_caching else ()
+        seq = server.runtime.submit(len(prompt), max_tokens, bool(body.get("ignore_eos")), exchange, blocks)
     except ContextLengthError as exc:
         _refuse_context(server, response, exc)
         server.refuse(truth, 400)

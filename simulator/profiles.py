@@ -59,6 +59,9 @@ class Profile:
     """Share of the model in VRAM; below 1.0 Ollama's /api/ps shows a partial CPU offload."""
     models: tuple[str, ...] = ("stampede-sim",)
     """Served model names; the first is the default."""
+    prefix_caching: bool = False
+    """vLLM's automatic prefix caching: a prompt's leading full blocks of 16 tokens that an earlier
+    prompt left in the KV cache are not computed again (prefill shortens; counted in its /metrics)."""
     seed: int = 0
     """Seeds output lengths and faults."""
     faults: FaultPlan = field(default_factory=FaultPlan)
@@ -99,6 +102,7 @@ DEFAULTS: dict[Flavor, Profile] = {
         kv_budget_tokens=131_072,
         max_model_len=8_192,
         mean_output_tokens=200.0,
+        prefix_caching=True,  # on by default since vLLM V1
     ),
     # llama-server with 4 slots sharing a 16k context.
     Flavor.LLAMACPP: Profile(

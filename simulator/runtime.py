@@ -50,10 +50,17 @@ class Runtime:
         self._timer_at_ns: int | None = None
         self._warned_ns = -(10**12)
 
-    def submit(self, prompt_tokens: int, max_tokens: int | None, ignore_eos: bool, exchange: Exchange) -> Sequence:
+    def submit(
+        self,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        ignore_eos: bool,
+        exchange: Exchange,
+        prefix_blocks: tuple[int, ...] = (),
+    ) -> Sequence:
         """Queue a request on the least-loaded replica; raises the engine's QueueFullError / ContextLengthError."""
         engine = min(self.engines, key=_active)
-        seq = engine.submit(prompt_tokens, max_tokens, time.monotonic_ns(), ignore_eos)
+        seq = engine.submit(prompt_tokens, max_tokens, time.monotonic_ns(), ignore_eos, prefix_blocks)
         seq.listener = exchange
         exchange.engine = engine
         self._arm()

@@ -35,19 +35,29 @@ def count_tokens(text: str) -> int:
     return sum(1 for _ in _TOKEN_RE.finditer(text))
 
 
-def count_chat_tokens(messages: list[dict[str, object]]) -> int:
+def tokenize(text: str) -> list[str]:
+    """The tokens of ``text``, as :func:`count_tokens` counts them."""
+    return _TOKEN_RE.findall(text)
+
+
+def chat_tokens(messages: list[dict[str, object]]) -> list[str]:
     """Prompt tokens of a chat: each message's role plus its text content (string or OpenAI content parts)."""
-    total = 0
+    tokens: list[str] = []
     for message in messages:
-        total += count_tokens(str(message.get("role", "")))
+        tokens += tokenize(str(message.get("role", "")))
         content = message.get("content")
         if isinstance(content, str):
-            total += count_tokens(content)
+            tokens += tokenize(content)
         elif isinstance(content, list):
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    total += count_tokens(part["text"])
-    return total
+                    tokens += tokenize(part["text"])
+    return tokens
+
+
+def count_chat_tokens(messages: list[dict[str, object]]) -> int:
+    """Number of :func:`chat_tokens`."""
+    return len(chat_tokens(messages))
 
 
 def token_index(sequence_id: int, position: int) -> int:

@@ -249,6 +249,25 @@ def test_vllm_metrics_carry_vllms_labels_and_bucket_bounds() -> None:
         sim.stop()
 
 
+def test_vllm_counts_prefix_cache_hits_for_a_shared_system_prompt() -> None:
+    sim = serve_in_thread(SimServer(build_profile(Flavor.VLLM, FAST)))
+    system = " ".join(f"rule{i}" for i in range(64))  # 64 tokens, 1 for the role: 4 full blocks of 16
+    try:
+        client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
+        for question in ("Count to five, please.", "Name three colours."):
+            messages: list[ChatCompletionMessageParam] = [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ]
+            client.chat.completions.create(model="stampede-sim", messages=messages, max_tokens=2)
+        values = metric_values(sim.url)
+        prompts = (1 + 64 + 1 + 6) + (1 + 64 + 1 + 4)  # role and text tokens of each message
+        assert values["vllm:prefix_cache_queries_total"] == prompts
+        assert values["vllm:prefix_cache_hits_total"] == 64  # the second prompt's first 4 blocks
+    finally:
+        sim.stop()
+
+
 def test_vllm_metrics_show_requests_waiting_when_the_kv_budget_is_full() -> None:
     profile = build_profile(Flavor.VLLM, {**FAST, "kv_budget_tokens": 2_000, "max_model_len": 1_000})
     sim = serve_in_thread(SimServer(profile))

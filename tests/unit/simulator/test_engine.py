@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from simulator.engine import ContextLengthError, Engine, QueueFullError, Sequence
+from simulator.engine import ContextLengthError, Engine, QueueFullError, Sequence, prefix_block_ids
 from simulator.profiles import Flavor, Profile, build_profile
 
 MS = 1_000_000
@@ -208,3 +208,36 @@ def test_ollama_keeps_the_end_of_a_long_prompt_and_generates_past_the_context() 
     assert seq.prompt_tokens == 1_000
     assert (seq.target_tokens, seq.finish_reason) == (2_000, "length")
     assert seq.kv_tokens == 1_000
+
+
+def _ttft_ms(engine: Engine, prompt: list[str], at_ns: int) -> float:
+    seq = engine.submit(len(prompt), 4, at_ns, ignore_eos=True, prefix_blocks=prefix_block_ids(prompt))
+    run_to_idle(engine)
+    return ((seq.first_token_ns or 0) - seq.arrived_ns) / MS
+
+
+def test_a_cached_prefix_is_not_prefilled_again() -> None:
+    engine = Engine(VLLM)
+    system = [f"s{i}" for i in range(1_600)]  # a long shared system prompt: 100 blocks
+    cold = _ttft_ms(engine, system + ["first", "question"], 0)
+    warm = _ttft_ms(engine, system + ["another", "question"], 10_000 * MS)
+    # 1,602 tokens at 12,000 tokens/s is 133.5 ms of prefill; with 1,600 cached, 2 tokens are left.
+    assert cold - warm == pytest.approx(1_600 * 1_000 / VLLM.prefill_tokens_per_s, rel=0.01)
+    assert (engine.prefix_queried_tokens, engine.prefix_hit_tokens) == (3_204, 1_600)
+    # Only the prefix matches: the same words in another order share no block.
+    assert _ttft_ms(engine, list(reversed(system)), 20_000 * MS) == pytest.approx(cold, rel=0.01)
+    assert engine.prefix_hit_tokens == 1_600
+
+
+def test_the_whole_prompt_is_never_cached_and_the_cache_forgets_the_least_recently_used() -> None:
+    small = build_profile(Flavor.VLLM, {"kv_budget_tokens": 8_192})  # 512 blocks
+    engine = Engine(small)
+    prompt = [f"p{i}" for i in range(160)]  # exactly 10 blocks
+    _ttft_ms(engine, prompt, 0)
+    _ttft_ms(engine, prompt, 10_000 * MS)
+    assert engine.prefix_hit_tokens == 159  # the last token is always computed
+    for n in range(52):  # 52 other 10-block prompts push the first out of 512 blocks
+        _ttft_ms(engine, [f"o{n}-{i}" for i in range(160)], (20_000 + n * 1_000) * MS)
+    _ttft_ms(engine, prompt, 100_000 * MS)
+    assert engine.prefix_hit_tokens == 159
+    assert not Engine(OLLAMA).profile.prefix_caching  # vLLM's feature only

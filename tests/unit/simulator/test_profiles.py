@@ -16,6 +16,8 @@ def test_defaults_apply_when_nothing_overrides_them() -> None:
     assert options.profile == DEFAULTS[Flavor.VLLM]
     assert options.port == DEFAULT_PORTS[Flavor.VLLM]
     assert options.profile.max_running == 256
+    assert options.profile.prefix_caching  # as in vLLM V1
+    assert not parse_args(["--profile", "vllm", "--no-enable-prefix-caching"]).profile.prefix_caching
 
 
 def test_toml_file_overrides_defaults_and_flags_override_the_file(tmp_path: Path) -> None:
