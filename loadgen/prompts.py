@@ -3,9 +3,11 @@
 ``--prompt-set`` takes one of:
 
 - ``seeds``: the requests people fire by hand today, in English and Chinese;
-- ``synthetic:input=DIST,output=DIST[,count=N][,seed=S]``: generated prompts whose input and output
-  lengths in tokens are drawn from ``DIST`` = ``N``, ``uniform(A,B)`` or ``normal(MEAN,SD)``; the
-  output length becomes the request's max tokens (add ``--ignore-eos`` to make it exact);
+- ``synthetic:input=DIST,output=DIST[,count=N][,seed=S][,system=N]``: generated prompts whose input
+  and output lengths in tokens are drawn from ``DIST`` = ``N``, ``uniform(A,B)`` or
+  ``normal(MEAN,SD)``; the output length becomes the request's max tokens (add ``--ignore-eos`` to
+  make it exact). ``system=N`` puts the same system message of N words before every prompt: a shared
+  prefix, as an application's instructions are, which a runtime's prefix cache can reuse;
 - ``jsonl:PATH``: one JSON object per line with ``messages`` (and optional ``id``, ``max_tokens``);
 - ``sharegpt:PATH``: a ShareGPT file; the first human turn of each conversation is sent.
 """
@@ -154,14 +156,22 @@ def _draw(spec: str, rng: random.Random) -> int:
 def synthetic(options: str) -> tuple[Prompt, ...]:
     """Prompts with drawn input and output lengths; see the module docstring for ``options``."""
     fields = dict(part.split("=", 1) for part in re.split(r",(?![^(]*\))", options) if "=" in part)
-    unknown = set(fields) - {"input", "output", "count", "seed"}
+    unknown = set(fields) - {"input", "output", "count", "seed", "system"}
     if unknown or not {"input", "output"} <= set(fields):
-        raise ValueError(f"synthetic prompt set needs input=DIST,output=DIST[,count=N][,seed=S]; got {options!r}")
-    rng = random.Random(int(fields.get("seed", "0")))
+        raise ValueError(
+            f"synthetic prompt set needs input=DIST,output=DIST[,count=N][,seed=S][,system=N]; got {options!r}"
+        )
+    seed = int(fields.get("seed", "0"))
+    system_rng = random.Random(f"system {seed}")  # apart, so adding a system message keeps the prompts
+    system = " ".join(system_rng.choice(WORDS) for _ in range(int(fields.get("system", "0"))))
+    rng = random.Random(seed)
     prompts = []
     for n in range(int(fields.get("count", "100"))):
         words = [rng.choice(WORDS) for _ in range(_draw(fields["input"], rng))]
-        prompts.append(Prompt(f"synthetic/{n}", _user(" ".join(words)), max_tokens=_draw(fields["output"], rng)))
+        messages = _user(" ".join(words))
+        if system:
+            messages = ({"role": "system", "content": system}, *messages)
+        prompts.append(Prompt(f"synthetic/{n}", messages, max_tokens=_draw(fields["output"], rng)))
     return tuple(prompts)
 
 

@@ -22,6 +22,15 @@ def test_synthetic_fixed_lengths_are_exact_in_words_and_max_tokens() -> None:
         assert p.max_tokens == 64
 
 
+def test_a_synthetic_system_message_is_one_shared_prefix_and_leaves_the_prompts_as_they_were() -> None:
+    plain = get_prompt_set("synthetic:input=32,output=64,count=5")
+    prompts = get_prompt_set("synthetic:input=32,output=64,count=5,system=700")
+    assert {p.messages[0]["role"] for p in prompts} == {"system"}
+    assert len({p.messages[0]["content"] for p in prompts}) == 1
+    assert len(prompts[0].messages[0]["content"].split()) == 700
+    assert [p.messages[1:] for p in prompts] == [p.messages for p in plain]
+
+
 def test_synthetic_distributions_stay_in_range_and_repeat_with_a_seed() -> None:
     spec = "synthetic:input=uniform(10,20),output=normal(100,10),count=200,seed=3"
     prompts = get_prompt_set(spec)
