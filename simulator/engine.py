@@ -89,8 +89,8 @@ class Sequence:
         """Opaque to the engine: whoever submitted the sequence hangs its stream writer here."""
         self.prefix_blocks: tuple[int, ...] = ()
         """Ids of the prompt's full blocks, each naming the whole prefix up to its end (chained hashes)."""
-        self.cached_tokens = 0
-        """Prompt tokens the prefix cache held at admission, so not prefilled."""
+        self.cached_tokens: int | None = None
+        """Prompt tokens the prefix cache held when the sequence was first admitted, so not prefilled."""
 
 
 @dataclass(slots=True)
@@ -103,6 +103,9 @@ class Step:
     admitted: int
     """How many sequences of ``batch`` joined in this step (their prefill is part of its duration)."""
     prefill_tokens: int
+    """Prompt tokens computed in this step: those of the admitted sequences not found in the prefix cache."""
+    cached_tokens: int = 0
+    """Prompt tokens of the admitted sequences found in the prefix cache."""
 
 
 class Engine:
@@ -264,6 +267,8 @@ class Engine:
             seq.emitted += 1
             if seq.first_token_ns is None:
                 seq.first_token_ns = end_ns
+                if self.profile.prefix_caching:
+                    self._cache_prompt(seq)  # its blocks are computed now, and usable by later prompts
             if seq.emitted >= seq.target_tokens:
                 seq.finished_ns = end_ns
                 self._kv_used -= seq.kv_tokens
@@ -275,7 +280,7 @@ class Engine:
         if self._waiting and self._loaded_at_ns is not None:
             at_ns = max(at_ns, self._loaded_at_ns)
         admitted = 0
-        prefill_tokens = 0
+        prefill_tokens = cached_tokens = 0
         p = self.profile
         while self._waiting and len(running) < p.max_running:
             seq = self._waiting[0]
@@ -286,35 +291,50 @@ class Engine:
             seq.admitted_ns = at_ns
             running.append(seq)
             admitted += 1
-            if p.prefix_caching:
-                seq.cached_tokens = self._use_prefix_cache(seq)
+            if seq.cached_tokens is None:  # looked up once: a step rebuilt before it began admits again
+                seq.cached_tokens = self._cached_prefix(seq) if p.prefix_caching else 0
             prefill_tokens += seq.prompt_tokens - seq.cached_tokens
+            cached_tokens += seq.cached_tokens
+        if p.prefix_caching:
+            self._trim_prefix_cache(running)
         if not running:
             self._idle_since_ns = at_ns
             return
         duration_ms = p.step_base_ms + p.step_per_seq_ms * len(running)
         duration_ns = round(duration_ms * _NS_PER_MS + prefill_tokens * _NS_PER_S / p.prefill_tokens_per_s)
-        self._step = Step(at_ns, at_ns + duration_ns, running, admitted, prefill_tokens)
+        self._step = Step(at_ns, at_ns + duration_ns, running, admitted, prefill_tokens, cached_tokens)
 
-    def _use_prefix_cache(self, seq: Sequence) -> int:
-        """Prompt tokens of ``seq`` already cached (its leading blocks found, but never the whole prompt:
-        the last token is always computed, as vLLM does); then cache its blocks, evicting the least
-        recently used beyond the KV cache's size."""
+    def _cached_prefix(self, seq: Sequence) -> int:
+        """Prompt tokens of ``seq`` the prefix cache holds: its leading blocks found, whole blocks only and
+        never the whole prompt (the last token is always computed), as vLLM reuses them."""
         cache = self._prefix_cache
         found = 0
         for block in seq.prefix_blocks:
             if block not in cache:
                 break
-            found += 1
-        cached = min(found * PREFIX_BLOCK_TOKENS, max(seq.prompt_tokens - 1, 0))
-        for block in seq.prefix_blocks:
-            cache[block] = None
             cache.move_to_end(block)
-        while len(cache) > self.profile.kv_budget_tokens // PREFIX_BLOCK_TOKENS:
-            cache.popitem(last=False)
+            found += 1
+        cached = min(found, max(seq.prompt_tokens - 1, 0) // PREFIX_BLOCK_TOKENS) * PREFIX_BLOCK_TOKENS
         self.prefix_queried_tokens += seq.prompt_tokens
         self.prefix_hit_tokens += cached
         return cached
+
+    def _cache_prompt(self, seq: Sequence) -> None:
+        """Make the computed prompt's blocks the most recently used, its first block last: when memory
+        runs short, vLLM frees a request's blocks from its tail, keeping the prefix others share."""
+        cache = self._prefix_cache
+        for block in reversed(seq.prefix_blocks):
+            cache[block] = None
+            cache.move_to_end(block)
+
+    def _trim_prefix_cache(self, running: list[Sequence]) -> None:
+        """Cached blocks live in KV memory: those of running prompts, plus what free memory holds; the
+        least recently used beyond that are evicted, so a full KV cache keeps few spare prefixes."""
+        free_blocks = max(self.profile.kv_budget_tokens - self._kv_used, 0) // PREFIX_BLOCK_TOKENS
+        in_use = sum(len(seq.prefix_blocks) for seq in running if seq.first_token_ns is not None)
+        cache = self._prefix_cache
+        while len(cache) > free_blocks + in_use:
+            cache.popitem(last=False)
 
     # --- state ----------------------------------------------------------------------------------------
     @property

@@ -139,7 +139,7 @@ class Runtime:
             while (step := engine.advance(now_ns)) is not None:
                 batch = step.batch
                 end_ns = step.end_ns
-                self._account(step.start_ns, end_ns, batch, step.admitted, step.prefill_tokens)
+                self._account(step.start_ns, end_ns, batch, step.admitted, step.prefill_tokens, step.cached_tokens)
                 for seq in batch:
                     seq.listener.on_token(seq, end_ns)
                 stats.steps += 1
@@ -158,13 +158,15 @@ class Runtime:
                 lag_ns / 1e6,
             )
 
-    def _account(self, start_ns: int, end_ns: int, batch: list[Sequence], admitted: int, prefill: int) -> None:
+    def _account(
+        self, start_ns: int, end_ns: int, batch: list[Sequence], admitted: int, prefill: int, cached: int
+    ) -> None:
         stats = self.stats
         n = len(batch)
         step_s = (end_ns - start_ns) / 1e9
         stats.generation_tokens += n
         stats.busy_slot_sum += n
-        stats.prompt_tokens += prefill
+        stats.prompt_tokens += prefill + cached  # as vLLM counts them: whole prompts, cached or not
         prefill_s = prefill / self.profile.prefill_tokens_per_s
         stats.prompt_seconds += prefill_s
         stats.decode_seconds += step_s - prefill_s

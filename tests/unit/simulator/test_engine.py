@@ -235,9 +235,35 @@ def test_the_whole_prompt_is_never_cached_and_the_cache_forgets_the_least_recent
     prompt = [f"p{i}" for i in range(160)]  # exactly 10 blocks
     _ttft_ms(engine, prompt, 0)
     _ttft_ms(engine, prompt, 10_000 * MS)
-    assert engine.prefix_hit_tokens == 159  # the last token is always computed
+    assert engine.prefix_hit_tokens == 144  # whole blocks, and the last token is always computed: 9 of 10
     for n in range(52):  # 52 other 10-block prompts push the first out of 512 blocks
         _ttft_ms(engine, [f"o{n}-{i}" for i in range(160)], (20_000 + n * 1_000) * MS)
     _ttft_ms(engine, prompt, 100_000 * MS)
-    assert engine.prefix_hit_tokens == 159
-    assert not Engine(OLLAMA).profile.prefix_caching  # vLLM's feature only
+    assert engine.prefix_hit_tokens == 144
+    # On for the vLLM profile only (llama-server and Ollama reuse a slot's last prompt: not modelled).
+    assert not Engine(OLLAMA).profile.prefix_caching
+
+
+def test_prompts_arriving_together_are_looked_up_once_and_miss_each_other() -> None:
+    engine = Engine(build_profile(Flavor.VLLM, {"load_ms": 500}))  # the step is rebuilt as each arrives
+    prompt = [f"w{i}" for i in range(320)]
+    seqs = [engine.submit(320, 4, 0, ignore_eos=True, prefix_blocks=prefix_block_ids(prompt)) for _ in range(3)]
+    run_to_idle(engine)
+    # Prefilled in the same step, none could use another's blocks; each was counted once.
+    assert (engine.prefix_queried_tokens, engine.prefix_hit_tokens) == (960, 0)
+    assert [s.cached_tokens for s in seqs] == [0, 0, 0]
+
+
+def test_a_full_kv_cache_keeps_no_spare_prefixes() -> None:
+    engine = Engine(build_profile(Flavor.VLLM, {"kv_budget_tokens": 8_192}))
+    old = prefix_block_ids([f"old{i}" for i in range(160)])
+    for at_ms in (0, 10_000):
+        engine.submit(160, 4, at_ms * MS, ignore_eos=True, prefix_blocks=old)
+        run_to_idle(engine)
+    assert engine.prefix_hit_tokens == 144  # kept while memory was free
+    # Two long requests reserve all 8,192 tokens of KV memory: blocks no running request uses give way.
+    for n in range(2):
+        engine.submit(16, 4_080, 20_000 * MS, ignore_eos=True, prefix_blocks=prefix_block_ids([f"b{n}"] * 16))
+    again = engine.submit(160, 4, 20_000 * MS, ignore_eos=True, prefix_blocks=old)  # waits for memory
+    run_to_idle(engine)
+    assert again.cached_tokens == 0 and engine.prefix_hit_tokens == 144
