@@ -120,27 +120,39 @@ def over_time(
 def counter_rates(frame: pd.DataFrame, metric: str, per: str | None = None) -> pd.DataFrame:
     """How fast a runtime's cumulative counter grew between consecutive scrapes, per target and host.
 
-    ``frame`` holds scraped values (``target``, ``host``, ``sampled_at``, ``metric``, ``value``); a
-    counter's series (one per engine or label set) are summed per scrape. The result's ``value`` is
-    the increase per second, or with ``per``, per increase of that other counter (hits per query).
-    An interval where a counter went down (the runtime restarted) or ``per`` did not grow is left out.
+    ``frame`` holds scraped values (``target``, ``host``, ``sampled_at``, ``metric``, ``labels``,
+    ``value``). Each series (a label set: an engine, a model) is followed on its own, and the increases
+    of one scrape's series are summed. The result's ``value`` is the increase per second, or with
+    ``per``, per increase of that other counter (hits per query). An interval where a series went down
+    (the runtime restarted) is left out, as is one where ``per`` did not grow. Two runtimes scraped
+    under one target from one host with the same labels cannot be told apart: give each its own target.
     """
     keys = ["target", "host", "sampled_at"]
 
     def increases(name: str) -> pd.DataFrame:
-        rows = frame[frame["metric"] == name].groupby(keys, as_index=False)["value"].sum().sort_values(keys)
-        by_source = rows.groupby(["target", "host"])
-        rows["increase"] = by_source["value"].diff()
-        rows["seconds"] = by_source["sampled_at"].diff().dt.total_seconds()
-        return rows.dropna(subset=["increase"])
+        rows = frame[frame["metric"] == name].assign(series=lambda f: f["labels"].map(_labels_key))
+        rows = rows.sort_values([*keys, "series"])
+        by_series = rows.groupby(["target", "host", "series"])
+        rows = rows.assign(increase=by_series["value"].diff(), seconds=by_series["sampled_at"].diff())
+        summed = (
+            rows.dropna(subset=["increase"])
+            .groupby(keys, as_index=False)
+            .agg(increase=("increase", "sum"), lowest=("increase", "min"), seconds=("seconds", "max"))
+        )
+        summed = summed[summed["lowest"] >= 0]  # a series went down: that runtime restarted
+        return summed.assign(seconds=summed["seconds"].dt.total_seconds())
 
     rows = increases(metric)
     if per is None:
-        rows = rows[(rows["increase"] >= 0) & (rows["seconds"] > 0)]
+        rows = rows[rows["seconds"] > 0]
         return rows.assign(value=rows["increase"] / rows["seconds"])[keys + ["value"]]
     rows = rows.merge(increases(per)[keys + ["increase"]], on=keys, suffixes=("", "_per"))
-    rows = rows[(rows["increase"] >= 0) & (rows["increase_per"] > 0)]
+    rows = rows[rows["increase_per"] > 0]
     return rows.assign(value=rows["increase"] / rows["increase_per"])[keys + ["value"]]
+
+
+def _labels_key(labels: object) -> str:
+    return repr(sorted(labels.items())) if isinstance(labels, dict) else repr(labels)
 
 
 def step_bands(fig: go.Figure, steps: pd.DataFrame) -> None:

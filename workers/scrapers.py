@@ -36,6 +36,8 @@ VLLM_METRICS = frozenset(
         "vllm:num_preemptions_total",
         "vllm:prefix_cache_queries_total",
         "vllm:prefix_cache_hits_total",
+        "vllm:gpu_prefix_cache_queries_total",  # the names before vLLM 0.10
+        "vllm:gpu_prefix_cache_hits_total",
     }
 )
 LLAMACPP_PREFIX = "llamacpp:"

@@ -20,6 +20,11 @@ RATES = (
     ("vLLM prefix-cache hit rate", "cached / queried prompt tokens", "vllm:prefix_cache_hits_total",
      "vllm:prefix_cache_queries_total"),
 )  # fmt: skip
+# vLLM before 0.10 named its prefix-cache counters so.
+OLDER_COUNTERS = {
+    "vllm:gpu_prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
+    "vllm:gpu_prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
+}
 
 st.title("GPU and runtime")
 url = queries.database_url()
@@ -57,11 +62,12 @@ def page() -> None:
         if unit == "GiB":
             rows = rows.assign(value=rows["value"] / GIB)
         st.plotly_chart(charts.over_time(rows, "value", ["target", "metric"], title, unit, steps), key=title)
+    counters = runtime.replace({"metric": OLDER_COUNTERS})
     for title, unit, metric, per in RATES:
-        rates = charts.counter_rates(runtime, metric, per)
+        rates = charts.counter_rates(counters, metric, per)
         if rates.empty:
             continue
-        drawn.update({metric, per} - {None})
+        drawn.update({metric, per, *OLDER_COUNTERS} - {None})
         st.plotly_chart(charts.over_time(rates, "value", ["target", "host"], title, unit, steps), key=title)
     others = runtime[~runtime["metric"].isin(drawn)]
     if len(others):

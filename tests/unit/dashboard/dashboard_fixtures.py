@@ -122,7 +122,7 @@ class Seeder:
                     )  # fmt: skip
         return run_id
 
-    def telemetry(self, run_id: uuid.UUID, seconds: int = 48) -> None:
+    def telemetry(self, run_id: uuid.UUID, seconds: int = 48, cache_prefix: str = "vllm:prefix_cache") -> None:
         """One GPU reading and vLLM and Ollama gauges and counters per second: utilisation climbs 2 % a second."""
         with Session(get_engine(self.url)) as session, session.begin():
             at = [T0 + timedelta(seconds=s) for s in range(seconds)]
@@ -145,8 +145,8 @@ class Seeder:
                 ("ollama-like", "ollama:size_vram_bytes"): lambda s: 1.5 * 2**30,
                 # Counters: 2 preemptions a second from 24 s on; 1,000 prompt tokens queried a second, 750 cached.
                 ("vllm-like", "vllm:num_preemptions_total"): lambda s: 2.0 * max(0, s - 24),
-                ("vllm-like", "vllm:prefix_cache_queries_total"): lambda s: 1000.0 * s,
-                ("vllm-like", "vllm:prefix_cache_hits_total"): lambda s: 750.0 * s,
+                ("vllm-like", f"{cache_prefix}_queries_total"): lambda s: 1000.0 * s,
+                ("vllm-like", f"{cache_prefix}_hits_total"): lambda s: 750.0 * s,
             }
             store.insert_runtime_samples(
                 session,

@@ -32,3 +32,14 @@ def test_a_restart_and_an_idle_interval_are_left_out_of_a_ratio() -> None:
     # 30/40; the restart (30 -> 5) is left out; 15/20; nothing queried in the last interval.
     assert rates["value"].tolist() == pytest.approx([0.75, 0.75])
     assert counter_rates(frame, "hits")["value"].tolist() == [15.0, 7.5, 0.0]
+
+
+def test_two_runtimes_scraped_apart_keep_their_own_series() -> None:
+    # Two vLLM servers behind one target, each scraped on its own: their counters differ by far.
+    first = scrapes("c", [0, 20, 40])
+    second = [
+        {**row, "labels": {"instance": "b"}, "sampled_at": row["sampled_at"] + timedelta(seconds=1)}  # type: ignore[operator]
+        for row in scrapes("c", [50_000, 50_010, 50_020])
+    ]
+    rates = counter_rates(pd.DataFrame(first + second), "c")
+    assert rates["value"].tolist() == [10.0, 5.0, 10.0, 5.0]  # never 50,000 / 1 s

@@ -110,6 +110,12 @@ def test_gpu_page_draws_gpus_and_runtime_gauges_over_step_bands(seeder: Seeder) 
     assert labels == ["Download gpu_samples.csv", "Download runtime_samples.csv"]
 
 
+def test_gpu_page_reads_the_prefix_cache_counters_of_vllm_before_0_10(seeder: Seeder) -> None:
+    seeder.telemetry(seeder.sweep(), cache_prefix="vllm:gpu_prefix_cache")
+    hit_rate = traces(figures(run_app("gpu.py"))["vLLM prefix-cache hit rate"])
+    assert set(hit_rate["vllm-like / scraper"]["y"]) == {0.75}
+
+
 def test_gpu_page_without_samples_says_how_to_get_them(seeder: Seeder) -> None:
     seeder.sweep()
     at = run_app("gpu.py")
