@@ -7,6 +7,7 @@ usage the client was given and with what the client saw on the wire.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 import urllib.error
 import urllib.request
@@ -85,11 +86,14 @@ def test_streamed_chat_sends_one_chunk_per_token_then_usage(sim: ThreadedServer,
     truth = truth_of(sim, response_id)
     assert len(received_ns) == usage.completion_tokens == truth["completion_tokens"] == 20
     assert truth["model"] == "other"
-    # Same host, same monotonic clock: each token was seen after it was written, and soon after.
-    for written_ns, seen_ns in zip(truth["token_written_ns"], received_ns, strict=True):
-        assert 0 <= seen_ns - written_ns < 50_000_000
+    # Same host, same monotonic clock: each token was seen after it was written, and soon after, not
+    # in a batch at the end (whose median delay would be half the stream). Medians, as one stall of a
+    # shared CI machine (tens of ms) must not fail the test; the bounds on the maxima catch batching.
+    delays_ns = [seen - written for written, seen in zip(truth["token_written_ns"], received_ns, strict=True)]
+    assert min(delays_ns) >= 0
+    assert statistics.median(delays_ns) < 10_000_000 and max(delays_ns) < 150_000_000, delays_ns
     lateness_ns = [w - s for w, s in zip(truth["token_written_ns"], truth["token_scheduled_ns"], strict=True)]
-    assert max(lateness_ns) < 20_000_000
+    assert statistics.median(lateness_ns) < 5_000_000 and max(lateness_ns) < 150_000_000, lateness_ns
 
 
 def sse_events(url: str, body: dict[str, Any]) -> list[Any]:
