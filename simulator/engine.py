@@ -4,7 +4,8 @@ Pure and deterministic: every method takes ``now_ns`` from the caller and nothin
 same calls on a virtual clock replay exactly. One step emits one token to every running sequence and
 lasts ``step_base_ms + step_per_seq_ms * batch`` plus the prefill of the sequences admitted into it
 (``prompt_tokens / prefill_tokens_per_s``); those get their first token when that step ends. With
-``prefix_caching``, a prompt's leading blocks found in the prefix cache are not prefilled again.
+``prefix_caching``, a prompt's leading blocks found in the prefix cache are not prefilled again; with
+``preemption``, requests take KV cache as they generate and the last admitted gives way when it runs out.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class Sequence:
         self.target_tokens = target_tokens
         self.finish_reason = finish_reason
         self.kv_tokens = min(prompt_tokens + target_tokens, context)
-        """KV cache reserved: prompt and output, never more than the context (Ollama shifts past it)."""
+        """KV cache held: prompt and output reserved, never more than the context (Ollama shifts past it);
+        with preemption, what it has computed and the token of the step it is in."""
         self.arrived_ns = now_ns
         self.load_wait_ns = 0
         self.admitted_ns: int | None = None
@@ -125,6 +127,7 @@ class Engine:
         self._loaded_at_ns: int | None = None if profile.load_ms > 0 else 0
         self._idle_since_ns = 0
         self.loads = 0
+        self.preemptions = 0
         self._p_stop = 1.0 / max(profile.mean_output_tokens, 1.0)
         # Block id -> None, least recently used first; as many blocks as the KV cache holds.
         self._prefix_cache: OrderedDict[int, None] = OrderedDict()
@@ -173,15 +176,24 @@ class Engine:
         self.active += 1
         seq.load_wait_ns = self._ensure_loaded(now_ns)
         self._waiting.append(seq)
-        if self._step is not None and self._step.start_ns >= now_ns:
+        step = self._step
+        if step is not None and step.start_ns >= now_ns:
             # The step has not begun (it waits for the model load, or starts this very instant): rebuild
-            # it so this request joins it, as a scheduler batching simultaneous arrivals would.
-            for pending in reversed(self._step.batch):
-                pending.admitted_ns = None
+            # it so this request joins it, as a scheduler batching simultaneous arrivals would. What it
+            # admitted goes back to the queue's head; what was running before runs on.
+            running = step.batch[: len(step.batch) - step.admitted]
+            for pending in reversed(step.batch[len(running) :]):
+                if pending.first_token_ns is None:
+                    pending.admitted_ns = None
                 self._kv_used -= pending.kv_tokens
                 self._waiting.appendleft(pending)
+            if self.profile.preemption:  # their token of this step is reserved again
+                for seq_running in running:
+                    seq_running.kv_tokens -= 1
+                    self._kv_used -= 1
             self._step = None
-        if self._step is None:
+            self._start_step(step.start_ns, running)
+        elif step is None:
             self._start_step(now_ns, [])
         return seq
 
@@ -191,7 +203,7 @@ class Engine:
             return
         seq.cancelled = True
         self.active -= 1
-        if seq.admitted_ns is None:
+        if seq in self._waiting:  # queued, or preempted and queued again
             self._waiting.remove(seq)
 
     def _draw_length(self) -> int:
@@ -282,18 +294,25 @@ class Engine:
         admitted = 0
         prefill_tokens = cached_tokens = 0
         p = self.profile
+        if p.preemption:
+            self._grow(running)
         while self._waiting and len(running) < p.max_running:
             seq = self._waiting[0]
-            if self._kv_used + seq.kv_tokens > p.kv_budget_tokens:
+            # With preemption a request needs its prompt, what it generated before (recomputed) and
+            # this step's token; without, its prompt and output reserved.
+            need = seq.prompt_tokens + seq.emitted + 1 if p.preemption else seq.kv_tokens
+            if self._kv_used + need > p.kv_budget_tokens:
                 break  # first come, first served: the head blocks the queue until the cache frees up
             self._waiting.popleft()
-            self._kv_used += seq.kv_tokens
-            seq.admitted_ns = at_ns
+            seq.kv_tokens = need
+            self._kv_used += need
+            if seq.admitted_ns is None:  # the first admission: a preempted request keeps its own
+                seq.admitted_ns = at_ns
             running.append(seq)
             admitted += 1
             if seq.cached_tokens is None:  # looked up once: a step rebuilt before it began admits again
                 seq.cached_tokens = self._cached_prefix(seq) if p.prefix_caching else 0
-            prefill_tokens += seq.prompt_tokens - seq.cached_tokens
+            prefill_tokens += seq.prompt_tokens + seq.emitted - seq.cached_tokens
             cached_tokens += seq.cached_tokens
         if p.prefix_caching:
             self._trim_prefix_cache(running)
@@ -303,6 +322,20 @@ class Engine:
         duration_ms = p.step_base_ms + p.step_per_seq_ms * len(running)
         duration_ns = round(duration_ms * _NS_PER_MS + prefill_tokens * _NS_PER_S / p.prefill_tokens_per_s)
         self._step = Step(at_ns, at_ns + duration_ns, running, admitted, prefill_tokens, cached_tokens)
+
+    def _grow(self, running: list[Sequence]) -> None:
+        """Give each running request room for this step's token, preempting the last admitted while
+        there is not enough: vLLM frees its cache and queues it first, to recompute it later."""
+        while running and self._kv_used + len(running) > self.profile.kv_budget_tokens:
+            victim = running.pop()
+            self._kv_used -= victim.kv_tokens
+            victim.kv_tokens = 0
+            victim.cached_tokens = None  # its prompt is looked up again when it is admitted again
+            self._waiting.appendleft(victim)
+            self.preemptions += 1
+        for seq in running:
+            seq.kv_tokens += 1
+        self._kv_used += len(running)
 
     def _cached_prefix(self, seq: Sequence) -> int:
         """Prompt tokens of ``seq`` the prefix cache holds: its leading blocks found, whole blocks only and

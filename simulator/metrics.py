@@ -138,7 +138,8 @@ class SimCollector(Collector):
         for reason in sorted({*_FINISH_REASONS, *s.finished}):
             success.add_metric([*self._values, reason], s.finished.get(reason, 0))
         yield success
-        yield self._counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", 0)
+        preemptions = sum(engine.preemptions for engine in e.engines)
+        yield self._counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", preemptions)
         queried = sum(engine.prefix_queried_tokens for engine in e.engines)
         hits = sum(engine.prefix_hit_tokens for engine in e.engines)
         yield self._counter(

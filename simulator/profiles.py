@@ -39,7 +39,8 @@ class Profile:
     prefill_tokens_per_s: float
     """Prompt processing rate; a newly admitted sequence's prefill lengthens the step it joins."""
     kv_budget_tokens: int
-    """KV cache size; a request reserves prompt + output tokens and waits in the queue while it is full."""
+    """KV cache size; a request reserves prompt + output tokens and waits in the queue while it is full
+    (with ``preemption``, it holds what it has computed, and grows a token per step)."""
     max_model_len: int
     """Context length: prompt + output tokens of one request may not exceed it."""
     mean_output_tokens: float
@@ -59,6 +60,10 @@ class Profile:
     """Share of the model in VRAM; below 1.0 Ollama's /api/ps shows a partial CPU offload."""
     models: tuple[str, ...] = ("stampede-sim",)
     """Served model names; the first is the default."""
+    preemption: bool = False
+    """vLLM's KV allocation: a request is admitted when its prompt fits and takes cache as it generates;
+    when a step's tokens do not fit, the last admitted running request is preempted (its cache freed,
+    recomputed when it is admitted again). Otherwise prompt and output are reserved at admission."""
     prefix_caching: bool = False
     """vLLM's automatic prefix caching: a prompt's leading full blocks of 16 tokens that an earlier
     prompt left in the KV cache are not computed again (prefill shortens; counted in its /metrics)."""
@@ -102,6 +107,7 @@ DEFAULTS: dict[Flavor, Profile] = {
         kv_budget_tokens=131_072,
         max_model_len=8_192,
         mean_output_tokens=200.0,
+        preemption=True,
         prefix_caching=True,  # on by default since vLLM V1
     ),
     # llama-server with 4 slots sharing a 16k context.

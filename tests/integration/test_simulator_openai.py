@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
@@ -272,8 +273,31 @@ def test_vllm_counts_prefix_cache_hits_for_a_shared_system_prompt() -> None:
         sim.stop()
 
 
+def test_vllm_metrics_count_preemptions_when_outputs_outgrow_the_kv_cache() -> None:
+    profile = build_profile(Flavor.VLLM, {**FAST, "kv_budget_tokens": 1_000, "max_model_len": 1_000})
+    sim = serve_in_thread(SimServer(profile))
+    client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            replies = list(pool.map(
+                lambda _: client.chat.completions.create(
+                    model="stampede-sim", messages=MESSAGES, max_tokens=500, extra_body={"ignore_eos": True}
+                ),
+                range(3),
+            ))  # fmt: skip
+        assert [r.usage.completion_tokens for r in replies if r.usage] == [500, 500, 500]
+        values = metric_values(sim.url)
+        assert values["vllm:num_preemptions_total"] >= 1  # 3 x 507 tokens do not fit in 1,000
+        assert values["vllm:kv_cache_usage_perc"] == 0
+    finally:
+        sim.stop()
+
+
 def test_vllm_metrics_show_requests_waiting_when_the_kv_budget_is_full() -> None:
-    profile = build_profile(Flavor.VLLM, {**FAST, "kv_budget_tokens": 2_000, "max_model_len": 1_000})
+    # With preemption off, vLLM-like requests reserve prompt and output at admission, and wait for room.
+    profile = build_profile(
+        Flavor.VLLM, {**FAST, "kv_budget_tokens": 2_000, "max_model_len": 1_000, "preemption": False}
+    )
     sim = serve_in_thread(SimServer(profile))
     client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
     streams = [

@@ -82,7 +82,8 @@ def test_each_step_gives_one_token_to_every_running_sequence_and_slows_with_batc
 
 
 def test_kv_budget_keeps_requests_waiting_until_the_cache_frees_up() -> None:
-    profile = build_profile(Flavor.VLLM, {"kv_budget_tokens": 1_000, "max_model_len": 500})
+    # Reserved at admission (llama.cpp's and Ollama's slots; vLLM's preemption off).
+    profile = build_profile(Flavor.VLLM, {"kv_budget_tokens": 1_000, "max_model_len": 500, "preemption": False})
     engine = Engine(profile)
     first, second, third = (engine.submit(100, 300, 0, ignore_eos=True) for _ in range(3))
     assert engine.num_running == 2
@@ -255,7 +256,8 @@ def test_prompts_arriving_together_are_looked_up_once_and_miss_each_other() -> N
 
 
 def test_a_full_kv_cache_keeps_no_spare_prefixes() -> None:
-    engine = Engine(build_profile(Flavor.VLLM, {"kv_budget_tokens": 8_192}))
+    # Reserved at admission, so the two long requests fill the cache at once.
+    engine = Engine(build_profile(Flavor.VLLM, {"kv_budget_tokens": 8_192, "preemption": False}))
     old = prefix_block_ids([f"old{i}" for i in range(160)])
     for at_ms in (0, 10_000):
         engine.submit(160, 4, at_ms * MS, ignore_eos=True, prefix_blocks=old)
@@ -267,3 +269,33 @@ def test_a_full_kv_cache_keeps_no_spare_prefixes() -> None:
     again = engine.submit(160, 4, 20_000 * MS, ignore_eos=True, prefix_blocks=old)  # waits for memory
     run_to_idle(engine)
     assert again.cached_tokens == 0 and engine.prefix_hit_tokens == 144
+
+
+def test_vllm_admits_by_the_prompt_and_preempts_the_last_admitted_when_the_cache_runs_out() -> None:
+    engine = Engine(build_profile(Flavor.VLLM, {"kv_budget_tokens": 2_000, "max_model_len": 1_000}))
+    seqs = [engine.submit(100, 800, 0, ignore_eos=True) for _ in range(3)]
+    assert engine.num_running == 3 and engine.kv_used_tokens == 3 * 101  # prompts and first tokens only
+    run_to_idle(engine)
+    assert [s.emitted for s in seqs] == [800, 800, 800]  # every token came, once
+    assert engine.preemptions >= 1 and engine.kv_used_tokens == 0
+    first, _, last = seqs
+    # The last admitted gave way: a gap of a whole recompute in its stream, none in the first's.
+    assert (last.finished_ns or 0) > (first.finished_ns or 0)
+    assert last.admitted_ns == first.admitted_ns == 0  # phases count from the first admission
+
+
+def test_a_preempted_request_recomputes_its_prompt_and_what_it_generated() -> None:
+    profile = build_profile(Flavor.VLLM, {"kv_budget_tokens": 1_000, "max_model_len": 1_000, "prefix_caching": False})
+    engine = Engine(profile)
+    keeper = engine.submit(100, 800, 0, ignore_eos=True)
+    victim = engine.submit(100, 800, 0, ignore_eos=True)
+    steps = []
+    while (at_ns := engine.next_event_ns()) is not None:
+        step = engine.advance(at_ns)
+        if step is not None:
+            steps.append(step)
+    assert engine.preemptions == 1 and keeper.emitted == victim.emitted == 800
+    readmitted = next(s for s in steps[1:] if s.admitted == 1)  # the first step admitted both
+    assert readmitted.batch == [victim]  # it waited for the keeper to finish
+    # Its prompt and the 400 tokens it had when two requests of 100 + 400 filled the 1,000 tokens.
+    assert readmitted.prefill_tokens == 100 + 400
