@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -86,7 +87,9 @@ def test_stall_sends_no_bytes_for_the_stall_then_resumes(vllm: ThreadedServer) -
                 arrivals.append(time.monotonic())
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert len(arrivals) == 10
-    assert gaps[2] >= 0.4 and max(gaps[:2] + gaps[3:]) < 0.1
+    others = gaps[:2] + gaps[3:]
+    # The stall is the one long gap; medians and a loose maximum, so one hiccup of a shared machine passes.
+    assert gaps[2] >= 0.4 and statistics.median(others) < 0.05 and max(others) < 0.3, gaps
     truth = last_truth(vllm)
     assert truth["token_written_ns"][3] - truth["token_written_ns"][2] >= 400_000_000
 
