@@ -299,3 +299,14 @@ def test_a_preempted_request_recomputes_its_prompt_and_what_it_generated() -> No
     assert readmitted.batch == [victim]  # it waited for the keeper to finish
     # Its prompt and the 400 tokens it had when two requests of 100 + 400 filled the 1,000 tokens.
     assert readmitted.prefill_tokens == 100 + 400
+
+
+def test_a_request_arriving_as_a_step_begins_joins_it_without_the_running_ones_prefilling_again() -> None:
+    engine = Engine(VLLM)
+    running = engine.submit(1_000, 10, 0, ignore_eos=True)
+    first_end = engine.next_event_ns() or 0
+    engine.advance(first_end)  # the next step begins at once, with the running request in it
+    joining = engine.submit(200, 10, first_end, ignore_eos=True)
+    step = engine._step
+    assert step is not None and step.batch == [running, joining] and step.prefill_tokens == 200
+    assert running.admitted_ns == 0 and engine.kv_used_tokens == (1_000 + 2) + (200 + 1)
