@@ -68,6 +68,8 @@ class Sequence:
         "listener",
         "prefix_blocks",
         "cached_tokens",
+        "previous_token_ns",
+        "last_token_ns",
     )
 
     def __init__(
@@ -92,7 +94,10 @@ class Sequence:
         self.prefix_blocks: tuple[int, ...] = ()
         """Ids of the prompt's full blocks, each naming the whole prefix up to its end (chained hashes)."""
         self.cached_tokens: int | None = None
-        """Prompt tokens the prefix cache held when the sequence was first admitted, so not prefilled."""
+        """Prompt tokens the prefix cache held at the sequence's (last) admission, so not prefilled."""
+        self.previous_token_ns: int | None = None
+        self.last_token_ns: int | None = None
+        """When the last token came, and the one before it (the gap a step ended, or a preemption)."""
 
 
 @dataclass(slots=True)
@@ -105,9 +110,8 @@ class Step:
     admitted: int
     """How many sequences of ``batch`` joined in this step (their prefill is part of its duration)."""
     prefill_tokens: int
-    """Prompt tokens computed in this step: those of the admitted sequences not found in the prefix cache."""
-    cached_tokens: int = 0
-    """Prompt tokens of the admitted sequences found in the prefix cache."""
+    """Tokens computed for the admitted sequences: their prompts (and, recomputed, what preempted ones had
+    generated), less what the prefix cache held."""
 
 
 class Engine:
@@ -186,7 +190,8 @@ class Engine:
                 if pending.first_token_ns is None:
                     pending.admitted_ns = None
                 self._kv_used -= pending.kv_tokens
-                self._waiting.appendleft(pending)
+                if not pending.cancelled:
+                    self._waiting.appendleft(pending)
             if self.profile.preemption:  # their token of this step is reserved again
                 for seq_running in running:
                     seq_running.kv_tokens -= 1
@@ -272,15 +277,18 @@ class Engine:
     def _finish_step(self, step: Step) -> None:
         end_ns = step.end_ns
         emitted: list[Sequence] = []
-        for seq in step.batch:
+        admitted_from = len(step.batch) - step.admitted
+        for index, seq in enumerate(step.batch):
             if seq.cancelled:
                 self._kv_used -= seq.kv_tokens
                 continue
             seq.emitted += 1
+            seq.previous_token_ns = seq.last_token_ns
+            seq.last_token_ns = end_ns
             if seq.first_token_ns is None:
                 seq.first_token_ns = end_ns
-                if self.profile.prefix_caching:
-                    self._cache_prompt(seq)  # its blocks are computed now, and usable by later prompts
+            if index >= admitted_from and self.profile.prefix_caching:
+                self._cache_prompt(seq)  # its blocks are computed now (or again), usable by later prompts
             if seq.emitted >= seq.target_tokens:
                 seq.finished_ns = end_ns
                 self._kv_used -= seq.kv_tokens
@@ -292,7 +300,7 @@ class Engine:
         if self._waiting and self._loaded_at_ns is not None:
             at_ns = max(at_ns, self._loaded_at_ns)
         admitted = 0
-        prefill_tokens = cached_tokens = 0
+        prefill_tokens = 0
         p = self.profile
         if p.preemption:
             self._grow(running)
@@ -313,7 +321,6 @@ class Engine:
             if seq.cached_tokens is None:  # looked up once: a step rebuilt before it began admits again
                 seq.cached_tokens = self._cached_prefix(seq) if p.prefix_caching else 0
             prefill_tokens += seq.prompt_tokens + seq.emitted - seq.cached_tokens
-            cached_tokens += seq.cached_tokens
         if p.prefix_caching:
             self._trim_prefix_cache(running)
         if not running:
@@ -321,7 +328,7 @@ class Engine:
             return
         duration_ms = p.step_base_ms + p.step_per_seq_ms * len(running)
         duration_ns = round(duration_ms * _NS_PER_MS + prefill_tokens * _NS_PER_S / p.prefill_tokens_per_s)
-        self._step = Step(at_ns, at_ns + duration_ns, running, admitted, prefill_tokens, cached_tokens)
+        self._step = Step(at_ns, at_ns + duration_ns, running, admitted, prefill_tokens)
 
     def _grow(self, running: list[Sequence]) -> None:
         """Give each running request room for this step's token, preempting the last admitted while
@@ -348,8 +355,9 @@ class Engine:
             cache.move_to_end(block)
             found += 1
         cached = min(found, max(seq.prompt_tokens - 1, 0) // PREFIX_BLOCK_TOKENS) * PREFIX_BLOCK_TOKENS
-        self.prefix_queried_tokens += seq.prompt_tokens
-        self.prefix_hit_tokens += cached
+        if seq.emitted == 0:  # vLLM counts a preempted request's lookups apart, and does not export them
+            self.prefix_queried_tokens += seq.prompt_tokens
+            self.prefix_hit_tokens += cached
         return cached
 
     def _cache_prompt(self, seq: Sequence) -> None:
@@ -364,9 +372,12 @@ class Engine:
         """Cached blocks live in KV memory: those of running prompts, plus what free memory holds; the
         least recently used beyond that are evicted, so a full KV cache keeps few spare prefixes."""
         free_blocks = max(self.profile.kv_budget_tokens - self._kv_used, 0) // PREFIX_BLOCK_TOKENS
-        in_use = sum(len(seq.prefix_blocks) for seq in running if seq.first_token_ns is not None)
         cache = self._prefix_cache
-        while len(cache) > free_blocks + in_use:
+        if len(cache) <= free_blocks:
+            return
+        in_use = {block for seq in running if seq.first_token_ns is not None for block in seq.prefix_blocks}
+        limit = free_blocks + len(in_use.intersection(cache))  # a prefix shared by many is held once
+        while len(cache) > limit:
             cache.popitem(last=False)
 
     # --- state ----------------------------------------------------------------------------------------
@@ -385,7 +396,7 @@ class Engine:
 
     @property
     def kv_used_tokens(self) -> int:
-        """KV tokens reserved by admitted sequences (prompt + output each)."""
+        """KV tokens held by admitted sequences (reserved prompt and output, or, with preemption, computed)."""
         return self._kv_used
 
     @property

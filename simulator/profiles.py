@@ -80,6 +80,8 @@ class Profile:
             raise ValueError("step costs must be positive and the prefill rate above zero")
         if not self.models:
             raise ValueError("at least one model name is needed")
+        if self.preemption and self.flavor is not Flavor.VLLM:
+            raise ValueError("preemption is vLLM's scheduler: only the vllm profile has it")
 
 
 DEFAULTS: dict[Flavor, Profile] = {

@@ -139,7 +139,7 @@ class Runtime:
             while (step := engine.advance(now_ns)) is not None:
                 batch = step.batch
                 end_ns = step.end_ns
-                self._account(step.start_ns, end_ns, batch, step.admitted, step.prefill_tokens, step.cached_tokens)
+                self._account(step.start_ns, end_ns, batch, step.admitted, step.prefill_tokens)
                 for seq in batch:
                     seq.listener.on_token(seq, end_ns)
                 stats.steps += 1
@@ -158,25 +158,26 @@ class Runtime:
                 lag_ns / 1e6,
             )
 
-    def _account(
-        self, start_ns: int, end_ns: int, batch: list[Sequence], admitted: int, prefill: int, cached: int
-    ) -> None:
+    def _account(self, start_ns: int, end_ns: int, batch: list[Sequence], admitted: int, prefill: int) -> None:
         stats = self.stats
         n = len(batch)
         step_s = (end_ns - start_ns) / 1e9
         stats.generation_tokens += n
         stats.busy_slot_sum += n
-        stats.prompt_tokens += prefill + cached  # as vLLM counts them: whole prompts, cached or not
         prefill_s = prefill / self.profile.prefill_tokens_per_s
         stats.prompt_seconds += prefill_s
         stats.decode_seconds += step_s - prefill_s
-        first = 0
+        first = resumed = 0
         for seq in batch[n - admitted :] if admitted else ():
             if seq.emitted == 1 and seq.first_token_ns is not None:
                 stats.ttft_s.observe((seq.first_token_ns - seq.arrived_ns) / 1e9)
+                stats.prompt_tokens += seq.prompt_tokens  # as vLLM counts them: once, cached or not
                 first += 1
-        if n > first:
-            stats.tpot_s.observe(step_s, n - first)
+            elif seq.previous_token_ns is not None:  # preempted, then recomputed: the gap spans the wait
+                stats.tpot_s.observe((end_ns - seq.previous_token_ns) / 1e9)
+                resumed += 1
+        if n > first + resumed:
+            stats.tpot_s.observe(step_s, n - first - resumed)
 
 
 class Exchange:

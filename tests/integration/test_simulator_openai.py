@@ -289,6 +289,11 @@ def test_vllm_metrics_count_preemptions_when_outputs_outgrow_the_kv_cache() -> N
         values = metric_values(sim.url)
         assert values["vllm:num_preemptions_total"] >= 1  # 3 x 507 tokens do not fit in 1,000
         assert values["vllm:kv_cache_usage_perc"] == 0
+        assert values["vllm:prompt_tokens_total"] == 3 * 7  # each prompt once, however often recomputed
+        # Inter-token latency takes in a preempted request's wait: its gaps add up to its decode time.
+        _, truth = get_json(f"{sim.url}/sim/requests")
+        decode_s = sum((t["token_scheduled_ns"][-1] - t["token_scheduled_ns"][0]) / 1e9 for t in truth["requests"])
+        assert values["vllm:inter_token_latency_seconds_sum"] == pytest.approx(decode_s, rel=0.01)
     finally:
         sim.stop()
 

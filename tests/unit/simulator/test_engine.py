@@ -310,3 +310,29 @@ def test_a_request_arriving_as_a_step_begins_joins_it_without_the_running_ones_p
     step = engine._step
     assert step is not None and step.batch == [running, joining] and step.prefill_tokens == 200
     assert running.admitted_ns == 0 and engine.kv_used_tokens == (1_000 + 2) + (200 + 1)
+
+
+def test_a_preempted_request_is_looked_up_again_but_counted_once() -> None:
+    engine = Engine(build_profile(Flavor.VLLM, {"kv_budget_tokens": 1_000, "max_model_len": 1_000}))
+    prompts = [[f"{name}{i}" for i in range(100)] for name in ("a", "b")]
+    for prompt in prompts:
+        engine.submit(100, 800, 0, ignore_eos=True, prefix_blocks=prefix_block_ids(prompt))
+    run_to_idle(engine)
+    assert engine.preemptions == 1
+    assert (engine.prefix_queried_tokens, engine.prefix_hit_tokens) == (200, 0)  # as vLLM exports them
+    again = engine.submit(100, 4, 10**12, ignore_eos=True, prefix_blocks=prefix_block_ids(prompts[1]))
+    run_to_idle(engine)
+    assert again.cached_tokens == 96  # the preempted one's prompt stays usable
+
+
+def test_a_prefix_many_requests_share_is_held_once_when_the_cache_is_full() -> None:
+    engine = Engine(build_profile(Flavor.VLLM, {"kv_budget_tokens": 8_192, "preemption": False}))
+    old = prefix_block_ids([f"old{i}" for i in range(160)])
+    engine.submit(160, 4, 0, ignore_eos=True, prefix_blocks=old)
+    run_to_idle(engine)
+    shared = [f"s{i}" for i in range(160)]
+    for n in range(4):  # 4 x 2,048 tokens fill the cache; their 10 shared blocks are held once
+        engine.submit(161, 2_048 - 161, 10**12, ignore_eos=True, prefix_blocks=prefix_block_ids([*shared, f"q{n}"]))
+    for _ in range(3):  # the shared prompt computed; the next steps trim
+        engine.advance(engine.next_event_ns() or 0)
+    assert len(engine._prefix_cache) == 10 and old[0] not in engine._prefix_cache
