@@ -151,6 +151,28 @@ def counter_rates(frame: pd.DataFrame, metric: str, per: str | None = None) -> p
     return rows.assign(value=rows["increase"] / rows["increase_per"])[keys + ["value"]]
 
 
+def gauge_lines(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (scraped values) with a ``line`` column naming each series to draw: the metric, and the
+    labels that tell its series apart where a target has several (vLLM's engines, two runtimes)."""
+
+    def line(rows: pd.DataFrame) -> pd.Series:
+        labels = [labels if isinstance(labels, dict) else {} for labels in rows["labels"]]
+        keys = sorted({key for item in labels for key in item})
+        varying = [key for key in keys if len({str(item.get(key)) for item in labels}) > 1]
+        if not varying:
+            return pd.Series(rows["metric"].to_numpy(), index=rows.index)
+        names = [
+            f"{metric} ({', '.join(f'{key}={item.get(key)}' for key in varying)})"
+            for metric, item in zip(rows["metric"], labels, strict=True)
+        ]
+        return pd.Series(names, index=rows.index)
+
+    if frame.empty:
+        return frame.assign(line=pd.Series(dtype=str))
+    lines = [line(rows) for _, rows in frame.groupby(["target", "metric"], sort=False)]
+    return frame.assign(line=pd.concat(lines))
+
+
 def _labels_key(labels: object) -> str:
     return repr(sorted(labels.items())) if isinstance(labels, dict) else repr(labels)
 

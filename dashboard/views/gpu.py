@@ -61,7 +61,8 @@ def page() -> None:
         drawn.update(metrics)
         if unit == "GiB":
             rows = rows.assign(value=rows["value"] / GIB)
-        st.plotly_chart(charts.over_time(rows, "value", ["target", "metric"], title, unit, steps), key=title)
+        lines = charts.gauge_lines(rows)
+        st.plotly_chart(charts.over_time(lines, "value", ["target", "line"], title, unit, steps), key=title)
     counters = runtime.replace({"metric": OLDER_COUNTERS})
     for title, unit, metric, per in RATES:
         rates = charts.counter_rates(counters, metric, per)

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from dashboard.charts import counter_rates
+from dashboard.charts import counter_rates, gauge_lines
 
 T0 = datetime(2026, 11, 21, tzinfo=UTC)
 
@@ -43,3 +43,14 @@ def test_two_runtimes_scraped_apart_keep_their_own_series() -> None:
     ]
     rates = counter_rates(pd.DataFrame(first + second), "c")
     assert rates["value"].tolist() == [10.0, 5.0, 10.0, 5.0]  # never 50,000 / 1 s
+
+
+def test_a_gauge_line_names_only_the_labels_that_tell_its_series_apart() -> None:
+    engines = scrapes("vllm:num_requests_running", [3, 4], engines=2)
+    alone = [{**row, "target": "other", "labels": {"model_name": "m"}} for row in scrapes("g", [1])]
+    lines = gauge_lines(pd.DataFrame(engines + alone))
+    assert sorted(set(lines["line"])) == [
+        "g",
+        "vllm:num_requests_running (engine=0)",
+        "vllm:num_requests_running (engine=1)",
+    ]
