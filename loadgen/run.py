@@ -52,6 +52,7 @@ class RunContext:
         self._run: RunRecord | None = None
         self.steps_left = False
         """Set by a stepped load shape while it has steps to run: a run ended meanwhile is stopped."""
+        self._steps_end_ns = 0
         # Arrivals are configured by the step messages, which carry the master's options to workers.
         self.pacer = Pacer(ArrivalSchedule(Arrival.POISSON), time.perf_counter_ns)
         self._arrivals: tuple[str, float, int] | None = None
@@ -163,6 +164,11 @@ class RunContext:
             self._step = self._step.model_copy(update={"ended_at": utc_now()})
             self.sink.add_step(self._step)
 
+    def steps_ahead(self, remaining_s: float) -> None:
+        """A stepped load shape has steps to run, the last ending ``remaining_s`` from now."""
+        self.steps_left = True
+        self._steps_end_ns = time.monotonic_ns() + round(remaining_s * 1e9)
+
     def end_steps(self) -> None:
         """The load shape ran its last step: the run is complete."""
         self.end_step()
@@ -173,7 +179,9 @@ class RunContext:
         without one ends when its user or its time limit says)."""
         self.end_step()
         if self._run is not None:
-            status = RunStatus.STOPPED if self.steps_left else RunStatus.FINISHED
+            # Past the last step's end the steps are done, though the shape has not ticked since.
+            stopped = self.steps_left and time.monotonic_ns() < self._steps_end_ns
+            status = RunStatus.STOPPED if stopped else RunStatus.FINISHED
             self._run = self._run.model_copy(update={"status": status, "ended_at": utc_now()})
             self.sink.add_run(self._run)
 

@@ -52,7 +52,7 @@ class StepLoadShape(LoadTestShape):
         if index >= len(users):
             context.end_steps()  # the last window closes now, not after in-flight requests drain
             return None
-        context.steps_left = True
+        context.steps_ahead(len(users) * opts.step_duration_s - self.get_run_time())
         context.enter_step(index, users[index], opts.warmup_s, rates[index] if rates else None)
         # Start every step's users within about a second; the warm-up covers the ramp.
         return users[index], float(max(users[index], 1))

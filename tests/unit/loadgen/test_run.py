@@ -2,10 +2,11 @@
 
 import time
 import uuid
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from loadgen.run import RunContext, public_url
-from stampede.records import LoadgenSampleRecord
+from stampede.records import LoadgenSampleRecord, RunRecord, RunStatus
 
 
 class NullSink:
@@ -61,3 +62,35 @@ def test_user_seeds_repeat_across_identical_runs() -> None:
 
 def test_urls_lose_credentials_before_they_are_stored() -> None:
     assert public_url("https://user:secret@gpu1:8000/v1?key=abc") == "https://gpu1:8000/v1"
+
+
+class RunSink(NullSink):
+    def __init__(self) -> None:
+        self.runs: list[RunRecord] = []
+
+    def add_step(self, step: object) -> None:
+        pass
+
+    def add_run(self, run: RunRecord) -> None:
+        self.runs.append(run)
+
+
+def ended(steps_ahead_s: float | None, done: bool = False) -> RunStatus:
+    """The status a run ends with, after a stepped shape last said its steps end ``steps_ahead_s`` on."""
+    sink = RunSink()
+    ctx = context()
+    ctx.sink = sink  # type: ignore[assignment]
+    ctx._run = RunRecord(id=ctx.run_id, name="r", status=RunStatus.RUNNING, started_at=datetime.now(UTC))
+    if steps_ahead_s is not None:
+        ctx.steps_ahead(steps_ahead_s)
+    if done:
+        ctx.end_steps()
+    ctx.end_run()
+    return sink.runs[-1].status
+
+
+def test_a_run_ended_with_steps_ahead_is_stopped_and_one_past_its_last_step_finished() -> None:
+    assert ended(30.0) is RunStatus.STOPPED  # Ctrl-C mid-sweep
+    assert ended(30.0, done=True) is RunStatus.FINISHED  # the shape ran its last step
+    assert ended(-0.5) is RunStatus.FINISHED  # stopped after the last step ended, before the shape ticked
+    assert ended(None) is RunStatus.FINISHED  # no stepped shape: its user or time limit ended it
