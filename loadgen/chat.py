@@ -17,7 +17,6 @@ import os
 import time
 from typing import Any
 
-import gevent
 from locust import User, events, task
 from locust.env import Environment
 from locust.exception import StopUser
@@ -85,6 +84,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     context: RunContext = environment.stampede  # type: ignore[attr-defined]
     context.health.stop()
+    context.stop_pacing()
     if context.is_coordinator:
         context.end_run()
     context.sink.flush(SINK_CLOSE_TIMEOUT_S)
@@ -110,6 +110,7 @@ class ChatUser(User):
         self._context: RunContext = self.environment.stampede  # type: ignore[attr-defined]
         self._http: StampedHTTPClient | None = None  # before anything can fail: on_stop reads it
         self._backoff = Backoff()
+        self._due_ns: int | None = None
         try:
             prompts = self._context.prompts()
             self._tokenizer = self._context.tokenizer()
@@ -123,8 +124,12 @@ class ChatUser(User):
             self._headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
 
     def wait_time(self) -> float:
-        """Locust's pause between tasks, which stopping the run cuts short: the backoff, in closed loop."""
-        return 0.0 if self._context.pacer.rate_per_s > 0 else self._backoff.wait_s
+        """Locust's pause between tasks, which stopping the run cuts short. Open loop: until a send is due
+        and this user, free, takes it (:meth:`RunContext.next_due_ns`). Closed loop: the backoff."""
+        if self._context.pacer.rate_per_s > 0:
+            self._due_ns = self._context.next_due_ns()
+            return 0.0
+        return self._backoff.wait_s
 
     def on_stop(self) -> None:
         self._drop_connection()
@@ -144,18 +149,6 @@ class ChatUser(User):
             self._http.close()
             self._http = None
 
-    def _wait_until_due(self) -> int | None:
-        """Open loop: sleep until this user's next due time; returns it (None in closed loop)."""
-        pacer = self._context.pacer
-        if pacer.rate_per_s <= 0:
-            return None
-        due_ns = pacer.reserve()
-        if due_ns is not None:
-            wait_ns = due_ns - time.perf_counter_ns()
-            if wait_ns > 0:
-                gevent.sleep(wait_ns / 1e9)
-        return due_ns
-
     def _count_tokens(self, m: Measurement) -> tuple[list[int], int | None]:
         if self._tokenizer is None:
             return [], None
@@ -170,7 +163,9 @@ class ChatUser(User):
         prompt = self._picker.next()
         max_tokens = prompt.max_tokens or opts.max_tokens
         body = encode_body(self.chat_api.body(opts.model, prompt.messages, max_tokens, opts.ignore_eos))
-        due_ns = self._wait_until_due()
+        due_ns, self._due_ns = self._due_ns, None
+        if due_ns is None and context.pacer.rate_per_s > 0:
+            return  # open loop's first pass: the pause after it hands this user its first send
         step_index, in_warmup = context.step_index, context.in_warmup()
         started_at = utc_now()
         send_ns = time.perf_counter_ns()

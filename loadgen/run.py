@@ -15,6 +15,8 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import gevent
+import gevent.queue
 import orjson
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
@@ -28,6 +30,8 @@ from loadgen.tokenizers import TokenCounter, load_tokenizer
 from stampede.records import Api, RunRecord, RunStatus, StepRecord, utc_now
 
 STEP_MESSAGE = "stampede_step"
+PAUSED_POLL_S = 0.05
+"""How often an open-loop pacer with no rate (a closed-loop step) looks again."""
 HOSTNAME = socket.gethostname()
 
 
@@ -55,6 +59,8 @@ class RunContext:
         self._steps_end_ns = 0
         # Arrivals are configured by the step messages, which carry the master's options to workers.
         self.pacer = Pacer(ArrivalSchedule(Arrival.POISSON), time.perf_counter_ns)
+        self._due: gevent.queue.Queue[int] = gevent.queue.Queue(maxsize=1)
+        self._ticker: gevent.Greenlet | None = None
         self._arrivals: tuple[str, float, int] | None = None
         self.health = HealthMonitor(sink.add_loadgen_sample, self._describe, HOSTNAME)
         self._users = itertools.count()
@@ -205,6 +211,35 @@ class RunContext:
         self.on_step(data)
 
     # Every process
+
+    def next_due_ns(self) -> int:
+        """Open loop: wait until a send is due, then return when it was due (in the past when every user
+        was busy: the send is late, and its delay is recorded).
+
+        One greenlet paces the whole process and hands each due time to the first user waiting, so
+        idle users hold no sends booked ahead: a new rate applies from the next send, and the run
+        stops with its last step.
+        """
+        if self._ticker is None:
+            self._ticker = gevent.spawn(self._pace)
+        return self._due.get()
+
+    def stop_pacing(self) -> None:
+        if self._ticker is not None:
+            self._ticker.kill()
+            self._ticker = None
+        self._due = gevent.queue.Queue(maxsize=1)
+
+    def _pace(self) -> None:
+        while True:
+            due_ns = self.pacer.reserve()
+            if due_ns is None:  # paused: a closed-loop step
+                gevent.sleep(PAUSED_POLL_S)
+                continue
+            wait_ns = due_ns - time.perf_counter_ns()
+            if wait_ns > 0:
+                gevent.sleep(wait_ns / 1e9)
+            self._due.put(due_ns)  # waits while every user is busy; the due time keeps its place
 
     def on_step(self, data: dict[str, Any]) -> None:
         arrivals = (data["arrival"], data["burstiness"], data["seed"])

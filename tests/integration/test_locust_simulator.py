@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,6 +120,25 @@ def test_open_loop_over_capacity_records_how_late_each_request_was_sent(tmp_path
     assert rate == 20.0
     # Two requests in flight cannot keep up with 20/s: sends fall further and further behind.
     assert delays[-1] > delays[0] + 100
+
+
+def test_open_loop_with_users_to_spare_keeps_each_steps_rate_and_stops_with_its_last_step(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with simulator(tmp_path, "vllm") as host:
+        db_url, sent = run_locust(
+            tmp_path, host, "-f", locustfiles(), "--steps", "64", "--rates", "4,8", "--step-duration-s", "3",
+            "--warmup-s", "0", "--max-tokens", "4", "--arrival", "constant", "OpenAIChatUser",
+        )  # fmt: skip
+    took_s = time.monotonic() - started
+    assert stored(db_url) == sent
+    with Session(create_engine(db_url)) as session:
+        per_step = dict(session.execute(select(Request.step_index, func.count()).group_by(Request.step_index)).all())
+        last_end = session.scalars(select(func.max(Step.ended_at))).one()
+        last_send = session.scalars(select(func.max(Request.started_at))).one()
+    # 3 s at 4/s, then 3 s at 8/s; 64 idle users must not send ahead of the schedule, nor after it.
+    assert 10 <= per_step[0] <= 14 and 22 <= per_step[1] <= 26, per_step
+    assert last_send <= last_end
+    assert took_s < 30, took_s  # no user sleeping towards a send planned long after the end
 
 
 def test_sweep_prints_one_line_per_step_and_samples_the_runtime(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
+import gevent
+
 from loadgen.run import RunContext, public_url
 from stampede.records import LoadgenSampleRecord, RunRecord, RunStatus
 
@@ -94,3 +96,21 @@ def test_a_run_ended_with_steps_ahead_is_stopped_and_one_past_its_last_step_fini
     assert ended(30.0, done=True) is RunStatus.FINISHED  # the shape ran its last step
     assert ended(-0.5) is RunStatus.FINISHED  # stopped after the last step ended, before the shape ticked
     assert ended(None) is RunStatus.FINISHED  # no stepped shape: its user or time limit ended it
+
+
+def test_open_loop_due_times_are_handed_out_one_at_a_time_at_the_rate() -> None:
+    ctx = context()
+    ctx.on_step(message(0, rate_per_s=100.0, arrival="constant"))
+    try:
+        first, second = ctx.next_due_ns(), ctx.next_due_ns()
+        assert second - first == 10_000_000
+        gevent.sleep(0.1)  # no one takes a send for 100 ms: one due time waits, none is booked further
+        third = ctx.next_due_ns()
+        assert third - second == 10_000_000 and time.perf_counter_ns() - third > 50_000_000  # sent late
+        ctx.on_step(message(0, rate_per_s=0.0))  # a closed-loop step: nothing more is due
+        with gevent.Timeout(0.2, False):
+            ctx.next_due_ns()  # the one already waiting
+            ctx.next_due_ns()
+            raise AssertionError("a send was due with the pacer paused")
+    finally:
+        ctx.stop_pacing()
