@@ -34,7 +34,7 @@ from stampede.sweep import (
     run_target,
     wait_until_stored,
 )
-from stampede.sweepfile import SweepFile, TargetSpec, load_sweep_file, validate_sweep
+from stampede.sweepfile import OPEN_LOOP_IN_FLIGHT, SweepFile, TargetSpec, load_sweep_file, validate_sweep
 from stampede.table import format_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -206,7 +206,13 @@ def sweep(
     runtime: Annotated[
         str, typer.Option(help="Sample the runtime's own statistics: vllm, llamacpp, ollama or none.")
     ] = "",
-    steps: StepsOpt = "1,2,4,8,16,32",
+    steps: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated concurrency levels, one step each (default 1,2,4,8,16,32); with --rates, one "
+            f"value: the cap on requests in flight (default {OPEN_LOOP_IN_FLIGHT})."
+        ),
+    ] = "",
     rates: Annotated[str, typer.Option(help="Open loop: requests/s per step; --steps then caps in flight.")] = "",
     step_duration_s: StepDurationOpt = 20.0,
     warmup_s: WarmupOpt = 5.0,
@@ -239,7 +245,6 @@ def sweep(
             {**FLAGS, **names_from},
             name=run_name or name,
             targets=[{"name": name, "url": host, "api": api, "model": model, "runtime": runtime or None}],
-            steps=_parse_list(steps, int, "--steps"),
             rates=_parse_list(rates, float, "--rates"),
             step_duration_s=step_duration_s,
             warmup_s=warmup_s,
@@ -247,6 +252,7 @@ def sweep(
             ignore_eos=ignore_eos,
             prompt_set=prompt_set,
             processes=processes,
+            **({"steps": _parse_list(steps, int, "--steps")} if steps else {}),
         )
     try:
         chosen_id = uuid.UUID(run_id) if run_id else uuid.uuid4()

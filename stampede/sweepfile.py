@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from stampede.records import Api
 
@@ -87,6 +87,11 @@ PROMPT_SET_KINDS = ("synthetic", "jsonl", "sharegpt")
 """Prompt sets that take an argument after ``:`` (``seeds`` takes none); loadgen/prompts.py reads them."""
 
 
+OPEN_LOOP_IN_FLIGHT = 256
+"""Requests in flight an open-loop sweep allows when ``steps`` does not say (a request due while all
+are busy waits, and its send delay is recorded)."""
+
+
 class SweepFile(_Spec):
     """Everything a sweep needs besides secrets."""
 
@@ -105,6 +110,15 @@ class SweepFile(_Spec):
     processes: int = Field(default=1, ge=1, description="Locust processes.")
     slo: SloSpec = SloSpec()
     regression: RegressionSpec = RegressionSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _open_loop_cap(cls, data: Any) -> Any:
+        """With rates and no steps, the cap on requests in flight is :data:`OPEN_LOOP_IN_FLIGHT`, not the
+        first step of the closed-loop ladder (1 user, which would make the open loop a closed one)."""
+        if isinstance(data, dict) and data.get("rates") and "steps" not in data:
+            return {**data, "steps": [OPEN_LOOP_IN_FLIGHT]}
+        return data
 
     @field_validator("steps")
     @classmethod

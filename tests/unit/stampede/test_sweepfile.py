@@ -5,7 +5,7 @@ import re
 import pytest
 
 from stampede.records import Api
-from stampede.sweepfile import load_sweep_file, parse_sweep_file
+from stampede.sweepfile import OPEN_LOOP_IN_FLIGHT, load_sweep_file, parse_sweep_file
 
 EXAMPLE = """
 name = "ollama vs vllm"
@@ -31,6 +31,14 @@ def test_a_toml_file_gives_targets_steps_slos_and_defaults() -> None:
     assert spec.steps == [1, 4] and spec.step_duration_s == 15 and spec.warmup_s == 10
     assert spec.slo.ttft_ms == 500 and spec.slo.tpot_ms is None
     assert spec.regression.throughput_drop_pct == 10
+
+
+def test_an_open_loop_sweep_without_steps_caps_requests_in_flight_at_256_not_at_one_user() -> None:
+    open_loop = EXAMPLE.replace("steps = [1, 4]", "rates = [1.0, 2.0]")
+    assert parse_sweep_file(open_loop, ".toml").steps == [OPEN_LOOP_IN_FLIGHT] == [256]
+    capped = EXAMPLE.replace("steps = [1, 4]", "rates = [1.0, 2.0]\nsteps = [32]")
+    assert parse_sweep_file(capped, ".toml").steps == [32]
+    assert parse_sweep_file(EXAMPLE.replace("steps = [1, 4]\n", ""), ".toml").steps == [1, 2, 4, 8, 16, 32]
 
 
 def test_json_round_trips(tmp_path) -> None:
