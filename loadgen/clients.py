@@ -8,8 +8,9 @@ that read returned; with a plain ``HTTPClient``, the time ``readline`` returned.
 may have taken bytes that arrived after it is listed in ``late_chunks``, its time an upper bound (see
 :mod:`loadgen.rxstamps`): a later output came in the same read, or an SSE comment (a keep-alive), or
 the read ended inside a line. Other lines with no text (a role or a finish reason, usage, ``[DONE]``,
-Ollama's final object) are taken to come with the token they follow, as runtimes send them. Only
-stamped reads are checked (not ``https://``, whose every chunk is timed at its read). Nothing parses
+Ollama's final object) are taken to come with the token they follow, as runtimes send them. Reads
+through :class:`~loadgen.rxstamps.StampedSocket` are checked (not ``https://``, whose every chunk is
+timed at its read). Nothing parses
 into models or blocks the gevent loop. Raw measurements only: the record's derived values (TTFT,
 ITL, TPOT) are computed in :mod:`stampede.metrics`.
 """

@@ -92,8 +92,9 @@ class RequestRecord(_Record):
     )
     late_chunks: list[int] = Field(
         default_factory=list,
-        description="Indexes of output chunks read together with a later one: timed at or after their"
-        " arrival, by up to the gap to it (the kernel stamps segments that waited together as one).",
+        description="Indexes of output chunks whose read also took bytes that came after them (a later chunk,"
+        " a keep-alive, part of a later line): timed at or after their arrival, by up to the gap (the kernel"
+        " stamps segments that waited together as one).",
     )
     end_offset_ns: int = Field(ge=0, description="Monotonic ns from send to the end of the response.")
     prompt_tokens: int | None = Field(default=None, description="Prompt tokens as the server counted them.")

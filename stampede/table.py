@@ -68,5 +68,5 @@ def format_summary(steps: Sequence[TargetStep]) -> str:
     if any(step.saturated for step in steps):
         lines.append(f"{SATURATED}: the load generator ran out of CPU or its event loop lagged; see docs/metrics.md")
     if any(step.summary.late_chunks for step in steps):
-        lines.append(f"{LATE}: read together with a later chunk, timed up to that one's arrival; see docs/metrics.md")
+        lines.append(f"{LATE}: read with bytes that came after them, so timed up to their arrival; see docs/metrics.md")
     return "\n".join(lines)

@@ -33,8 +33,8 @@ def page() -> None:
                    "describe the client, not the server.")  # fmt: skip
     late = int(steps["late_chunks"].sum())
     if late:
-        st.warning(f"{late:,} chunks were read together with a later chunk, too late to time exactly: each is timed "
-                   "up to that one's arrival (column late_chunks; docs/metrics.md).")  # fmt: skip
+        st.warning(f"{late:,} chunks were read with bytes that came after them, too late to time exactly: each is "
+                   "timed up to those bytes' arrival (column late_chunks; docs/metrics.md).")  # fmt: skip
 
     tokens = charts.by_load(
         steps, {"output_tokens_per_s": ""}, "Output tokens/s vs load", "Output tokens/s", knee_loads

@@ -121,8 +121,8 @@ def test_chunks_read_late_are_counted_in_a_warning(seeder: Seeder) -> None:
     picker.select(picker.options[1]).run()
     late = 2 * requests_per_step(4)  # both targets' successful requests of the 4-user step
     assert [w.value for w in at.warning] == [
-        f"{late:,} chunks were read together with a later chunk, too late to time exactly: each is timed up to that "
-        "one's arrival (column late_chunks; docs/metrics.md)."
+        f"{late:,} chunks were read with bytes that came after them, too late to time exactly: each is timed up to "
+        "those bytes' arrival (column late_chunks; docs/metrics.md)."
     ]
 
 

@@ -39,5 +39,5 @@ def test_chunks_read_late_are_counted_and_explained() -> None:
     text = format_summary([step(0, 1), TargetStep("vllm-like", 1, late, saturated=True)])
     assert text.splitlines()[3].endswith("generator saturated; 1,234 chunks read late")
     assert "late" not in text.splitlines()[2]
-    assert "chunks read late: read together with a later chunk, timed up to" in text
+    assert "chunks read late: read with bytes that came after them, so timed up to their arrival" in text
     assert "chunks read late:" not in format_summary([step(0, 1)])
