@@ -160,12 +160,12 @@ class ChatUser(User):
     def chat(self) -> None:
         opts = self.environment.parsed_options
         context = self._context
-        prompt = self._picker.next()
-        max_tokens = prompt.max_tokens or opts.max_tokens
-        body = encode_body(self.chat_api.body(opts.model, prompt.messages, max_tokens, opts.ignore_eos))
         due_ns, self._due_ns = self._due_ns, None
         if due_ns is None and context.pacer.rate_per_s > 0:
             return  # open loop's first pass: the pause after it hands this user its first send
+        prompt = self._picker.next()
+        max_tokens = prompt.max_tokens or opts.max_tokens
+        body = encode_body(self.chat_api.body(opts.model, prompt.messages, max_tokens, opts.ignore_eos))
         step_index, in_warmup = context.step_index, context.in_warmup()
         started_at = utc_now()
         send_ns = time.perf_counter_ns()

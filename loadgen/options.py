@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from stampede.sweepfile import OPEN_LOOP_IN_FLIGHT
+
 
 def add_chat_arguments(parser: Any) -> None:
     """Register the options of ``loadgen/chat.py``."""
@@ -56,7 +58,12 @@ def add_chat_arguments(parser: Any) -> None:
 def add_step_arguments(parser: Any) -> None:
     """Register the options of the stepped load shape (``loadgen/steps.py``)."""
     group = parser.add_argument_group("Stampede steps", "A ladder of concurrency levels")
-    group.add_argument("--steps", default="1,2,4,8", help="Comma-separated user counts, one per step.")
+    group.add_argument(
+        "--steps",
+        default="",
+        help="Comma-separated user counts, one per step (default 1,2,4,8); with --rates, one value: the cap "
+        f"on requests in flight (default {OPEN_LOOP_IN_FLIGHT}).",
+    )
     group.add_argument("--step-duration-s", type=float, default=10.0, help="Seconds each step lasts.")
     group.add_argument(
         "--rates",
@@ -64,6 +71,14 @@ def add_step_arguments(parser: Any) -> None:
         help="Open-loop ladder: comma-separated request rates, one per step; --steps then gives one value, "
         "the cap on requests in flight.",
     )
+
+
+def step_users(steps: str, rates: list[float]) -> list[int]:
+    """Users of each step: ``--steps`` (default 1,2,4,8), or with ``rates`` its first value (default
+    :data:`OPEN_LOOP_IN_FLIGHT`) for every rate."""
+    if rates:
+        return parse_steps(steps or str(OPEN_LOOP_IN_FLIGHT))[:1] * len(rates)
+    return parse_steps(steps or "1,2,4,8")
 
 
 def parse_steps(text: str) -> list[int]:

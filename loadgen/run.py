@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
+import gevent.event
 import gevent.queue
 import orjson
 from locust.env import Environment
@@ -61,6 +62,7 @@ class RunContext:
         self.pacer = Pacer(ArrivalSchedule(Arrival.POISSON), time.perf_counter_ns)
         self._due: gevent.queue.Queue[int] = gevent.queue.Queue(maxsize=1)
         self._ticker: gevent.Greenlet | None = None
+        self._rate_changed = gevent.event.Event()
         self._arrivals: tuple[str, float, int] | None = None
         self.health = HealthMonitor(sink.add_loadgen_sample, self._describe, HOSTNAME)
         self._users = itertools.count()
@@ -225,20 +227,24 @@ class RunContext:
         return self._due.get()
 
     def stop_pacing(self) -> None:
+        """End open-loop pacing; a run started again (the web UI) starts its schedule afresh."""
         if self._ticker is not None:
             self._ticker.kill()
             self._ticker = None
         self._due = gevent.queue.Queue(maxsize=1)
+        self.pacer.set_rate(0.0)
 
     def _pace(self) -> None:
+        self._rate_changed.clear()  # the rate this pacer starts with is no change
         while True:
             due_ns = self.pacer.reserve()
             if due_ns is None:  # paused: a closed-loop step
                 gevent.sleep(PAUSED_POLL_S)
                 continue
             wait_ns = due_ns - time.perf_counter_ns()
-            if wait_ns > 0:
-                gevent.sleep(wait_ns / 1e9)
+            if wait_ns > 0 and self._rate_changed.wait(wait_ns / 1e9):
+                self._rate_changed.clear()  # a new rate: its schedule starts now, not after this gap
+                continue
             self._due.put(due_ns)  # waits while every user is busy; the due time keeps its place
 
     def on_step(self, data: dict[str, Any]) -> None:
@@ -248,7 +254,10 @@ class RunContext:
             worker = getattr(self.environment.runner, "worker_index", 0)
             self.pacer.set_schedule(ArrivalSchedule(Arrival(arrivals[0]), arrivals[1], hash((arrivals[2], worker))))
             self._arrivals = arrivals
-        self.pacer.set_rate(data["rate_per_s"] * data["share"])
+        rate_per_s = data["rate_per_s"] * data["share"]
+        if rate_per_s != self.pacer.rate_per_s:
+            self.pacer.set_rate(rate_per_s)
+            self._rate_changed.set()
         if data["index"] == self.step_index and self._measure_from_ns:
             return
         self.options.run_id = data["run_id"]

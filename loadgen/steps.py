@@ -14,7 +14,7 @@ from typing import Any
 from locust import LoadTestShape, events
 from locust.env import Environment
 
-from loadgen.options import add_step_arguments, parse_rates, parse_steps
+from loadgen.options import add_step_arguments, parse_rates, step_users
 from loadgen.run import RunContext
 from stampede.processes import sigterm_as_interrupt
 
@@ -44,9 +44,8 @@ class StepLoadShape(LoadTestShape):
         assert self.runner is not None
         environment = self.runner.environment
         opts = environment.parsed_options
-        users, rates = parse_steps(opts.steps), parse_rates(opts.rates)
-        if rates:
-            users = users[:1] * len(rates)
+        rates = parse_rates(opts.rates)
+        users = step_users(opts.steps, rates)
         index = int(self.get_run_time() // opts.step_duration_s)
         context: RunContext = environment.stampede  # type: ignore[attr-defined]
         if index >= len(users):

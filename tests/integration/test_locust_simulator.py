@@ -135,9 +135,10 @@ def test_open_loop_with_users_to_spare_keeps_each_steps_rate_and_stops_with_its_
         per_step = dict(session.execute(select(Request.step_index, func.count()).group_by(Request.step_index)).all())
         last_end = session.scalars(select(func.max(Step.ended_at))).one()
         last_send = session.scalars(select(func.max(Request.started_at))).one()
-    # 3 s at 4/s, then 3 s at 8/s; 64 idle users must not send ahead of the schedule, nor after it.
-    assert 10 <= per_step[0] <= 14 and 22 <= per_step[1] <= 26, per_step
-    assert last_send <= last_end
+    # 3 s at 4/s, then 3 s at 8/s; 64 idle users must not send ahead of the schedule, nor after it
+    # (before the pacer handed out due times, this step stored 99 and sends went on for a minute).
+    assert 9 <= per_step[0] <= 15 and 19 <= per_step[1] <= 28, per_step
+    assert (last_send - last_end).total_seconds() < 0.5  # a send due as the stop began may still go
     assert took_s < 30, took_s  # no user sleeping towards a send planned long after the end
 
 

@@ -114,3 +114,17 @@ def test_open_loop_due_times_are_handed_out_one_at_a_time_at_the_rate() -> None:
             raise AssertionError("a send was due with the pacer paused")
     finally:
         ctx.stop_pacing()
+
+
+def test_a_new_rate_applies_at_once_not_after_the_old_rates_gap() -> None:
+    ctx = context()
+    ctx.on_step(message(0, rate_per_s=0.5, arrival="constant"))
+    try:
+        ctx.next_due_ns()  # the first send is due at once; the next one at 0.5/s would be 2 s later
+        ctx.on_step(message(1, rate_per_s=100.0, arrival="constant"))
+        before = time.perf_counter_ns()
+        ctx.next_due_ns()
+        assert time.perf_counter_ns() - before < 500_000_000
+    finally:
+        ctx.stop_pacing()
+    assert ctx.pacer.rate_per_s == 0  # a run started again starts its schedule afresh
