@@ -55,9 +55,8 @@ class RunContext:
         self._measure_from_ns = 0
         self._step: StepRecord | None = None
         self._run: RunRecord | None = None
-        self.steps_left = False
-        """Set by a stepped load shape while it has steps to run: a run ended meanwhile is stopped."""
         self._steps_end_ns = 0
+        """When a stepped load shape's last step ends (monotonic), while it has steps to run; else 0."""
         # Arrivals are configured by the step messages, which carry the master's options to workers.
         self.pacer = Pacer(ArrivalSchedule(Arrival.POISSON), time.perf_counter_ns)
         self._due: gevent.queue.Queue[int] = gevent.queue.Queue(maxsize=1)
@@ -123,7 +122,7 @@ class RunContext:
     # Coordinator side
 
     def start_run(self) -> None:
-        self.steps_left = False  # a test the web UI started again starts over
+        self._steps_end_ns = 0  # a test the web UI started again starts over
         opts = self.options
         config = {
             "host": public_url(self.environment.host or ""),
@@ -174,13 +173,12 @@ class RunContext:
 
     def steps_ahead(self, remaining_s: float) -> None:
         """A stepped load shape has steps to run, the last ending ``remaining_s`` from now."""
-        self.steps_left = True
         self._steps_end_ns = time.monotonic_ns() + round(remaining_s * 1e9)
 
     def end_steps(self) -> None:
         """The load shape ran its last step: the run is complete."""
         self.end_step()
-        self.steps_left = False
+        self._steps_end_ns = 0
 
     def end_run(self) -> None:
         """Close the run: stopped when its stepped load shape had steps left, else finished (a run
@@ -188,8 +186,7 @@ class RunContext:
         self.end_step()
         if self._run is not None:
             # Past the last step's end the steps are done, though the shape has not ticked since.
-            stopped = self.steps_left and time.monotonic_ns() < self._steps_end_ns
-            status = RunStatus.STOPPED if stopped else RunStatus.FINISHED
+            status = RunStatus.STOPPED if time.monotonic_ns() < self._steps_end_ns else RunStatus.FINISHED
             self._run = self._run.model_copy(update={"status": status, "ended_at": utc_now()})
             self.sink.add_run(self._run)
 
