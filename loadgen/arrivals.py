@@ -63,11 +63,13 @@ class Pacer:
         """Draw gaps from ``schedule`` from the next due time on."""
         self._schedule = schedule
 
-    def set_rate(self, rate_per_s: float) -> None:
-        """Change the rate from the next due time on; 0 pauses the pacer."""
-        if rate_per_s != self._rate_per_s:
-            self._rate_per_s = rate_per_s
-            self._next_ns = None  # restart the schedule now, at the new rate
+    def set_rate(self, rate_per_s: float) -> bool:
+        """Change the rate from the next due time on; 0 pauses the pacer. Returns whether it changed."""
+        if rate_per_s == self._rate_per_s:
+            return False
+        self._rate_per_s = rate_per_s
+        self._next_ns = None  # restart the schedule now, at the new rate
+        return True
 
     def reserve(self) -> int | None:
         """Claim the next due time; None when paused. The time may be in the past: send at once."""

@@ -251,9 +251,7 @@ class RunContext:
             worker = getattr(self.environment.runner, "worker_index", 0)
             self.pacer.set_schedule(ArrivalSchedule(Arrival(arrivals[0]), arrivals[1], hash((arrivals[2], worker))))
             self._arrivals = arrivals
-        rate_per_s = data["rate_per_s"] * data["share"]
-        if rate_per_s != self.pacer.rate_per_s:
-            self.pacer.set_rate(rate_per_s)
+        if self.pacer.set_rate(data["rate_per_s"] * data["share"]):
             self._rate_changed.set()
         if data["index"] == self.step_index and self._measure_from_ns:
             return
