@@ -138,14 +138,15 @@ class SimCollector(Collector):
         for reason in sorted({*_FINISH_REASONS, *s.finished}):
             success.add_metric([*self._values, reason], s.finished.get(reason, 0))
         yield success
-        preemptions = sum(engine.preemptions for engine in e.engines)
-        yield self._counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", preemptions)
-        queried = sum(engine.prefix_queried_tokens for engine in e.engines)
-        hits = sum(engine.prefix_hit_tokens for engine in e.engines)
+        yield self._counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", e.preemptions)
         yield self._counter(
-            "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", queried
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            e.prefix_queried_tokens,
         )
-        yield self._counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", hits)
+        yield self._counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", e.prefix_hit_tokens
+        )
         histograms = (
             ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", s.ttft_s),
             ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", s.tpot_s),

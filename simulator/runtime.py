@@ -80,6 +80,18 @@ class Runtime:
         return sum(e.kv_used_tokens for e in self.engines)
 
     @property
+    def preemptions(self) -> int:
+        return sum(e.preemptions for e in self.engines)
+
+    @property
+    def prefix_queried_tokens(self) -> int:
+        return sum(e.prefix_queried_tokens for e in self.engines)
+
+    @property
+    def prefix_hit_tokens(self) -> int:
+        return sum(e.prefix_hit_tokens for e in self.engines)
+
+    @property
     def kv_usage(self) -> float:
         """Reserved share of all replicas' KV budgets, 0..1."""
         return self.kv_used_tokens / (self.profile.kv_budget_tokens * len(self.engines))
