@@ -175,7 +175,7 @@ class StepSummary:
     model_loads: int = 0
     token_disagreements: int = 0
     late_chunks: int = 0
-    """Chunks of successful requests read together with a later chunk: timed up to that one's arrival."""
+    """Chunks of successful requests whose read also took bytes that came after them (``late_chunks``)."""
 
     @property
     def error_rate(self) -> float:
