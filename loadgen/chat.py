@@ -14,7 +14,7 @@ import gc
 import inspect
 import logging
 import os
-import time
+from datetime import timedelta
 from typing import Any
 
 from locust import User, events, task
@@ -168,7 +168,6 @@ class ChatUser(User):
         body = encode_body(self.chat_api.body(opts.model, prompt.messages, max_tokens, opts.ignore_eos))
         step_index, in_warmup = context.step_index, context.in_warmup()
         started_at = utc_now()
-        send_ns = time.perf_counter_ns()
         m = send_chat(self._connection(), self.chat_api, body, self._headers, opts.request_timeout_s)
         if m.outcome is not Outcome.OK:
             self._drop_connection()  # the connection may be mid-stream or broken
@@ -188,7 +187,7 @@ class ChatUser(User):
             http_status=m.http_status,
             server_request_id=m.server_request_id,
             error=m.error,
-            started_at=started_at,
+            started_at=started_at + timedelta(microseconds=m.send_offset_ns // 1000),
             chunk_offsets_ns=m.chunk_offsets_ns,
             late_chunks=m.late_chunks,
             end_offset_ns=m.end_offset_ns,
@@ -197,7 +196,8 @@ class ChatUser(User):
             chunk_tokens=chunk_tokens,
             client_output_tokens=client_tokens,
             server_timings_ms=m.server_timings_ms,
-            send_delay_ns=0 if due_ns is None else max(0, send_ns - due_ns),
+            send_delay_ns=0 if due_ns is None else max(0, m.called_ns + m.send_offset_ns - due_ns),
+            reconnects=m.reconnects,
         )
         context.sink.add_request(record)
         self.environment.events.request.fire(

@@ -1,18 +1,20 @@
 """Runtime clients: send one streaming chat request and time every chunk of the answer.
 
 Bytes are read with geventhttpclient's ``readline``, which returns as soon as a line is in its
-buffer and otherwise reads whatever the socket has (not a full block). A line is timed by the read
-that completed it: with a :class:`~loadgen.rxstamps.StampedHTTPClient`, the kernel's receive stamp
-of that read (when its bytes reached the host, however late the loop got to them), else the time
-that read returned; with a plain ``HTTPClient``, the time ``readline`` returned. An output whose read
-may have taken bytes that arrived after it is listed in ``late_chunks``, its time an upper bound (see
-:mod:`loadgen.rxstamps`): a later output came in the same read, or an SSE comment (a keep-alive), or
-the read ended inside a line. Other lines with no text (a role or a finish reason, usage, ``[DONE]``,
-Ollama's final object) are taken to come with the token they follow, as runtimes send them. Reads
-through :class:`~loadgen.rxstamps.StampedSocket` are checked (not ``https://``, whose every chunk is
-timed at its read). Nothing parses
-into models or blocks the gevent loop. Raw measurements only: the record's derived values (TTFT,
-ITL, TPOT) are computed in :mod:`stampede.metrics`.
+buffer and otherwise reads whatever the socket has (not a full block). Requests go through a
+:class:`~loadgen.rxstamps.StampedHTTPClient`, so a line is timed by the read that completed it: the
+kernel's receive stamp of that read (when its bytes reached the host, however late the loop got to
+them), else the time that read returned; over ``https://``, whose reads OpenSSL makes itself, the
+time ``readline`` returned. An output whose read may have taken bytes that arrived after it is
+listed in ``late_chunks``, its time an upper bound (see :mod:`loadgen.rxstamps`): a later output came
+in the same read, or an SSE comment (a keep-alive), or the read ended inside a line. Other lines
+with no text (a role or a finish reason, usage, ``[DONE]``, Ollama's final object) are taken to come
+with the token they follow, as runtimes send them. Reads through
+:class:`~loadgen.rxstamps.StampedSocket` are checked (not ``https://``, whose every chunk is timed at
+its read). A request that meets a keep-alive connection the server had already closed is sent again
+on a new one, and counted (:func:`_post`). Nothing parses into models or blocks the gevent loop. Raw
+measurements only: the record's derived values (TTFT, ITL, TPOT) are computed in
+:mod:`stampede.metrics`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Any
 
 import gevent
 import orjson
-from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
 
 from loadgen.backoff import parse_retry_after
@@ -120,6 +121,13 @@ class Measurement:
     chunk_texts: list[str] = field(default_factory=list)
     response_bytes: int = 0
     retry_after_s: float | None = None
+    called_ns: int = 0
+    """When the caller asked for the request (``perf_counter_ns``)."""
+    send_offset_ns: int = 0
+    """From ``called_ns`` to the send every offset counts from: the write on a pooled connection, the
+    resend after a reconnect, else the call itself (a new connection's connect counts)."""
+    reconnects: int = 0
+    """Times the request was sent again because a reused connection had been closed (0 or 1)."""
 
     def fail(self, outcome: Outcome, error: str) -> None:
         self.outcome = outcome
@@ -131,30 +139,27 @@ def _late(m: Measurement, index: int) -> None:
         m.late_chunks.append(index)
 
 
-def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurement, stamps: ReadStamps | None) -> None:
+def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurement, stamps: ReadStamps) -> None:
     ended = False
     server_error = None
     offset_ns = 0
     # The read that completed the headers may have taken body lines too: none is its first line.
-    last_read_ns = stamps.read_ns if stamps is not None else 0
+    last_read_ns = stamps.read_ns
     output_read_ns = -1  # the read that completed the last output
     while True:
         line = response.readline(b"\n")
         now_ns = time.perf_counter_ns()
         if not line:
             break
-        if stamps is None:
-            line_ns = now_ns
-        else:
-            # readline reads only while no whole line is buffered, so the last read completed this line;
-            # the first line a read completes ended in the oldest segment that read took.
-            first_line, last_read_ns = stamps.read_ns != last_read_ns, stamps.read_ns
-            line_ns = chunk_time_ns(stamps, start_ns, now_ns, oldest=first_line)
+        # readline reads only while no whole line is buffered, so the last read completed this line;
+        # the first line a read completes ended in the oldest segment that read took.
+        first_line, last_read_ns = stamps.read_ns != last_read_ns, stamps.read_ns
+        line_ns = chunk_time_ns(stamps, start_ns, now_ns, oldest=first_line)
         # A read without a stamp is timed late, so the next read's stamp may be earlier: never go back.
         offset_ns = max(offset_ns, line_ns - start_ns)
         m.response_bytes += len(line)
         # The stamped read that completed this line, if any.
-        read_ns = stamps.read_ns if stamps is not None and stamps.read_ns >= start_ns else None
+        read_ns = stamps.read_ns if stamps.read_ns >= start_ns else None
         if read_ns is not None and read_ns == output_read_ns and line[:1] == b":":
             _late(m, len(m.chunk_offsets_ns) - 1)  # a keep-alive came in the read that brought the last output
         for event in parser.feed(line, offset_ns):
@@ -162,7 +167,7 @@ def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurem
                 if read_ns is not None:
                     if read_ns == output_read_ns:  # the read that brought this also brought the last
                         _late(m, len(m.chunk_offsets_ns) - 1)
-                    if stamps is not None and not stamps.ends_line:  # it also took part of a line still to come
+                    if not stamps.ends_line:  # it also took part of a line still to come
                         _late(m, len(m.chunk_offsets_ns))
                     output_read_ns = read_ns
                 m.chunk_offsets_ns.append(event.offset_ns)
@@ -183,20 +188,43 @@ def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurem
         m.fail(Outcome.TRUNCATED, "stream ended before its final message")
 
 
-def send_chat(http: HTTPClient, api: ChatApi, body: bytes, headers: dict[str, str], timeout_s: float) -> Measurement:
+def _post(http: StampedHTTPClient, api: ChatApi, body: bytes, headers: dict[str, str], m: Measurement) -> Any:
+    """Send the request; once more on a new connection when a reused one turns out to be closed.
+
+    Servers close idle keep-alive connections (uvicorn after 5 s), and some close every connection
+    after a streamed response without saying so (llama.cpp's server). The close can reach us just
+    after the pool found the connection idle and open, so the request meets a socket the server had
+    already left: EOF or a reset on the write or before the status line, with no byte of a response.
+    The server never read that request, so it is sent again, once, on a new connection, as HTTP
+    clients do with a stale pooled connection, and counted in ``reconnects``. The same failure on a
+    connection opened for this request is the server's own, and is not retried.
+    """
+    connects = http.connects
+    try:
+        return http.request("POST", api.path, body=body, headers=headers)
+    except (HTTPConnectionClosed, ConnectionResetError, BrokenPipeError):
+        if http.connects != connects:
+            raise
+    m.reconnects += 1
+    m.send_offset_ns = time.perf_counter_ns() - m.called_ns  # timed from the resend, its connect included
+    return http.request("POST", api.path, body=body, headers=headers)
+
+
+def send_chat(
+    http: StampedHTTPClient, api: ChatApi, body: bytes, headers: dict[str, str], timeout_s: float
+) -> Measurement:
     """Send one streaming chat request and measure it; never raises for a failed request.
 
     The caller must discard ``http`` when the outcome is not OK: its connection may be mid-stream.
     """
-    m = Measurement()
-    start_ns = time.perf_counter_ns()
-    stamps = http.stamps if isinstance(http, StampedHTTPClient) else None
+    m = Measurement(called_ns=time.perf_counter_ns())
+    stamps = http.stamps
     response = None
     try:
         with gevent.Timeout(timeout_s):
-            response = http.request("POST", api.path, body=body, headers=headers)
-            if stamps is not None:  # TTFT starts as the request goes out, not as the client builds it
-                start_ns = send_time_ns(stamps, start_ns)
+            response = _post(http, api, body, headers, m)
+            # TTFT starts as the request goes out, not as the client builds it.
+            m.send_offset_ns = send_time_ns(stamps, m.called_ns + m.send_offset_ns) - m.called_ns
             m.http_status = response.status_code
             request_id = response.get("x-request-id")
             m.server_request_id = request_id if isinstance(request_id, str) else None
@@ -207,7 +235,7 @@ def send_chat(http: HTTPClient, api: ChatApi, body: bytes, headers: dict[str, st
                 m.response_bytes = len(text)
                 m.fail(Outcome.HTTP_ERROR, f"HTTP {m.http_status}: {text.decode(errors='replace').strip()}")
             else:
-                _read_stream(response, api.parser(), start_ns, m, stamps)
+                _read_stream(response, api.parser(), m.called_ns + m.send_offset_ns, m, stamps)
     except gevent.Timeout:
         m.fail(Outcome.TIMEOUT, f"no complete response within {timeout_s:g} s")
     except TimeoutError:
@@ -218,7 +246,7 @@ def send_chat(http: HTTPClient, api: ChatApi, body: bytes, headers: dict[str, st
         outcome = Outcome.CONNECTION_ERROR if response is None else Outcome.TRUNCATED
         m.fail(outcome, f"{type(exc).__name__}: {exc}".rstrip(": "))
     if m.end_offset_ns == 0:  # no line came (an error, or an empty body): the end is now
-        m.end_offset_ns = time.perf_counter_ns() - start_ns
+        m.end_offset_ns = time.perf_counter_ns() - m.called_ns - m.send_offset_ns
     return m
 
 

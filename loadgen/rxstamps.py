@@ -213,9 +213,18 @@ class StampedHTTPClient(HTTPClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stamps = ReadStamps()
+        self.connects = 0
+        """Connections this client has tried to open: a request that leaves it unchanged used a pooled one."""
         pool = self._connection_pool
         # Instance attributes over the pool's hooks, so no self is passed to them.
         pool._is_socket_alive = idle_and_open  # type: ignore[method-assign]
+        create_socket = pool._create_socket
+
+        def counted_create_socket() -> Any:
+            self.connects += 1
+            return create_socket()
+
+        pool._create_socket = counted_create_socket  # type: ignore[method-assign]
         if not self.ssl:
             pool._create_tcp_socket = functools.partial(StampedSocket, self.stamps)  # type: ignore[method-assign]
 

@@ -134,6 +134,7 @@ class RequestSample:
     network_and_queue_ms: float | None = None
     tokens_disagree: bool = False
     late_chunks: int = 0
+    reconnects: int = 0
 
     @property
     def had_model_load(self) -> bool:
@@ -176,6 +177,8 @@ class StepSummary:
     token_disagreements: int = 0
     late_chunks: int = 0
     """Chunks of successful requests whose read also took bytes that came after them (``late_chunks``)."""
+    reconnects: int = 0
+    """Requests of any outcome sent again because their reused connection had been closed (``reconnects``)."""
 
     @property
     def error_rate(self) -> float:
@@ -194,6 +197,7 @@ def summarize_step(
     - ``goodput_requests_per_s = requests meeting the SLO / measured_s`` (None without an SLO)
     - latency percentiles over successful requests; ITL pools every per-token gap of every such
       request; TTFT leaves out requests that waited for a model load (counted in ``model_loads``).
+    - ``reconnects = requests of any outcome sent again on a new connection`` (never errors)
     """
     all_samples = list(samples)
     ok = [s for s in all_samples if s.ok]
@@ -220,6 +224,7 @@ def summarize_step(
         model_loads=sum(s.had_model_load for s in ok),
         token_disagreements=sum(s.tokens_disagree for s in ok),
         late_chunks=sum(s.late_chunks for s in ok),
+        reconnects=sum(s.reconnects for s in all_samples),
     )
 
 

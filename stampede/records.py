@@ -113,6 +113,12 @@ class RequestRecord(_Record):
     send_delay_ns: int = Field(
         default=0, ge=0, description="Monotonic ns from the intended send (open loop) to the actual send."
     )
+    reconnects: int = Field(
+        default=0,
+        ge=0,
+        description="Times the request was sent again on a new connection because the reused one had been"
+        " closed before any byte of a response (the server never read it); timed from the last send.",
+    )
 
     @computed_field(description="Time to first token, ms.")  # type: ignore[prop-decorator]
     @property

@@ -42,11 +42,12 @@ ROW_COLUMNS = (
     "model_loads",
     "token_disagreements",
     "late_chunks",
+    "reconnects",
     "saturated",
     *(f"{name}_p{p}_ms" for name in LATENCIES for p in PERCENTILES),
 )
 # Bumped whenever the cached form of a summary changes, so older cache rows are recomputed.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 # The load generator samples its health once a second (loadgen/health.py).
 SAMPLE_INTERVAL_S = 1.0
@@ -120,6 +121,7 @@ class TargetStep:
             "model_loads": s.model_loads,
             "token_disagreements": s.token_disagreements,
             "late_chunks": s.late_chunks,
+            "reconnects": s.reconnects,
             "saturated": self.saturated,
         }
         for name in LATENCIES:
@@ -166,6 +168,7 @@ def _samples(session: Session, run_id: uuid.UUID, target: str, index: int) -> li
             Request.response_ms,
             Request.tokens_disagree,
             cast(Request.late_chunks, Text).label("late"),
+            Request.reconnects,
         ).where(
             Request.run_id == run_id,
             Request.target == target,
@@ -191,6 +194,7 @@ def _samples(session: Session, run_id: uuid.UUID, target: str, index: int) -> li
                 network_and_queue_ms=metrics.network_and_queue_ms(row.e2e_ms, server.get("total_ms")),
                 tokens_disagree=bool(row.tokens_disagree),
                 late_chunks=len(_json(row.late, [])),
+                reconnects=row.reconnects,
             )
         )
     return samples

@@ -55,6 +55,7 @@ REQUEST_COLUMNS = {
     "response_ms": "float8",
     "tokens_disagree": "bool",
     "late_chunks": "json",
+    "reconnects": "int4",
 }
 NULL = "\\N"
 
@@ -108,6 +109,7 @@ def request_values(record: RequestRecord) -> tuple[Any, ...]:
         record.response_ms,
         record.tokens_disagree,
         record.late_chunks,
+        record.reconnects,
     )
 
 

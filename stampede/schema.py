@@ -99,6 +99,7 @@ class Request(Base):
     response_ms: Mapped[float | None]
     tokens_disagree: Mapped[bool] = mapped_column(server_default=false())
     late_chunks: Mapped[list[int]] = mapped_column(JSON, server_default="[]")
+    reconnects: Mapped[int] = mapped_column(server_default="0")
 
 
 class StepStats(Base):

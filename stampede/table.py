@@ -9,7 +9,7 @@ from stampede.report import TargetStep
 COLUMNS = (
     ("target", "<"), ("step", ">"), ("load", ">"), ("req/s", ">"), ("out tok/s", ">"),
     ("TTFT p50", ">"), ("TTFT p99", ">"), ("ITL p50", ">"), ("ITL p99", ">"),
-    ("E2E p50", ">"), ("E2E p99", ">"), ("errors", ">"),
+    ("E2E p50", ">"), ("E2E p99", ">"), ("errors", ">"), ("reconnects", ">"),
 )  # fmt: skip
 GOODPUT = ("goodput/s", ">")
 NOTES = ("", "<")
@@ -42,6 +42,7 @@ def _row(item: TargetStep, with_goodput: bool) -> list[str]:
         _ms(s.e2e_ms.p50),
         _ms(s.e2e_ms.p99),
         f"{s.errors}/{s.requests}",
+        str(s.reconnects),
     ]
     if with_goodput:
         row.append("-" if s.goodput_requests_per_s is None else f"{s.goodput_requests_per_s:,.2f}")
@@ -64,7 +65,10 @@ def format_summary(steps: Sequence[TargetStep]) -> str:
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths).rstrip())
-    lines.append("latencies in ms over each step's measured window (warm-up excluded); errors = failed/sent")
+    lines.append(
+        "latencies in ms over each step's measured window (warm-up excluded); errors = failed/sent;"
+        " reconnects = requests sent again because the server had closed their kept-alive connection"
+    )
     if any(step.saturated for step in steps):
         lines.append(f"{SATURATED}: the load generator ran out of CPU or its event loop lagged; see docs/metrics.md")
     if any(step.summary.late_chunks for step in steps):

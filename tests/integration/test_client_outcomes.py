@@ -3,9 +3,9 @@
 from collections.abc import Iterator
 
 import pytest
-from geventhttpclient import HTTPClient
 
 from loadgen.clients import APIS, Measurement, encode_body, send_chat
+from loadgen.rxstamps import StampedHTTPClient
 from stampede.records import Api, Outcome
 from tests.integration.stub_server import FIRST_CHUNK_LEAD_S, stub_server
 
@@ -20,7 +20,7 @@ def base_url() -> Iterator[str]:
 
 
 def send(base_url: str, behaviour: str, network_timeout_s: float = 5.0) -> Measurement:
-    http = HTTPClient.from_url(base_url, concurrency=1, connection_timeout=2, network_timeout=network_timeout_s)
+    http = StampedHTTPClient.from_url(base_url, concurrency=1, connection_timeout=2, network_timeout=network_timeout_s)
     try:
         body = encode_body(OPENAI.body(behaviour, MESSAGES, 16))
         return send_chat(http, OPENAI, body, {"Content-Type": "application/json"}, timeout_s=10)

@@ -15,8 +15,8 @@ import gevent
 import gevent.monkey
 import gevent.socket
 import pytest
-from geventhttpclient import HTTPClient
 
+from loadgen import rxstamps
 from loadgen.clients import APIS, Measurement, encode_body, send_chat
 from loadgen.rxstamps import STAMPS_SUPPORTED, ReadStamps, StampedHTTPClient, StampedSocket, chunk_time_ns
 from stampede.records import Api
@@ -81,7 +81,7 @@ def _serve_one_stream(listener: gevent.socket.socket) -> None:
         conn.sendall(chunk(content("b")) + chunk(USAGE) + chunk(DONE) + b"0\r\n\r\n")
 
 
-def _send_while_the_loop_is_held(http: HTTPClient, listener: gevent.socket.socket) -> Measurement:
+def _send_while_the_loop_is_held(http: StampedHTTPClient, listener: gevent.socket.socket) -> Measurement:
     server = gevent.spawn(_serve_one_stream, listener)
     api = APIS[Api.OPENAI_CHAT]
     body = encode_body(api.body("m", ({"role": "user", "content": "hi"},), 4))
@@ -109,10 +109,13 @@ def test_a_chunk_that_waited_behind_a_busy_loop_keeps_its_arrival_time(listener:
     assert m.chunk_offsets_ns[1] - m.chunk_offsets_ns[0] >= BLOCK_S * 1e9
 
 
-def test_a_plain_client_times_the_same_chunk_when_it_was_read(listener: gevent.socket.socket) -> None:
-    """The contrast that shows the test above can fail."""
+def test_without_kernel_stamps_the_same_chunk_is_timed_when_it_was_read(
+    listener: gevent.socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contrast that shows the test above can fail: sockets made where the option is missing."""
+    monkeypatch.setattr(rxstamps, "STAMPS_SUPPORTED", False)
     port = listener.getsockname()[1]
-    m = _send_while_the_loop_is_held(HTTPClient("127.0.0.1", port, concurrency=1), listener)
+    m = _send_while_the_loop_is_held(StampedHTTPClient("127.0.0.1", port, concurrency=1), listener)
     assert m.chunk_texts == ["a", "b"], m.error
     assert m.chunk_offsets_ns[0] >= BLOCK_S * 1e9
 

@@ -64,14 +64,24 @@ def test_row_columns_are_the_request_table_columns() -> None:
 def test_a_batch_from_an_older_producer_stores_with_defaults_for_missing_columns(session: Session) -> None:
     record = make_request(uuid.uuid4(), chunk_tokens=[1, 2, 1])
     batch = rows.encode_batch([record])
-    kept = [i for i, c in enumerate(batch["columns"]) if c not in ("chunk_tokens", "tokens_disagree", "late_chunks")]
+    kept = [
+        i
+        for i, c in enumerate(batch["columns"])
+        if c not in ("chunk_tokens", "tokens_disagree", "late_chunks", "reconnects")
+    ]
     line = batch["rows"].rstrip("\n").split("\t")
     older = rows.row_batch(["\t".join(line[i] for i in kept) + "\n"], [batch["columns"][i] for i in kept])
     with session.begin():
         assert store.insert_request_rows(session, older) == 1
     row = session.get(Request, record.id)
     assert row is not None
-    assert (row.chunk_tokens, row.tokens_disagree, row.late_chunks, row.ttft_ms) == ([], False, [], 50.0)
+    assert (row.chunk_tokens, row.tokens_disagree, row.late_chunks, row.reconnects, row.ttft_ms) == (
+        [],
+        False,
+        [],
+        0,
+        50.0,
+    )
 
 
 def test_run_upsert_keeps_one_row_with_the_latest_status(session: Session) -> None:

@@ -91,13 +91,21 @@ def test_every_request_field_reaches_the_summary(session: Session) -> None:
         request(
             run_id, chunk_offsets_ns=[900 * MS, 910 * MS], end_offset_ns=910 * MS, server_timings_ms={"load_ms": 500}
         ),
-        request(run_id, outcome=Outcome.TIMEOUT, chunk_offsets_ns=[], end_offset_ns=60_000 * MS, output_tokens=None),
-        request(run_id, in_warmup=True, chunk_offsets_ns=[9000 * MS], end_offset_ns=9000 * MS),
+        # Sent again after its kept-alive connection was found closed, then timed out: a reconnect and an error.
+        request(
+            run_id,
+            outcome=Outcome.TIMEOUT,
+            chunk_offsets_ns=[],
+            end_offset_ns=60_000 * MS,
+            output_tokens=None,
+            reconnects=1,
+        ),
+        request(run_id, in_warmup=True, reconnects=1, chunk_offsets_ns=[9000 * MS], end_offset_ns=9000 * MS),
     ]
     step = only_step(session, seed(session, records))
     s = step.summary
 
-    assert (s.requests, s.errors, s.model_loads, s.late_chunks) == (4, 1, 1, 2)
+    assert (s.requests, s.errors, s.model_loads, s.late_chunks, s.reconnects) == (4, 1, 1, 2, 1)
     assert s.requests_per_s == pytest.approx(0.3)
     # Output tokens: 5 (tokenizer) + 4 + 4 (server) over 10 s; prompt tokens add 3 x 6.
     assert s.output_tokens_per_s == pytest.approx(1.3)

@@ -14,9 +14,10 @@ def step(index: int, users: int, goodput: float | None = None, **kw: object) -> 
 def test_rows_align_and_carry_the_figures() -> None:
     lines = format_summary([step(0, 1), step(1, 16)]).splitlines()
     assert lines[0].split() == ["target", "step", "load", "req/s", "out", "tok/s", "TTFT", "p50", "TTFT", "p99",
-                                "ITL", "p50", "ITL", "p99", "E2E", "p50", "E2E", "p99", "errors"]  # fmt: skip
+                                "ITL", "p50", "ITL", "p99", "E2E", "p50", "E2E", "p99",
+                                "errors", "reconnects"]  # fmt: skip
     assert lines[2].split() == ["vllm-like", "0", "1", "4.90", "250.0", "10.0", "30.0", "10.0", "30.0", "10.0",
-                                "30.0", "1/50"]  # fmt: skip
+                                "30.0", "1/50", "0"]  # fmt: skip
     assert len({len(line) for line in lines[:2]}) == 1
 
 
@@ -41,3 +42,11 @@ def test_chunks_read_late_are_counted_and_explained() -> None:
     assert "late" not in text.splitlines()[2]
     assert "chunks read late: read with bytes that came after them, so timed up to their arrival" in text
     assert "chunks read late:" not in format_summary([step(0, 1)])
+
+
+def test_reconnects_have_a_column_of_their_own_and_are_explained() -> None:
+    p = Percentiles(10.0, 20.0, 30.0)
+    reconnected = StepSummary(8, 10.0, 50, 0, 5.0, 250.0, p, p, p, p, reconnects=7)
+    lines = format_summary([TargetStep("llamacpp", 0, reconnected)]).splitlines()
+    assert lines[2].split()[-2:] == ["0/50", "7"]  # not errors: a column beside them
+    assert "reconnects = requests sent again" in lines[-1]
