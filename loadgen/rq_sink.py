@@ -18,8 +18,9 @@ from rq.serializers import JSONSerializer
 
 from loadgen.sinks import STORE_REQUESTS, Sink
 
-# A 5,000-record batch stores in tens of milliseconds; a minute covers a slow, busy database.
-JOB_TIMEOUT_S = 60
+# A 5,000-record batch stores in tens of milliseconds; 30 s covers a slow, busy database, and bounds how
+# long a batch a dead worker held waits before it is retried (workers/worker_classes.py).
+JOB_TIMEOUT_S = 30
 # Six more tries over about four minutes (231 s), enough to ride out a database restart.
 JOB_RETRY = Retry(max=6, interval=[1, 5, 15, 30, 60, 120])
 # Results are only a count; failed jobs are kept a week so an operator can requeue them.

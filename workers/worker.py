@@ -17,19 +17,17 @@ import time
 
 import redis
 from redis import Redis
-from rq import Queue, SimpleWorker, Worker
+from rq import Queue
 from rq.serializers import JSONSerializer
 
 from stampede.db import get_engine, store_problem
 from stampede.settings import get_settings, redact_url
 from workers.rqjob import StampedeJob
+from workers.worker_classes import StampedeForkWorker, StampedeSimpleWorker, stop_children_with_this_process
 
 log = logging.getLogger(__name__)
 
 MAX_PAUSE_S = 30.0
-# RQ finds jobs abandoned by a dead worker (heartbeat expired, about 90 s) during maintenance, by
-# default every 10 minutes; every minute gets their batches retried within about 2.5 minutes.
-MAINTENANCE_INTERVAL_S = 60
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -45,7 +43,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="run each job in a forked process (RQ's default) instead of in this one: a job whose process "
         "dies is then retried at once, where otherwise RQ's abandoned-job handling retries it within about "
-        "2.5 minutes; about five times slower for record batches (fork and a fresh database connection per job)",
+        "a minute (docs/fleet.md); about five times slower for record batches (fork and a fresh database "
+        "connection per job)",
     )
     parser.add_argument("--name", default=None, help="worker name (default: RQ's, unique per process)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
@@ -83,10 +82,12 @@ def main(argv: list[str]) -> int:
     # Load the jobs' code once here, so each forked job starts without paying for the imports; frozen,
     # those objects are never walked by the collector.
     importlib.import_module("workers.jobs")
-    _warm_up_engine(settings.database_url.get_secret_value())
+    store_url = settings.database_url.get_secret_value()
+    _warm_up_engine(store_url)
     gc.freeze()
+    stop_children_with_this_process()
     pause_s = 1.0
-    worker_class = Worker if args.fork else SimpleWorker
+    worker_class = StampedeForkWorker if args.fork else StampedeSimpleWorker
     while True:
         connection = Redis.from_url(redis_url)
         queues = [
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> int:
                 serializer=JSONSerializer,
                 job_class=StampedeJob,
                 name=args.name,
-                maintenance_interval=MAINTENANCE_INTERVAL_S,
+                store_url=store_url,
             )
             worker.work(burst=args.burst, with_scheduler=True, logging_level=args.log_level)
             return 0

@@ -40,9 +40,9 @@ def stored_requests(url: str) -> int:
         engine.dispose()
 
 
-def create_database(admin_url: str) -> str:
-    """Create an empty database with a random name on the server at ``admin_url``; returns the name."""
-    name = f"stampede_test_{uuid.uuid4().hex[:10]}"
+def create_database(admin_url: str, name: str | None = None) -> str:
+    """Create an empty database on the server at ``admin_url`` (a random name unless given); returns the name."""
+    name = name or f"stampede_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as connection:
         connection.execute(f"CREATE DATABASE {name}")
     return name
