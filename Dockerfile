@@ -4,6 +4,7 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    TMPDIR=/var/lib/stampede/journal \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -15,7 +16,10 @@ COPY workers workers
 COPY dashboard dashboard
 COPY simulator simulator
 COPY migrations migrations
-RUN pip install -e . && useradd --create-home --uid 10001 stampede
+COPY .streamlit .streamlit
+# The journal directory, owned by the user, so a volume mounted on it (docker-compose.yml) is writable.
+RUN pip install -e . && useradd --create-home --uid 10001 stampede \
+    && mkdir -p /var/lib/stampede/journal && chown stampede /var/lib/stampede/journal
 
 USER stampede
 EXPOSE 8000 8089 8501

@@ -78,10 +78,44 @@ def test_everything_talks_to_the_compose_postgres_and_redis() -> None:
     for name, service in OURS.items():
         env = service["environment"]
         assert "@postgres:5432/" in env["STAMPEDE_DATABASE_URL"], name
-        assert env["STAMPEDE_REDIS_URL"] == "redis://redis:6379/0", name
+        assert env["STAMPEDE_REDIS_URL"] == "redis://:${REDIS_PASSWORD:-stampede}@redis:6379/0", name
+
+
+def test_redis_always_asks_for_the_password_our_services_send() -> None:
+    command = SERVICES["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == "${REDIS_PASSWORD:-stampede}"
+    assert SERVICES["redis"]["environment"]["REDISCLI_AUTH"] == "${REDIS_PASSWORD:-stampede}"  # its health check
+
+
+def test_every_published_port_listens_where_stampede_bind_says() -> None:
+    published = {name: s["ports"] for name, s in SERVICES.items() if "ports" in s}
+    assert set(published) >= {"postgres", "redis", "simulator", "locust-master", "dashboard"}
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("${STAMPEDE_BIND:-127.0.0.1}:"), (name, port)
+
+
+def test_locust_runs_the_user_class_of_its_targets_api() -> None:
+    """Without a class named, Locust splits users between Ollama's and the OpenAI API's, and half fail."""
+    target = SERVICES["locust-master"]["command"]
+    assert target[target.index("--host") + 1] == "http://simulator:8000"
+    assert "vllm" in SERVICES["simulator"]["command"]  # the simulator speaks the OpenAI API
+    for name in ("locust-master", "locust-worker"):
+        classes = [arg for arg in SERVICES[name]["command"] if arg.endswith("User")]
+        assert classes == ["OpenAIChatUser"], name
+        assert f"class {classes[0]}(ChatUser)" in (REPO / "loadgen" / "chat.py").read_text()
+
+
+def test_the_locust_journal_outlives_its_containers() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "TMPDIR=/var/lib/stampede/journal" in dockerfile
+    assert "chown stampede /var/lib/stampede/journal" in dockerfile
+    for name in ("locust-master", "locust-worker"):
+        assert "journal:/var/lib/stampede/journal" in SERVICES[name]["volumes"], name
+    assert "journal" in COMPOSE["volumes"]
 
 
 def test_dockerfile_copies_every_package_the_commands_use() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
-    for path in ("stampede", "loadgen", "workers", "dashboard", "simulator", "migrations"):
+    for path in ("stampede", "loadgen", "workers", "dashboard", "simulator", "migrations", ".streamlit"):
         assert f"COPY {path} {path}" in dockerfile
