@@ -3,7 +3,9 @@
 Ollama's native API streams NDJSON (one JSON object per line, the last with ``"done": true`` and
 the server's counts and timings); the OpenAI API streams server-sent events (``data: {json}``
 lines, an optional usage chunk, then ``data: [DONE]``). Both are newline-delimited, so a parser
-accepts any slicing of the body and buffers a partial line until its newline arrives.
+accepts any slicing of the body and buffers a partial line until its newline arrives: up to
+:data:`MAX_LINE_BYTES`, past which the stream is invalid (a body that never sends a newline would
+otherwise be held in memory whole).
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ import orjson
 
 
 class InvalidStream(ValueError):
-    """The body is not the stream format the API promises."""
+    """The body is not the stream format the API promises.
+
+    ``events`` holds what the same ``feed`` call completed before the bad line, so that none is lost
+    however the body was sliced.
+    """
+
+    def __init__(self, message: str, events: list[Event] | None = None) -> None:
+        super().__init__(message)
+        self.events: list[Event] = events or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,35 +88,67 @@ class ServerError:
 Event = OutputChunk | TokenCounts | ServerTimings | StreamEnd | ServerError
 
 
-class StreamParser(ABC):
-    """Splits a body into lines and turns each line into events."""
+# A chunk's line is a few hundred bytes, a final one with logprobs or timings some KB: a line past this
+# is a broken server, and holding more would let one stream take the host's memory.
+MAX_LINE_BYTES = 4 * 1024 * 1024
 
-    def __init__(self) -> None:
-        self._partial = b""
+
+class StreamParser(ABC):
+    """Splits a body into lines and turns each line into events.
+
+    Once ``feed`` has raised InvalidStream the parser is spent: the stream is not read further.
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        # The unfinished last line, as the pieces it came in: joined once, when its newline comes
+        # (joining at every piece would copy a long line once per piece).
+        self._pieces: list[bytes] = []
+        self._pending_bytes = 0
 
     def feed(self, data: bytes, offset_ns: int) -> list[Event]:
         """Parse the bytes that arrived at ``offset_ns``; returns the events they completed."""
-        if self._partial:
-            data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
         events: list[Event] = []
-        for line in lines:
-            line = line.strip()
-            if line:
-                try:
-                    self._parse_line(line, offset_ns, events)
-                except InvalidStream:
-                    raise
-                except (AttributeError, TypeError, ValueError) as exc:
-                    # Valid JSON of another shape (a list for an object, text for a number).
-                    raise InvalidStream(f"unexpected message {line[:80]!r}: {type(exc).__name__}: {exc}") from exc
+        last_newline = data.rfind(b"\n")
+        if last_newline >= 0:
+            complete = b"".join([*self._pieces, data[:last_newline]])
+            self._pieces, self._pending_bytes = [], 0
+            for line in complete.split(b"\n"):
+                self._parse(line, offset_ns, events)
+        self._hold(data[last_newline + 1 :], events)
         return events
 
     @property
     def pending(self) -> bytes:
         """Bytes of an unfinished last line (non-empty at end of body means a cut stream)."""
-        return self._partial
+        return b"".join(self._pieces)
+
+    def _hold(self, piece: bytes, events: list[Event]) -> None:
+        if not piece:
+            return
+        self._pending_bytes += len(piece)
+        self._pieces.append(piece)
+        if self._pending_bytes > self.max_line_bytes:
+            raise InvalidStream(self._too_long(self.pending), events)
+
+    def _parse(self, line: bytes, offset_ns: int, events: list[Event]) -> None:
+        if len(line) > self.max_line_bytes:
+            raise InvalidStream(self._too_long(line), events)
+        line = line.strip()
+        if not line:
+            return
+        before = len(events)
+        try:
+            self._parse_line(line, offset_ns, events)
+        except InvalidStream as exc:
+            raise InvalidStream(str(exc), events[:before]) from exc
+        except (AttributeError, TypeError, ValueError) as exc:
+            # Valid JSON of another shape (a list for an object, text for a number).
+            message = f"unexpected message {line[:80]!r}: {type(exc).__name__}: {exc}"
+            raise InvalidStream(message, events[:before]) from exc
+
+    def _too_long(self, line: bytes) -> str:
+        return f"a line longer than {self.max_line_bytes} bytes (a stream's lines are short): {line[:80]!r}..."
 
     @abstractmethod
     def _parse_line(self, line: bytes, offset_ns: int, events: list[Event]) -> None: ...
@@ -117,6 +159,19 @@ def _json(line: bytes) -> Any:
         return orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         raise InvalidStream(f"not JSON: {line[:80]!r}") from exc
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidStream(f"output text is not a string: {value!r:.40}")
+
+
+def _ms(value: object, key: str) -> float:
+    """A duration as the server sent it; a duration no clock gives (negative, not a number) is an invalid stream."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidStream(f"{key} is not a duration: {value!r:.40}")
+    return float(value)
 
 
 def _error_message(error: Any) -> str:
@@ -147,12 +202,12 @@ class OllamaParser(StreamParser):
             events.append(ServerError(_error_message(obj["error"])))
             return
         message = obj.get("message") or {}
-        text = message.get("content") or message.get("thinking")
+        text = _text(message.get("content")) or _text(message.get("thinking"))
         if text:
             events.append(OutputChunk(offset_ns, text))
         if obj.get("done"):
             events.append(TokenCounts.reported(obj.get("prompt_eval_count"), obj.get("eval_count"), "Ollama's"))
-            timings = {name: obj[key] / 1e6 for key, name in OLLAMA_DURATIONS.items() if key in obj}
+            timings = {name: _ms(obj[key], key) / 1e6 for key, name in OLLAMA_DURATIONS.items() if key in obj}
             if timings:
                 events.append(ServerTimings(timings))
             events.append(StreamEnd())
@@ -178,7 +233,7 @@ class OpenAIParser(StreamParser):
             return
         for choice in obj.get("choices") or ():
             delta = choice.get("delta") or {}
-            text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+            text = _text(delta.get("content")) or _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
             if text:
                 events.append(OutputChunk(offset_ns, text))
                 break
@@ -187,6 +242,6 @@ class OpenAIParser(StreamParser):
             events.append(TokenCounts.reported(usage.get("prompt_tokens"), usage.get("completion_tokens"), "usage"))
         timings = obj.get("timings")
         if timings:
-            found = {name: float(timings[key]) for key, name in LLAMACPP_TIMINGS.items() if key in timings}
+            found = {name: _ms(timings[key], key) for key, name in LLAMACPP_TIMINGS.items() if key in timings}
             if found:
                 events.append(ServerTimings(found))

@@ -90,14 +90,36 @@ def test_a_count_no_store_could_hold_is_an_invalid_stream(count: object) -> None
     [
         (OpenAIParser, b'data: {"choices": [], "usage": [1, 2]}'),
         (OpenAIParser, b'data: {"choices": ["a"]}'),
-        (OpenAIParser, b'data: {"choices": [], "timings": {"prompt_ms": "fast"}}'),
+        (OpenAIParser, b'data: {"choices": [], "timings": "prompt_ms"}'),
         (OllamaParser, b'{"message": "hi", "done": false}'),
-        (OllamaParser, b'{"message": {}, "done": true, "eval_duration": "long"}'),
+        (OllamaParser, b'{"message": ["hi"], "done": false}'),
     ],
 )
 def test_json_of_an_unexpected_shape_is_an_invalid_stream(parser_class, line: bytes) -> None:
     with pytest.raises(InvalidStream, match="unexpected message"):
         parser_class().feed(line + b"\n", 1)
+
+
+@pytest.mark.parametrize("duration", ["12.5", -1, None, True, [1]])
+def test_a_duration_no_clock_gives_is_an_invalid_stream(duration: object) -> None:
+    llamacpp = b'data: {"choices": [], "timings": {"prompt_ms": %s}}\n' % orjson.dumps(duration)
+    with pytest.raises(InvalidStream, match="prompt_ms is not a duration"):
+        OpenAIParser().feed(llamacpp, 1)
+    ollama = orjson.dumps(
+        {"message": {}, "done": True, "prompt_eval_count": 1, "eval_count": 1, "eval_duration": duration}
+    )
+    with pytest.raises(InvalidStream, match="eval_duration is not a duration"):
+        OllamaParser().feed(ollama + b"\n", 1)
+
+
+@pytest.mark.parametrize("text", [5, ["a"], {"text": "a"}])
+def test_output_text_that_is_not_a_string_is_an_invalid_stream(text: object) -> None:
+    openai = b'data: {"choices": [{"delta": {"content": %s}}]}\n' % orjson.dumps(text)
+    with pytest.raises(InvalidStream, match="output text is not a string"):
+        OpenAIParser().feed(openai, 1)
+    ollama = orjson.dumps({"message": {"content": text}, "done": False})
+    with pytest.raises(InvalidStream, match="output text is not a string"):
+        OllamaParser().feed(ollama + b"\n", 1)
 
 
 def test_errors_sent_inside_the_stream_are_reported() -> None:
