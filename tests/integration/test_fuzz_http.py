@@ -42,17 +42,22 @@ Script = Callable[[socket.socket, threading.Event], None]
 
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        reader = self.request.makefile("rb")
-        length = 0
-        while (line := reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        reader.read(length)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = self.request.makefile("rb")
         server: ScriptedServer = self.server  # type: ignore[assignment]
         try:
-            server.script(self.request, server.closing)
+            while reader.readline():  # a request line
+                length = 0
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                reader.read(length)
+                server.requests += 1
+                keep_open = server.keep_open  # as it was when the request came: the client may answer first
+                server.script(self.request, server.closing)
+                if not keep_open:
+                    break
         except OSError:
             pass  # the client gave up (its timeout) and closed: a forever-sender ends here
         finally:
@@ -60,7 +65,8 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class ScriptedServer(socketserver.ThreadingTCPServer):
-    """Answers every request by running ``script`` on its socket, then closes the connection."""
+    """Answers every request by running ``script`` on its socket, then closes the connection, unless
+    ``keep_open`` says to wait for the next request on it."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -68,6 +74,8 @@ class ScriptedServer(socketserver.ThreadingTCPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.script: Script = lambda sock, closing: None
+        self.keep_open = False
+        self.requests = 0
         self.closing = threading.Event()  # set at shutdown, so scripts that wait end
 
     @property
@@ -95,11 +103,16 @@ class Sent:
     peak_bytes: int  # traced Python memory at its highest during the request
 
 
-def send(server: ScriptedServer, api: ChatApi, script: Script) -> Sent:
-    server.script = script
-    http = StampedHTTPClient.from_url(
+def client(server: ScriptedServer) -> StampedHTTPClient:
+    return StampedHTTPClient.from_url(
         server.url, concurrency=1, connection_timeout=NETWORK_TIMEOUT_S, network_timeout=NETWORK_TIMEOUT_S
     )
+
+
+def send(server: ScriptedServer, api: ChatApi, script: Script, http: StampedHTTPClient | None = None) -> Sent:
+    """One request on ``http`` (closed afterwards), or on a client of its own."""
+    server.script = script
+    http = http or client(server)
     body = encode_body(api.body("m", ({"role": "user", "content": "hi"},), 16))
     tracemalloc.start()
     started = time.perf_counter()
@@ -361,3 +374,33 @@ def test_a_server_sending_as_fast_as_it_can_leaves_the_loop_free(server: Scripte
 def test_a_bad_chunk_size_right_after_the_headers_is_truncated(server: ScriptedServer) -> None:
     sent = send(server, OPENAI, lambda sock, closing: sock.sendall(CHUNKED_HEAD + b"zz\r\n" + openai_body(["a"])))
     assert sent.m.outcome is Outcome.TRUNCATED
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Ty",
+        b"HTTP/1.1 500 Intern",
+        CHUNKED_HEAD + b"zz\r\n",
+        CHUNKED_HEAD + chunk(openai_body(["a"])[:20]),
+    ],
+    ids=["mid-headers", "mid-status-line", "bad-chunk", "mid-body"],
+)
+def test_a_reused_connection_closed_after_part_of_a_response_is_not_sent_again(
+    server: ScriptedServer, broken: bytes
+) -> None:
+    """Only a request that got no byte of a response may be sent again: this one reached the server."""
+    http = client(server)
+    body = openai_body(["a"])
+    first = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    server.keep_open, server.requests = True, 0
+    try:
+        server.script = lambda sock, closing: sock.sendall(first)
+        assert send_chat(http, OPENAI, b"{}", {}, REQUEST_TIMEOUT_S).outcome is Outcome.OK
+        server.keep_open = False
+        sent = send(server, OPENAI, lambda sock, closing: sock.sendall(broken), http)
+    finally:
+        server.keep_open = False
+    assert sent.m.reconnects == 0
+    assert server.requests == 2
+    assert sent.m.outcome in (Outcome.CONNECTION_ERROR, Outcome.TRUNCATED)
