@@ -30,6 +30,7 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
 
 from loadgen.backoff import parse_retry_after
 from loadgen.parsers import (
+    MAX_LINE_BYTES,
     InvalidStream,
     OllamaParser,
     OpenAIParser,
@@ -44,6 +45,8 @@ from loadgen.rxstamps import ReadStamps, StampedHTTPClient, chunk_time_ns, send_
 from stampede.records import Api, Outcome
 
 ERROR_BODY_BYTES = 300
+YIELD_EVERY_NS = 5_000_000
+"""How long a stream may be read without letting other greenlets run (a decode step is 10 ms and more)."""
 
 
 class ChatApi(ABC):
@@ -146,9 +149,15 @@ def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurem
     # The read that completed the headers may have taken body lines too: none is its first line.
     last_read_ns = stamps.read_ns
     output_read_ns = -1  # the read that completed the last output
+    yielded_ns = time.perf_counter_ns()
     while True:
-        line = response.readline(b"\n")
+        line = _readline(response, MAX_LINE_BYTES)
         now_ns = time.perf_counter_ns()
+        if now_ns - yielded_ns > YIELD_EVERY_NS:
+            # Lines already waiting are read without blocking: a server sending faster than this
+            # parses would otherwise hold the loop, every other user and the request's own timeout.
+            gevent.idle()
+            yielded_ns = time.perf_counter_ns()
         if not line:
             break
         # readline reads only while no whole line is buffered, so the last read completed this line;
@@ -188,6 +197,38 @@ def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurem
         m.fail(Outcome.TRUNCATED, "stream ended before its final message")
 
 
+def _readline(response: Any, limit: int) -> bytes:
+    """geventhttpclient's ``readline(b"\\n")``, with a cap: a line longer than ``limit`` is an InvalidStream.
+
+    Its own has no limit and searches the whole buffer again after every read, so a body without
+    newlines was held, and scanned over and over, until the request timed out. This one remembers how
+    far it searched. It works on the same response internals as geventhttpclient's own method.
+    """
+    buffer = response._body_buffer
+    searched = 0
+    while True:
+        end = buffer.find(b"\n", searched)
+        if end >= 0:
+            line = bytes(buffer[: end + 1])
+            del buffer[: end + 1]
+            return line
+        searched = len(buffer)
+        if searched > limit:
+            raise InvalidStream(
+                f"a line longer than {limit} bytes (a stream's lines are short): {bytes(buffer[:80])!r}..."
+            )
+        if response.message_complete:
+            return b""
+        sock = response._sock
+        if sock is None:
+            raise HTTPConnectionClosed("connection closed.")
+        try:
+            response.feed(sock.recv(response.block_size))
+        except BaseException:
+            response.release()
+            raise
+
+
 def _post(http: StampedHTTPClient, api: ChatApi, body: bytes, headers: dict[str, str], m: Measurement) -> Any:
     """Send the request; once more on a new connection when a reused one turns out to be closed.
 
@@ -199,11 +240,12 @@ def _post(http: StampedHTTPClient, api: ChatApi, body: bytes, headers: dict[str,
     clients do with a stale pooled connection, and counted in ``reconnects``. The same failure on a
     connection opened for this request is the server's own, and is not retried.
     """
-    connects = http.connects
+    connects, received = http.connects, http.stamps.received_bytes
     try:
         return http.request("POST", api.path, body=body, headers=headers)
     except (HTTPConnectionClosed, ConnectionResetError, BrokenPipeError):
-        if http.connects != connects:
+        # A reset can also end a response under way: sent again only where not one byte of it came.
+        if http.connects != connects or http.stamps.received_bytes != received:
             raise
     m.reconnects += 1
     m.send_offset_ns = time.perf_counter_ns() - m.called_ns  # timed from the resend, its connect included
@@ -220,6 +262,7 @@ def send_chat(
     m = Measurement(called_ns=time.perf_counter_ns())
     stamps = http.stamps
     response = None
+    received_before = stamps.received_bytes
     try:
         with gevent.Timeout(timeout_s):
             response = _post(http, api, body, headers, m)
@@ -243,7 +286,8 @@ def send_chat(
     except InvalidStream as exc:
         m.fail(Outcome.INVALID_STREAM, str(exc))
     except (HTTPParseError, HTTPConnectionClosed, OSError) as exc:
-        outcome = Outcome.CONNECTION_ERROR if response is None else Outcome.TRUNCATED
+        responded = response is not None or stamps.received_bytes > received_before
+        outcome = Outcome.TRUNCATED if responded else Outcome.CONNECTION_ERROR
         m.fail(outcome, f"{type(exc).__name__}: {exc}".rstrip(": "))
     if m.end_offset_ns == 0:  # no line came (an error, or an empty body): the end is now
         m.end_offset_ns = time.perf_counter_ns() - m.called_ns - m.send_offset_ns

@@ -69,6 +69,8 @@ class ReadStamps:
     """Arrival of the oldest segment the read took (the same segment when it took one)."""
     ends_line: bool = True
     """The read's bytes ended with a newline: it took no part of a line still to come."""
+    received_bytes: int = 0
+    """Bytes read so far on the connections: whether any byte of a response came since a send."""
 
 
 def kernel_stamp_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
@@ -155,11 +157,13 @@ class StampedSocket(gevent.socket.socket):
     def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
         if not self.kernel_stamps:
             data: bytes = super().recv(bufsize, flags)
+            self.stamps.received_bytes += len(data)
             self._record(None)
             self.stamps.ends_line = data[-1:] == b"\n"
             return data
         first = self._oldest_stamp(flags)
         data, ancdata, _, _ = self.recvmsg(bufsize, _ANCILLARY_BYTES, flags)
+        self.stamps.received_bytes += len(data)
         self._drained = 0 < len(data) < bufsize
         self._record(kernel_stamp_ns(ancdata), first)
         self.stamps.ends_line = data[-1:] == b"\n"
@@ -168,6 +172,7 @@ class StampedSocket(gevent.socket.socket):
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:  # type: ignore[override]
         if not self.kernel_stamps:
             count: int = super().recv_into(buffer, nbytes, flags)
+            self.stamps.received_bytes += count
             self._record(None)
             self.stamps.ends_line = count > 0 and memoryview(buffer)[count - 1] == 10
             return count
@@ -175,6 +180,7 @@ class StampedSocket(gevent.socket.socket):
         size = nbytes or len(view)
         first = self._oldest_stamp(flags)
         count, ancdata, _, _ = self.recvmsg_into([view[:size]], _ANCILLARY_BYTES, flags)
+        self.stamps.received_bytes += count
         self._drained = 0 < count < size
         self._record(kernel_stamp_ns(ancdata), first)
         self.stamps.ends_line = count > 0 and view[count - 1] == 10

@@ -321,11 +321,6 @@ def test_a_line_over_the_cap_is_an_invalid_stream(server: ScriptedServer) -> Non
     assert sent.m.error is not None and "a line longer than" in sent.m.error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="send_chat reads lines with geventhttpclient's readline, which has no limit and searches its whole "
-    "buffer again after every 4 KiB read: a body without newlines is held until the request timeout",
-)
 def test_a_body_without_newlines_is_refused_at_the_line_cap(server: ScriptedServer) -> None:
     sent = send(server, OPENAI, forever(CHUNKED_HEAD + chunk(b"data: "), b"x" * 1024, 64))
     assert sent.m.outcome is Outcome.INVALID_STREAM
@@ -343,11 +338,6 @@ def firehose(sock: socket.socket, closing: threading.Event) -> None:
         sock.sendall(block)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="send_chat never yields to the gevent loop while lines are waiting: a server that sends faster than "
-    "the client parses stalls every other greenlet in the process, and the request's own timeout fires late",
-)
 def test_a_server_sending_as_fast_as_it_can_leaves_the_loop_free(server: ScriptedServer) -> None:
     ticks: list[float] = []
 
@@ -365,12 +355,6 @@ def test_a_server_sending_as_fast_as_it_can_leaves_the_loop_free(server: Scripte
     assert len(ticks) > 0.5 * REQUEST_TIMEOUT_S / 0.01
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="send_chat calls a failure before its response object exists a connection error, but geventhttpclient "
-    "parses the body bytes that came with the headers before it returns that object: the outcome then depends "
-    "on how the bytes were segmented",
-)
 def test_a_bad_chunk_size_right_after_the_headers_is_truncated(server: ScriptedServer) -> None:
     sent = send(server, OPENAI, lambda sock, closing: sock.sendall(CHUNKED_HEAD + b"zz\r\n" + openai_body(["a"])))
     assert sent.m.outcome is Outcome.TRUNCATED

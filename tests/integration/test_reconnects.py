@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -53,7 +54,8 @@ class ScriptedServer:
     Actions: ``serve`` (read a request, stream a whole answer, keep the connection), ``serve-close``
     (the same marked ``Connection: close``), ``close`` (wait, then close without reading what came
     meanwhile, as a server closing a kept-alive connection does), ``drop`` (read a request, close
-    without answering), ``cut`` (read a request, send the headers and one chunk, close).
+    without answering), ``cut`` (read a request, send the headers and one chunk, close), ``reset``
+    (read a request, send part of a status line and headers, then reset the connection).
     """
 
     def __init__(self, scripts: list[list[str]]) -> None:
@@ -77,6 +79,11 @@ class ScriptedServer:
                         break
                     self.requests.append((index, path))
                     if action == "drop":
+                        break
+                    if action == "reset":
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Ty")
+                        time.sleep(0.05)  # the partial head reaches the client before the reset does
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                         break
                     self._answer(conn, path, action)
                     if action == "cut":
@@ -166,3 +173,11 @@ def test_a_response_marked_connection_close_is_not_reused() -> None:
     # The client opened a new connection itself: no request met the closing one.
     assert second.reconnects == 0
     assert server.requests == [(0, "/v1/chat/completions"), (1, "/v1/chat/completions")]
+
+
+def test_a_reused_connection_reset_after_part_of_a_head_is_not_retried() -> None:
+    """A reset with response bytes already read is the server's failure, though no head was complete."""
+    with scripted(["serve", "reset"], ["serve"]) as server:
+        _, second = send_twice(server)
+    assert second.outcome is not Outcome.OK and second.reconnects == 0, second.error
+    assert server.connections == 1

@@ -1,5 +1,6 @@
 """A chunk's time: the kernel's receive stamp of the read that completed it, when plausible, else that read's time."""
 
+import functools
 import os
 import resource
 import socket
@@ -136,33 +137,57 @@ def test_a_connection_past_descriptor_1023_is_still_reused() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-class _ScriptedResponse:
-    """Hands out lines, each as if a read had just stamped it with the given (read, kernel) times."""
+class _FakeResponse:
+    """The response internals the client reads lines from: a body buffer its socket's reads fill."""
+
+    block_size = 4096
+
+    def __init__(self) -> None:
+        self._body_buffer = bytearray()
+        self._sock = self
+
+    @property
+    def message_complete(self) -> bool:
+        return not self._reads
+
+    def feed(self, data: bytes) -> None:
+        self._body_buffer += data
+
+    def recv(self, size: int) -> bytes:
+        return self._reads.pop(0)()
+
+    def release(self) -> None:
+        pass
+
+
+class _ScriptedResponse(_FakeResponse):
+    """Each read takes one line, as if stamped with the given (read, kernel) times."""
 
     def __init__(self, stamps: ReadStamps, lines: list[tuple[bytes, int, int | None]]) -> None:
-        self._stamps, self._lines = stamps, lines
+        super().__init__()
+        self._stamps = stamps
+        self._reads = [functools.partial(self._read, stamps, *line) for line in lines]
 
-    def readline(self, sep: bytes) -> bytes:
-        if not self._lines:
-            return b""
-        line, self._stamps.read_ns, self._stamps.received_ns = self._lines.pop(0)
+    @staticmethod
+    def _read(stamps: ReadStamps, line: bytes, read_ns: int, received_ns: int | None) -> bytes:
+        stamps.read_ns, stamps.received_ns = read_ns, received_ns
         return line
 
 
-class _OneLateRead:
+class _OneLateRead(_FakeResponse):
     """After the headers' read, one read takes the given lines: segments the kernel stamped at 20 ms
     (the oldest) and 40 ms (the newest), as when the reader fell a step behind."""
 
     def __init__(self, stamps: ReadStamps, start_ns: int, lines: list[bytes]) -> None:
-        self._stamps, self._start_ns, self._lines, self._read = stamps, start_ns, lines, False
+        super().__init__()
+        self._stamps, self._start_ns, self._lines = stamps, start_ns, lines
+        self._reads = [self._read]
 
-    def readline(self, sep: bytes) -> bytes:
-        if not self._read:
-            self._read = True
-            self._stamps.read_ns = self._start_ns + 45_000_000
-            self._stamps.first_received_ns = self._start_ns + 20_000_000
-            self._stamps.received_ns = self._start_ns + 40_000_000
-        return self._lines.pop(0) if self._lines else b""
+    def _read(self) -> bytes:
+        self._stamps.read_ns = self._start_ns + 45_000_000
+        self._stamps.first_received_ns = self._start_ns + 20_000_000
+        self._stamps.received_ns = self._start_ns + 40_000_000
+        return b"".join(self._lines)
 
 
 TOKEN = b'data: {"choices": [{"delta": {"content": "a"}}]}\n'
