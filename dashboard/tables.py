@@ -18,14 +18,18 @@ import streamlit as st
 # Shown for a missing value (no request rate in closed loop, no goodput without an SLO).
 MISSING = "—"
 WORDS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E", "gpu": "GPU", "http": "HTTP", "sm": "SM"}
-# Names that do not read well word by word.
+# Names that do not read well word by word, and what a column's header says when hovered.
 LABELS = {
     "id": "ID",
     "step_index": "Step",
     "request_rate_per_s": "Request rate (requests/s)",
-    "load": "Load (users, or requests/s in open loop)",
+    "load": "Load",
     "in_warmup": "Warm-up",
     "load_ms": "Model load (ms)",
+}
+HELP = {
+    "load": "Concurrent users, or requests/s in open loop",
+    "late_chunks": "Output chunks read together with bytes that came after them (docs/metrics.md)",
 }
 # A unit suffix: the unit as labels write it, and the printf format (Streamlit's NumberColumn) of a value.
 # Durations to 0.1 s, latencies to 0.1 ms, rates to two decimals.
@@ -48,6 +52,7 @@ class Shown:
     label: str
     kind: Literal["text", "number", "percent", "bytes", "checkbox", "datetime"] = "text"
     format: str | None = None
+    help: str | None = None
 
 
 def words(name: str) -> str:
@@ -59,7 +64,7 @@ def words(name: str) -> str:
 def shown(name: str, dtype: Any = None) -> Shown:
     """How the column ``name`` (of pandas ``dtype``, when known) is shown."""
     item = _by_unit(name, dtype)
-    return replace(item, label=LABELS[name]) if name in LABELS else item
+    return replace(item, label=LABELS.get(name, item.label), help=HELP.get(name))
 
 
 def _by_unit(name: str, dtype: Any) -> Shown:
@@ -94,12 +99,12 @@ def column(item: Shown, label: str | None = None) -> Any:
     """Streamlit's column config for a column shown as ``item`` (under ``label`` when given)."""
     text = label or item.label
     if item.kind == "checkbox":
-        return st.column_config.CheckboxColumn(text)
+        return st.column_config.CheckboxColumn(text, help=item.help)
     if item.kind == "datetime":
-        return st.column_config.DatetimeColumn(text, format=item.format)
+        return st.column_config.DatetimeColumn(text, format=item.format, help=item.help)
     if item.kind == "text":
-        return st.column_config.TextColumn(text)
-    return st.column_config.NumberColumn(text, format=item.format)
+        return st.column_config.TextColumn(text, help=item.help)
+    return st.column_config.NumberColumn(text, format=item.format, help=item.help)
 
 
 def show(frame: pd.DataFrame, config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
