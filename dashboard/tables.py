@@ -34,7 +34,7 @@ HELP = {
 # A unit suffix: the unit as labels write it, and the printf format (Streamlit's NumberColumn) of a value.
 # Durations to 0.1 s, latencies to 0.1 ms, rates to two decimals.
 UNITS = (
-    ("_per_s", "/s", "%.2f"),
+    ("_per_s", "/s", "%,.2f"),
     ("_ms", "ms", "%,.1f"),
     ("_s", "s", "%.1f"),
     ("_pct", "%", "%.1f"),

@@ -182,7 +182,7 @@ def test_the_steps_table_labels_every_column_with_its_unit_and_rounds_it(seeder:
     assert not [name for name in ROW_COLUMNS if "_" in columns[name]["label"]]
     assert columns["measured_s"] == {"label": "Measured (s)", "type_config": {"type": "number", "format": "%.1f"}}
     assert columns["ttft_p99_ms"] == {"label": "TTFT p99 (ms)", "type_config": {"type": "number", "format": "%,.1f"}}
-    assert columns["requests_per_s"]["type_config"]["format"] == "%.2f"
+    assert columns["requests_per_s"]["type_config"]["format"] == "%,.2f"
     assert columns["saturated"]["type_config"] == {"type": "checkbox"}
     # A closed-loop run has no request rate: its cells are missing values, shown as the placeholder.
     assert table.value["request_rate_per_s"].isna().all() and table.proto.placeholder == "—"

@@ -16,8 +16,8 @@ from stampede.report import ROW_COLUMNS
         ("measured_s", np.float64, Shown("Measured (s)", "number", "%.1f")),
         ("ttft_p99_ms", np.float64, Shown("TTFT p99 (ms)", "number", "%,.1f")),
         ("network_and_queue_p50_ms", np.float64, Shown("Network and queue p50 (ms)", "number", "%,.1f")),
-        ("output_tokens_per_s", np.float64, Shown("Output tokens/s", "number", "%.2f")),
-        ("request_rate_per_s", np.float64, Shown("Request rate (requests/s)", "number", "%.2f")),
+        ("output_tokens_per_s", np.float64, Shown("Output tokens/s", "number", "%,.2f")),
+        ("request_rate_per_s", np.float64, Shown("Request rate (requests/s)", "number", "%,.2f")),
         ("error_rate", np.float64, Shown("Error rate", "percent", "percent")),
         ("errors", np.int64, Shown("Errors", "number", "%,d")),
         ("saturated", np.bool_, Shown("Saturated", "checkbox")),
@@ -35,7 +35,7 @@ def test_a_figure_the_report_adds_is_labelled_from_its_name_alone() -> None:
     assert shown("reconnects", np.dtype(np.int64)) == Shown("Reconnects", "number", "%,d")
     assert shown("in_flight_p99", np.dtype(np.float64)).label == "In flight p99"
     assert shown("arrival_output_tokens_per_s", np.dtype(np.float64)) == Shown(
-        "Arrival output tokens/s", "number", "%.2f"
+        "Arrival output tokens/s", "number", "%,.2f"
     )
 
 
