@@ -18,7 +18,7 @@ import streamlit as st
 # Shown for a missing value (no request rate in closed loop, no goodput without an SLO).
 MISSING = "—"
 WORDS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E", "gpu": "GPU", "http": "HTTP", "sm": "SM"}
-# Names that do not read well word by word, and what a column's header says when hovered.
+# Names that do not read well word by word.
 LABELS = {
     "id": "ID",
     "step_index": "Step",
@@ -27,6 +27,7 @@ LABELS = {
     "in_warmup": "Warm-up",
     "load_ms": "Model load (ms)",
 }
+# What a column's header says when hovered, where the label cannot say it all.
 HELP = {
     "load": "Concurrent users, or requests/s in open loop",
     "late_chunks": "Output chunks read together with bytes that came after them (docs/metrics.md)",
