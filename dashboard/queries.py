@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from stampede import report
 from stampede.db import get_engine
+from stampede.records import Outcome
 from stampede.schema import GpuSample, LoadgenSample, Request, Run, RuntimeSample, Step
 from stampede.settings import get_settings
 
@@ -168,6 +169,24 @@ def outcomes(url: str, run_id: str) -> pd.DataFrame:
             select(*keys, func.count()).where(Request.run_id == uuid.UUID(run_id)).group_by(*keys)
         ).all()
     return pd.DataFrame(rows, columns=["target", "step_index", "outcome", "http_status", "requests"])
+
+
+@st.cache_data(ttl=TTL_S)
+def output_chunks(url: str, run_id: str) -> pd.DataFrame:
+    """Output chunks of a run's successful measured requests by target and step: what ``late_chunks``
+    counts among (warm-up left out, as in the step summaries)."""
+    keys = [Request.target, Request.step_index]
+    with Session(engine(url)) as session:
+        rows = session.execute(
+            select(*keys, func.sum(Request.output_chunks))
+            .where(
+                Request.run_id == uuid.UUID(run_id),
+                Request.outcome == Outcome.OK.value,
+                Request.in_warmup.is_(False),
+            )
+            .group_by(*keys)
+        ).all()
+    return pd.DataFrame(rows, columns=["target", "step", "chunks"])
 
 
 @st.cache_data(ttl=TTL_S)

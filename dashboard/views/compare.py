@@ -6,7 +6,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, queries, widgets
+from dashboard import charts, queries, tables, widgets
 
 FIGURES = ("output_tokens_per_s", "requests_per_s", "ttft_p99_ms", "itl_p99_ms", "e2e_p99_ms", "error_rate")
 
@@ -49,16 +49,22 @@ st.plotly_chart(fig, key="compare_tokens")
 wide = steps.pivot_table(index=["target", "load"], columns="run", values=list(FIGURES), aggfunc="first")
 reference = names[picked[0]]
 table = pd.DataFrame(index=wide.index)
+headers: dict[str, Any] = {}
 for figure in FIGURES:
+    shown = tables.shown(figure, wide[figure].dtypes.iloc[0])
     before = wide[(figure, reference)] if reference in wide[figure].columns else None
     for name in [names[r] for r in picked if names[r] in wide[figure].columns]:
         table[f"{figure} · {name}"] = wide[(figure, name)]
+        headers[f"{figure} · {name}"] = tables.column(shown, f"{shown.label} · {name}")
         if name != reference and before is not None:
             table[f"{figure} Δ% · {name}"] = 100.0 * (wide[(figure, name)] - before) / before
+            headers[f"{figure} Δ% · {name}"] = st.column_config.NumberColumn(
+                f"{shown.label} Δ · {name}", format="%+.1f %%"
+            )
 table = table.reset_index()
 st.subheader("At equal load")
-st.caption(f"Δ% is the change against {reference}.")
-st.dataframe(table, hide_index=True)
+st.caption(f"Δ is the change against {reference}.")
+tables.show(table, headers)
 widgets.download_csv(table, "compare")
 
 st.subheader("Config differences")
@@ -71,5 +77,5 @@ diff = pd.DataFrame(
 if diff.empty:
     st.success("The configs are identical.")
 else:
-    st.dataframe(diff, hide_index=True)
+    tables.show(diff)
     widgets.download_csv(diff, "config_diff")

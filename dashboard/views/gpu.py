@@ -5,7 +5,7 @@ shaded behind."""
 
 import streamlit as st
 
-from dashboard import charts, queries, widgets
+from dashboard import charts, queries, tables, widgets
 
 GIB = 2**30
 # Runtime gauges drawn together: chart title, y axis, and the metric names it shows.
@@ -73,7 +73,7 @@ def page() -> None:
     others = runtime[~runtime["metric"].isin(drawn)]
     if len(others):
         st.subheader("Other runtime metrics")
-        st.dataframe(others.groupby(["target", "metric"])["value"].describe().reset_index(), hide_index=True)
+        tables.show(others.groupby(["target", "metric"])["value"].describe().reset_index())
     widgets.download_csv(runtime.astype({"labels": str}), "runtime_samples")
 
 

@@ -4,7 +4,7 @@ outcome and HTTP status, the server's share of each request against network and 
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, queries, widgets
+from dashboard import charts, queries, tables, widgets
 
 # Requests drawn per page at most; more would only slow the browser.
 SAMPLE_LIMIT = 5000
@@ -45,7 +45,7 @@ def page() -> None:
         failed = failed.assign(step=failed["target"] + " step " + failed["step_index"].astype(str))
         title = "Failed requests by outcome"
         st.plotly_chart(charts.stacked_bars(failed, "step", "kind", "requests", title, "Requests"), key="errors")
-    st.dataframe(counts, hide_index=True)
+    tables.show(counts)
     widgets.download_csv(counts, "outcomes")
 
     st.subheader("Server time against network and queueing")
@@ -68,10 +68,10 @@ def page() -> None:
         loads = timed[timed["load_ms"].fillna(0.0) >= 100.0]
         st.markdown(f"**Model loads** (server load ≥ 100 ms, left out of TTFT): {len(loads)} in the sample")
         if len(loads):
-            st.dataframe(loads[["target", "step_index", "started_at", "load_ms", "ttft_ms", "e2e_ms"]], hide_index=True)
+            tables.show(loads[["target", "step_index", "started_at", "load_ms", "ttft_ms", "e2e_ms"]])
 
     st.subheader("Sampled requests")
-    st.dataframe(sample, hide_index=True)
+    tables.show(sample)
     widgets.download_csv(sample, "requests")
 
 

@@ -3,7 +3,7 @@ filter them and open one in the Sweep page."""
 
 import streamlit as st
 
-from dashboard import queries, widgets
+from dashboard import queries, tables, widgets
 
 st.title("Runs")
 url = queries.database_url()
@@ -22,13 +22,11 @@ if text:
 if statuses:
     shown = shown[shown["status"].isin(statuses)]
 
-st.dataframe(
+tables.show(
     shown.assign(open=[f"sweep?run={run_id}" for run_id in shown["id"]]),
-    hide_index=True,
-    column_config={
+    {
         "open": st.column_config.LinkColumn("Open", display_text="Sweep ↗"),
-        "started_at": st.column_config.DatetimeColumn("Started (UTC)", format="YYYY-MM-DD HH:mm"),
-        "ended_at": st.column_config.DatetimeColumn("Ended (UTC)", format="YYYY-MM-DD HH:mm"),
+        "baseline_run_id": st.column_config.TextColumn("Baseline run"),
         "regression": st.column_config.CheckboxColumn("Regression"),
         "accepted": st.column_config.CheckboxColumn("Accepted (baseline)"),
     },

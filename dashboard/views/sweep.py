@@ -4,8 +4,12 @@ target, with the knee (highest load meeting the SLOs) and the steps where the lo
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, queries, widgets
+from dashboard import charts, queries, tables, widgets
 from stampede.report import SloLimits, knees
+
+# Late chunks are information while under this share of every step's output chunks, a warning from it
+# (docs/metrics.md): a clean run reads a few chunks late, a stalled client many.
+LATE_WARNING_SHARE = 0.01
 
 st.title("Sweep")
 url = queries.database_url()
@@ -31,10 +35,7 @@ def page() -> None:
     if steps["saturated"].any():
         st.warning("✕ marks steps where a load generator saturated (CPU ≥ 90 % or loop lag ≥ 10 ms): those figures "
                    "describe the client, not the server.")  # fmt: skip
-    late = int(steps["late_chunks"].sum())
-    if late:
-        st.warning(f"{late:,} chunks were read with bytes that came after them, too late to time exactly: each is "
-                   "timed up to those bytes' arrival (column late_chunks; docs/metrics.md).")  # fmt: skip
+    late_chunks(steps.merge(queries.output_chunks(url, run["id"]), on=["target", "step"], how="left"))
 
     tokens = charts.by_load(
         steps, {"output_tokens_per_s": ""}, "Output tokens/s vs load", "Output tokens/s", knee_loads
@@ -49,9 +50,34 @@ def page() -> None:
         column.plotly_chart(charts.latency_by_load(steps, metric, label, knee_loads, limit[metric]), key=metric)
 
     st.subheader("Steps")
-    st.dataframe(steps, hide_index=True)
+    tables.show(steps)
     widgets.download_csv(steps, "sweep")
     widgets.download_run_json(url, run["id"])
+
+
+def late_chunks(steps: pd.DataFrame) -> None:
+    """Say how many chunks were read too late to time exactly, as a warning where a step has many."""
+    late = int(steps["late_chunks"].sum())
+    if not late:
+        return
+    chunks = steps["chunks"].fillna(0)  # a step without a successful request has no chunks, late or not
+    text = (
+        f"{late:,} of {int(chunks.sum()):,} output chunks ({100 * late / chunks.sum():.2f} %) were read together "
+        "with bytes that came after them and are timed up to those bytes' arrival"
+    )
+    limit = f"{100 * LATE_WARNING_SHARE:g} %"
+    many = steps[(steps["late_chunks"] > 0) & (steps["late_chunks"] >= LATE_WARNING_SHARE * chunks)]
+    if many.empty:
+        st.info(f"{text}, under {limit} in every step (column Late chunks; docs/metrics.md).")
+        return
+    where = ", ".join(
+        f"{row['target']} step {row['step']} ({100 * row['late_chunks'] / chunks[i]:.1f} %)"
+        for i, row in many.iterrows()
+    )
+    st.warning(
+        f"{text}: late by up to a gap between chunks, which moves TTFT and ITL. That is {limit} or more of the "
+        f"chunks in {where} (column Late chunks; docs/metrics.md)."
+    )
 
 
 widgets.live(run["status"], page)

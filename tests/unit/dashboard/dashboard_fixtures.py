@@ -67,11 +67,11 @@ class Seeder:
         slo: dict[str, float] | None = None,
         rates: tuple[float, ...] | None = None,
         saturated_steps: tuple[int, ...] = (),
-        late_steps: tuple[int, ...] = (),
+        late_chunks: dict[int, int] | None = None,
     ) -> uuid.UUID:
         """A run stepping through ``users`` (or open-loop ``rates``) against each target; the first
         ``ended_steps`` steps ended; the load generator of ``saturated_steps`` lagged 25 ms, and in
-        ``late_steps`` read every successful request's first chunk late."""
+        the first ``late_chunks[i]`` successful requests of step ``i`` read their first chunk late."""
         targets = targets or {"ollama-like": OLLAMA_LIKE, "vllm-like": VLLM_LIKE}
         run_id = uuid.uuid4()
         ended = len(users) if ended_steps is None else ended_steps
@@ -108,7 +108,9 @@ class Seeder:
                             ended_at=step_start + timedelta(seconds=STEP_S) if index < ended else None,
                         ),
                     )
-                    records = _step_requests(run_id, target, api, index, u, step_start, profile, index in late_steps)
+                    records = _step_requests(
+                        run_id, target, api, index, u, step_start, profile, (late_chunks or {}).get(index, 0)
+                    )
                     store.insert_request_records(session, records)
                     store.insert_loadgen_samples(
                         session,
@@ -169,7 +171,7 @@ def _step_requests(
     users: int,
     step_start: datetime,
     profile: TargetProfile,
-    late: bool = False,
+    late: int = 0,
 ) -> list[RequestRecord]:
     ttft_ns = int(profile.ttft_ms(users) * NS_PER_MS)
     gap_ns = int(profile.itl_ms(users) * NS_PER_MS)
@@ -195,7 +197,7 @@ def _step_requests(
             http_status=200,
             started_at=step_start + timedelta(seconds=WARMUP_S + 10.0 * k / n_ok),
             chunk_offsets_ns=offsets,
-            late_chunks=[0] if late else [],
+            late_chunks=[0] if k < late else [],
             end_offset_ns=offsets[-1],
             output_tokens=profile.tokens,
             # The first request of an Ollama run waited for the model to load.

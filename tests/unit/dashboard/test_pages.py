@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -135,6 +136,12 @@ def test_compare_shows_runs_at_equal_load_with_deltas_and_config_differences(see
     assert list(table[f"ttft_p99_ms Δ% · {after}"]) == pytest.approx([100.0] * 4)
     assert list(table[f"output_tokens_per_s Δ% · {after}"]) == pytest.approx([0.0] * 4)
     assert len(traces(figures(at)["Output tokens/s vs load, by run"])) == 2
+    headers = json.loads(at.dataframe[0].proto.columns)
+    assert headers[f"ttft_p99_ms · {after}"]["label"] == f"TTFT p99 (ms) · {after}"
+    assert headers[f"ttft_p99_ms Δ% · {after}"] == {
+        "label": f"TTFT p99 (ms) Δ · {after}",
+        "type_config": {"type": "number", "format": "%+.1f %%"},
+    }
 
     diff = at.dataframe[1].value
     assert list(diff["setting"]) == ["sweep.name", "sweep.slo.ttft_ms"]
