@@ -14,9 +14,11 @@ import gc
 import inspect
 import logging
 import os
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 from typing import Any
 
+from gevent import GreenletExit
 from locust import User, events, task
 from locust.env import Environment
 from locust.exception import StopUser
@@ -168,10 +170,28 @@ class ChatUser(User):
         body = encode_body(self.chat_api.body(opts.model, prompt.messages, max_tokens, opts.ignore_eos))
         step_index, in_warmup = context.step_index, context.in_warmup()
         started_at = utc_now()
-        m = send_chat(self._connection(), self.chat_api, body, self._headers, opts.request_timeout_s)
+        m = Measurement()
+        try:
+            send_chat(self._connection(), self.chat_api, body, self._headers, opts.request_timeout_s, m)
+        except GreenletExit:
+            # Locust stops a user it need not wait for by killing its greenlet, mid-request: the chunks
+            # that came still count in their window's token throughput, so they are kept as a record.
+            self._drop_connection()
+            m.fail(Outcome.CANCELLED, "the load stopped while the request ran")
+            m.end_offset_ns = max([*m.chunk_offsets_ns[-1:], time.perf_counter_ns() - m.called_ns - m.send_offset_ns])
+            self._store(m, prompt.id, step_index, in_warmup, started_at, due_ns)
+            raise
         if m.outcome is not Outcome.OK:
             self._drop_connection()  # the connection may be mid-stream or broken
         self._backoff.record(m.outcome, m.retry_after_s)
+        self._store(m, prompt.id, step_index, in_warmup, started_at, due_ns)
+
+    def _store(
+        self, m: Measurement, prompt_id: str, step_index: int, in_warmup: bool, started_at: datetime, due_ns: int | None
+    ) -> None:
+        """Make ``m`` a record for the sink and a Locust request event."""
+        opts = self.environment.parsed_options
+        context = self._context
         chunk_tokens, client_tokens = self._count_tokens(m)
         record = RequestRecord(
             run_id=context.run_id,
@@ -182,7 +202,7 @@ class ChatUser(User):
             pid=os.getpid(),  # read per record: --processes forks after this module is imported
             api=self.chat_api.api,
             model=opts.model,
-            prompt_id=prompt.id,
+            prompt_id=prompt_id,
             outcome=m.outcome,
             http_status=m.http_status,
             server_request_id=m.server_request_id,

@@ -253,13 +253,20 @@ def _post(http: StampedHTTPClient, api: ChatApi, body: bytes, headers: dict[str,
 
 
 def send_chat(
-    http: StampedHTTPClient, api: ChatApi, body: bytes, headers: dict[str, str], timeout_s: float
+    http: StampedHTTPClient,
+    api: ChatApi,
+    body: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
+    m: Measurement | None = None,
 ) -> Measurement:
     """Send one streaming chat request and measure it; never raises for a failed request.
 
     The caller must discard ``http`` when the outcome is not OK: its connection may be mid-stream.
+    A caller's ``m`` is filled in as the answer comes, so what arrived survives the caller being killed.
     """
-    m = Measurement(called_ns=time.perf_counter_ns())
+    m = m if m is not None else Measurement()
+    m.called_ns = time.perf_counter_ns()
     stamps = http.stamps
     response = None
     received_before = stamps.received_bytes

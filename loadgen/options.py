@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from stampede.metrics import MIN_COMPLETIONS
 from stampede.sweepfile import OPEN_LOOP_IN_FLIGHT
 
 
@@ -39,7 +40,14 @@ def add_chat_arguments(parser: Any) -> None:
         "--warmup-s",
         type=float,
         default=0.0,
-        help="Seconds at the start of each step left out of its figures.",
+        help="Seconds left out of each step's figures after its load holds steady (its users all in flight, "
+        "one producing output).",
+    )
+    group.add_argument(
+        "--min-completions",
+        type=int,
+        default=MIN_COMPLETIONS,
+        help="Completed requests a step's window needs for its figures to be trusted (fewer: marked too short).",
     )
     group.add_argument("--request-timeout-s", type=float, default=300.0, help="Longest a whole request may take.")
     group.add_argument("--seed", type=int, default=0, help="Seed for prompt choice and arrivals.")

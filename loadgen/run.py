@@ -131,7 +131,9 @@ class RunContext:
             "max_tokens": opts.max_tokens,
             "prompt_set": opts.prompt_set,
         }
-        for name in ("steps", "rates", "step_duration_s", "warmup_s", "request_rate", "arrival", "burstiness"):
+        for name in (
+            "steps", "rates", "step_duration_s", "warmup_s", "min_completions", "request_rate", "arrival", "burstiness"
+        ):  # fmt: skip
             if hasattr(opts, name):
                 config[name] = getattr(opts, name)
         if opts.sweep_config:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from stampede import baseline, db, demo, report, schedules, store
+from stampede.metrics import MIN_COMPLETIONS
 from stampede.processes import sigterm_as_interrupt
 from stampede.records import Api
 from stampede.schema import Run
@@ -52,7 +53,10 @@ LOG_DIR = Path(".stampede/logs")
 
 StepsOpt = Annotated[str, typer.Option(help="Comma-separated concurrency levels, one step each.")]
 StepDurationOpt = Annotated[float, typer.Option(help="Seconds each step lasts.")]
-WarmupOpt = Annotated[float, typer.Option(help="Seconds at the start of each step left out of its figures.")]
+WarmupOpt = Annotated[float, typer.Option(help="Seconds left out of each step's figures after its load holds steady.")]
+MinCompletionsOpt = Annotated[
+    int, typer.Option(help="Completed requests a step's window needs; fewer marks the step too short.")
+]
 MaxTokensOpt = Annotated[int, typer.Option(help="Most output tokens asked per request.")]
 ProcessesOpt = Annotated[int, typer.Option(help="Locust processes (one per core that load needs).")]
 
@@ -85,6 +89,7 @@ FLAGS = {
     "rates": "--rates",
     "step_duration_s": "--step-duration-s",
     "warmup_s": "--warmup-s",
+    "min_completions": "--min-completions",
     "max_tokens": "--max-tokens",
     "prompt_set": "--prompt-set",
     "processes": "--processes",
@@ -216,6 +221,7 @@ def sweep(
     rates: Annotated[str, typer.Option(help="Open loop: requests/s per step; --steps then caps in flight.")] = "",
     step_duration_s: StepDurationOpt = 20.0,
     warmup_s: WarmupOpt = 5.0,
+    min_completions: MinCompletionsOpt = MIN_COMPLETIONS,
     max_tokens: MaxTokensOpt = 128,
     ignore_eos: Annotated[bool, typer.Option(help="Ask for exactly max tokens (vLLM, llama.cpp).")] = False,
     prompt_set: Annotated[str, typer.Option(help="seeds, synthetic:..., jsonl:PATH or sharegpt:PATH.")] = "seeds",
@@ -248,6 +254,7 @@ def sweep(
             rates=_parse_list(rates, float, "--rates"),
             step_duration_s=step_duration_s,
             warmup_s=warmup_s,
+            min_completions=min_completions,
             max_tokens=max_tokens,
             ignore_eos=ignore_eos,
             prompt_set=prompt_set,

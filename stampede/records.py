@@ -27,6 +27,8 @@ class Outcome(str, Enum):
     TRUNCATED = "truncated"
     INVALID_STREAM = "invalid_stream"
     CONNECTION_ERROR = "connection_error"
+    CANCELLED = "cancelled"
+    """Still running when the load stopped (Locust killed its user): the chunks that came are kept."""
 
 
 class Api(str, Enum):
@@ -179,15 +181,10 @@ class StepRecord(_Record):
     model: str = Field(description="Model name requested.")
     base_url: str = Field(description="Target URL, credentials removed.")
     started_at: AwareDatetime = Field(description="Wall-clock UTC time the step began (master's clock).")
-    warmup_s: float = Field(ge=0, description="Seconds at the start of the step excluded from its figures.")
+    warmup_s: float = Field(
+        ge=0, description="Seconds after the load holds steady (or, if it never does, after the start) left out."
+    )
     ended_at: AwareDatetime | None = Field(default=None, description="Wall-clock UTC end, once ended.")
-
-    @computed_field(description="Seconds measured: step length less warm-up.")  # type: ignore[prop-decorator]
-    @property
-    def measured_s(self) -> float | None:
-        if self.ended_at is None:
-            return None
-        return max(0.0, (self.ended_at - self.started_at).total_seconds() - self.warmup_s)
 
 
 class LoadgenSampleRecord(_Record):

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from typing import Any
 
-import orjson
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from stampede import metrics
-from stampede.metrics import PERCENTILES, Percentiles, RequestSample, Slo, StepSummary
-from stampede.records import Outcome, utc_now
-from stampede.schema import LoadgenSample, Request, Run, Step, StepStats
+from stampede import metrics, stepdata
+from stampede.metrics import PERCENTILES, Percentiles, Slo, StepSummary, Window
+from stampede.records import utc_now
+from stampede.schema import LoadgenSample, Request, Run, RuntimeSample, Step, StepStats
 
 LATENCIES = ("ttft", "itl", "tpot", "e2e", "response", "network_and_queue")
 ROW_COLUMNS = (
@@ -37,17 +36,25 @@ ROW_COLUMNS = (
     "error_rate",
     "requests_per_s",
     "output_tokens_per_s",
+    "server_output_tokens_per_s",
+    "server_difference_pct",
     "total_tokens_per_s",
     "goodput_requests_per_s",
     "model_loads",
     "token_disagreements",
     "late_chunks",
     "reconnects",
+    "mean_in_flight",
+    "little_in_flight",
+    "little_mismatch",
+    "load_reached",
+    "too_short",
+    "lengthen_to_s",
     "saturated",
     *(f"{name}_p{p}_ms" for name in LATENCIES for p in PERCENTILES),
 )
 # Bumped whenever the cached form of a summary changes, so older cache rows are recomputed.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 # The load generator samples its health once a second (loadgen/health.py).
 SAMPLE_INTERVAL_S = 1.0
@@ -116,12 +123,20 @@ class TargetStep:
             "error_rate": s.error_rate,
             "requests_per_s": s.requests_per_s,
             "output_tokens_per_s": s.output_tokens_per_s,
+            "server_output_tokens_per_s": s.server_output_tokens_per_s,
+            "server_difference_pct": s.server_difference_pct,
             "total_tokens_per_s": s.total_tokens_per_s,
             "goodput_requests_per_s": s.goodput_requests_per_s,
             "model_loads": s.model_loads,
             "token_disagreements": s.token_disagreements,
             "late_chunks": s.late_chunks,
             "reconnects": s.reconnects,
+            "mean_in_flight": s.mean_in_flight,
+            "little_in_flight": s.little_in_flight,
+            "little_mismatch": s.little_mismatch,
+            "load_reached": s.load_reached,
+            "too_short": s.too_short,
+            "lengthen_to_s": s.lengthen_to_s if s.too_short else None,
             "saturated": self.saturated,
         }
         for name in LATENCIES:
@@ -146,67 +161,19 @@ def latest_run_id(session: Session) -> uuid.UUID | None:
     return session.scalar(select(Run.id).order_by(Run.started_at.desc()).limit(1))
 
 
-def _json(text: str | None, empty: Any) -> Any:
-    return empty if text is None else orjson.loads(text)
-
-
-def _samples(session: Session, run_id: uuid.UUID, target: str, index: int) -> list[RequestSample]:
-    # JSON columns are read as text and parsed with orjson: several times faster than the driver's json.
-    rows = session.execute(
-        select(
-            Request.outcome,
-            Request.ttft_ms,
-            Request.e2e_ms,
-            Request.tpot_ms,
-            Request.prompt_tokens,
-            Request.output_tokens,
-            Request.client_output_tokens,
-            Request.output_chunks,
-            cast(Request.chunk_offsets_ns, Text).label("offsets"),
-            cast(Request.chunk_tokens, Text).label("chunk_tokens"),
-            cast(Request.server_timings_ms, Text).label("server"),
-            Request.response_ms,
-            Request.tokens_disagree,
-            cast(Request.late_chunks, Text).label("late"),
-            Request.reconnects,
-        ).where(
-            Request.run_id == run_id,
-            Request.target == target,
-            Request.step_index == index,
-            Request.in_warmup.is_(False),
-        )
-    )
-    samples = []
-    for row in rows:
-        server = _json(row.server, {})
-        tokens, _ = metrics.output_token_count(row.output_tokens, row.client_output_tokens, row.output_chunks)
-        samples.append(
-            RequestSample(
-                ok=row.outcome == Outcome.OK.value,
-                ttft_ms=row.ttft_ms,
-                e2e_ms=row.e2e_ms,
-                tpot_ms=row.tpot_ms,
-                output_tokens=tokens,
-                itl_ms=metrics.itl_ms(_json(row.offsets, []), _json(row.chunk_tokens, [])),
-                prompt_tokens=row.prompt_tokens or 0,
-                response_ms=row.response_ms,
-                model_load_ms=float(server.get("load_ms") or 0.0),
-                network_and_queue_ms=metrics.network_and_queue_ms(row.e2e_ms, server.get("total_ms")),
-                tokens_disagree=bool(row.tokens_disagree),
-                late_chunks=len(_json(row.late, [])),
-                reconnects=row.reconnects,
-            )
-        )
-    return samples
-
-
 def _summary_from_json(data: dict[str, Any]) -> StepSummary:
     fields: dict[str, Any] = {k: Percentiles(**v) if isinstance(v, dict) else v for k, v in data.items()}
     return StepSummary(**fields)
 
 
-def _cache_key(slo: Slo | None, measured_s: float) -> dict[str, Any]:
-    return {"version": CACHE_VERSION, "slo": None if slo is None else asdict(slo), "measured_s": measured_s}
+def _cache_key(slo: Slo | None, window: Window, min_completions: int, scrapes: int) -> dict[str, Any]:
+    return {
+        "version": CACHE_VERSION,
+        "slo": None if slo is None else asdict(slo),
+        "window": [window.opened_s, window.closed_s],
+        "min_completions": min_completions,
+        "scrapes": scrapes,
+    }
 
 
 def _store_cache(
@@ -229,15 +196,14 @@ def _store_cache(
     session.execute(stmt)
 
 
-def _saturated(step: Step, samples: list[tuple[datetime, float, float]]) -> bool:
+def _saturated(window: Window, samples: list[tuple[datetime, float, float]]) -> bool:
     """The saturation verdict over the samples of the step's measured window.
 
     A sample covers the second before it was taken, so the window's samples are those taken from one
-    second after the warm-up to the step's end: start-up and shutdown stalls do not count.
+    second after it opened to its end: start-up and shutdown stalls do not count.
     """
-    assert step.ended_at is not None
-    first = step.started_at + timedelta(seconds=step.warmup_s + SAMPLE_INTERVAL_S)
-    inside = [(cpu, lag) for at, cpu, lag in samples if first <= at <= step.ended_at]
+    first = window.opened_s + SAMPLE_INTERVAL_S
+    inside = [(cpu, lag) for at, cpu, lag in samples if first <= stepdata.epoch_s(at) <= window.closed_s]
     return metrics.generator_saturated([cpu for cpu, _ in inside], [lag for _, lag in inside])
 
 
@@ -255,14 +221,20 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
             select(Step).where(Step.run_id == run_id, Step.ended_at.is_not(None)).order_by(Step.target, Step.index)
         )
     )
-    counts = {
-        (t, i): n
-        for t, i, n in session.execute(
-            select(Request.target, Request.step_index, func.count())
-            .where(Request.run_id == run_id)
-            .group_by(Request.target, Request.step_index)
-        )
-    }
+    min_completions = int(config.get("min_completions") or metrics.MIN_COMPLETIONS)
+    # A step's figures read requests of any step that overlapped its window: any new row may change them.
+    counts: dict[str, int] = dict(
+        session.execute(
+            select(Request.target, func.count()).where(Request.run_id == run_id).group_by(Request.target)
+        ).all()
+    )
+    scrapes: dict[str, int] = dict(
+        session.execute(
+            select(RuntimeSample.target, func.count())
+            .where(RuntimeSample.run_id == run_id, RuntimeSample.metric.in_(stepdata.SERVER_TOKEN_COUNTERS))
+            .group_by(RuntimeSample.target)
+        ).all()
+    )
     # Columns, not entities: the session's identity map would hand back rows as it first loaded them.
     cached = {
         (t, i): (n, summary)
@@ -286,17 +258,25 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
     out = []
     for step in steps:
         assert step.ended_at is not None
-        measured_s = max(0.0, (step.ended_at - step.started_at).total_seconds() - step.warmup_s)
-        rows = counts.get((step.target, step.index), 0)
-        key = _cache_key(slo, measured_s)
+        if step.window_opened_at is None:
+            stepdata.open_window(session, run_id, step)  # once: later reports use the same window
+        window = stepdata.step_window(step)
+        rows = counts.get(step.target, 0)
+        key = _cache_key(slo, window, min_completions, scrapes.get(step.target, 0))
         hit_rows, hit = cached.get((step.target, step.index), (None, {}))
         if hit_rows == rows and {k: hit.get(k) for k in key} == key:
             summary = _summary_from_json(hit["summary"])
         else:
-            samples = _samples(session, run_id, step.target, step.index)
-            summary = metrics.summarize_step(step.users, measured_s, samples, slo)
-            if measured_s > 0:  # a zero-length window gives NaN rates, which JSON cannot hold
+            samples = stepdata.overlapping_samples(session, run_id, step.target, step.started_at, step.ended_at)
+            server = stepdata.server_count(session, run_id, step.target, window)
+            summary = metrics.summarize_step(step.users, window, samples, slo, min_completions, server)
+            summary = replace(
+                summary,
+                opened_after_s=window.opened_s - stepdata.epoch_s(step.started_at),
+                load_reached=bool(step.load_reached),
+            )
+            if window.length_s > 0:  # a zero-length window gives NaN rates, which JSON cannot hold
                 _store_cache(session, run_id, step, rows, key, summary)
-        saturated = _saturated(step, health.get((step.target, step.index), []))
+        saturated = _saturated(window, health.get((step.target, step.index), []))
         out.append(TargetStep(step.target, step.index, summary, saturated, step.request_rate_per_s))
     return out

@@ -62,6 +62,11 @@ class Step(Base):
     started_at: Mapped[datetime]
     warmup_s: Mapped[float]
     ended_at: Mapped[datetime | None]
+    window_opened_at: Mapped[datetime | None]
+    """When the measured window opened (by state, then ``warmup_s``); set by the first summary of the
+    ended step, so every later report uses the same window."""
+    load_reached: Mapped[bool | None]
+    """The window opened by state; False when the planned load never held and the clock opened it."""
 
 
 class Request(Base):

@@ -98,6 +98,7 @@ def locust_command(target: TargetSpec, plan: SweepPlan) -> list[str]:
         "--steps", ",".join(str(s) for s in spec.steps),
         "--step-duration-s", str(spec.step_duration_s),
         "--warmup-s", str(spec.warmup_s),
+        "--min-completions", str(spec.min_completions),
         "--max-tokens", str(spec.max_tokens),
         "--model", target.model,
         "--prompt-set", spec.prompt_set,

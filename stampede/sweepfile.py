@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from stampede.metrics import MIN_COMPLETIONS
 from stampede.records import Api
 
 
@@ -101,6 +102,9 @@ class SweepFile(_Spec):
     rates: list[float] = Field(default=[], description="Open loop: requests/s per step; steps[0] caps in flight.")
     step_duration_s: float = Field(default=30.0, gt=0)
     warmup_s: float = Field(default=10.0, ge=0, validate_default=True)  # checked against the step even when left out
+    min_completions: int = Field(
+        default=MIN_COMPLETIONS, ge=1, description="Completions a step's window needs, else it is marked too short."
+    )
     max_tokens: int = Field(default=128, ge=1)
     prompt_set: str = "seeds"
     ignore_eos: bool = False

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from stampede.report import TargetStep
 
-COLUMNS = (
-    ("target", "<"), ("step", ">"), ("load", ">"), ("req/s", ">"), ("out tok/s", ">"),
+LEADING = (("target", "<"), ("step", ">"), ("load", ">"), ("in flight", ">"), ("req/s", ">"), ("out tok/s", ">"))
+SERVER = (("server tok/s", ">"), ("vs server", ">"))
+LATENCY = (
     ("TTFT p50", ">"), ("TTFT p99", ">"), ("ITL p50", ">"), ("ITL p99", ">"),
     ("E2E p50", ">"), ("E2E p99", ">"), ("errors", ">"), ("reconnects", ">"),
 )  # fmt: skip
@@ -15,6 +16,10 @@ GOODPUT = ("goodput/s", ">")
 NOTES = ("", "<")
 SATURATED = "generator saturated"
 LATE = "chunks read late"
+TOO_SHORT = "too short for its requests"
+LITTLE = "in flight ≠ completions/s × E2E"
+NOT_REACHED = "planned load never held"
+SERVER_DIFFERS = "differs from the server's count"
 
 
 def _ms(value: float | None) -> str:
@@ -27,14 +32,40 @@ def _load(item: TargetStep) -> str:
     return str(item.summary.users)
 
 
-def _row(item: TargetStep, with_goodput: bool) -> list[str]:
+def _notes(item: TargetStep) -> list[str]:
+    s = item.summary
+    notes = [SATURATED] if item.saturated else []
+    if s.late_chunks:
+        notes.append(f"{s.late_chunks:,} {LATE}")
+    if s.too_short:
+        notes.append(f"{TOO_SHORT}: lengthen to {s.lengthen_to_s:g} s")
+    if s.little_mismatch:
+        notes.append(f"{LITTLE} ({s.mean_in_flight:,.1f} vs {s.little_in_flight:,.1f})")
+    if not s.load_reached:
+        notes.append(NOT_REACHED)
+    if s.server_disagrees:
+        notes.append(SERVER_DIFFERS)
+    return notes
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}%"
+
+
+def _row(item: TargetStep, with_server: bool, with_goodput: bool) -> list[str]:
     s = item.summary
     row = [
         item.target,
         str(item.index),
         _load(item),
+        f"{s.mean_in_flight:,.1f}",
         f"{s.requests_per_s:,.2f}",
         f"{s.output_tokens_per_s:,.1f}",
+    ]
+    if with_server:
+        server = s.server_output_tokens_per_s
+        row += ["-" if server is None else f"{server:,.1f}", _pct(s.server_difference_pct)]
+    row += [
         _ms(s.ttft_ms.p50),
         _ms(s.ttft_ms.p99),
         _ms(s.itl_ms.p50),
@@ -46,18 +77,16 @@ def _row(item: TargetStep, with_goodput: bool) -> list[str]:
     ]
     if with_goodput:
         row.append("-" if s.goodput_requests_per_s is None else f"{s.goodput_requests_per_s:,.2f}")
-    notes = [SATURATED] if item.saturated else []
-    if s.late_chunks:
-        notes.append(f"{s.late_chunks:,} {LATE}")
-    row.append("; ".join(notes))
+    row.append("; ".join(_notes(item)))
     return row
 
 
 def format_summary(steps: Sequence[TargetStep]) -> str:
     """Aligned table: one line per target and step; latencies in ms; load is users or requests/s."""
     with_goodput = any(step.summary.goodput_requests_per_s is not None for step in steps)
-    columns = (*COLUMNS, GOODPUT, NOTES) if with_goodput else (*COLUMNS, NOTES)
-    rows = [[name for name, _ in columns], *(_row(step, with_goodput) for step in steps)]
+    with_server = any(step.summary.server_output_tokens_per_s is not None for step in steps)
+    columns = (*LEADING, *(SERVER if with_server else ()), *LATENCY, *((GOODPUT,) if with_goodput else ()), NOTES)
+    rows = [[name for name, _ in columns], *(_row(step, with_server, with_goodput) for step in steps)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = []
     for n, row in enumerate(rows):
@@ -66,9 +95,25 @@ def format_summary(steps: Sequence[TargetStep]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths).rstrip())
     lines.append(
-        "latencies in ms over each step's measured window (warm-up excluded); errors = failed/sent;"
+        "figures by arrival time inside each step's measured window (it opens once the load holds, plus the"
+        " warm-up): tokens that arrived, requests that completed; latencies in ms; in flight = mean requests"
+        " in flight measured; errors = failed/completed;"
         " reconnects = requests sent again because the server had closed their kept-alive connection"
     )
+    if with_server:
+        lines.append("server tok/s = the runtime's own output-token counter over the window; vs server = the"
+                     " client's count over the same span, relative to it")  # fmt: skip
+    notes = {note for step in steps for note in _notes(step)}
+    if any(note.startswith(TOO_SHORT) for note in notes):
+        lines.append(f"{TOO_SHORT}: fewer than {min(s.summary.min_completions for s in steps)} completions in the"
+                     " window, or E2E p50 over a third of it; its figures depend on chance")  # fmt: skip
+    if any(note.startswith(LITTLE) for note in notes):
+        lines.append(f"{LITTLE}: Little's law does not hold over the window (over 10 % apart): too few"
+                     " completions to describe the load, or requests missing")  # fmt: skip
+    if NOT_REACHED in notes:
+        lines.append(f"{NOT_REACHED}: the planned requests were never all in flight; the window opened by the clock")
+    if SERVER_DIFFERS in notes:
+        lines.append(f"{SERVER_DIFFERS}: client and runtime token counts over the window are over 5 % apart")
     if any(step.saturated for step in steps):
         lines.append(f"{SATURATED}: the load generator ran out of CPU or its event loop lagged; see docs/metrics.md")
     if any(step.summary.late_chunks for step in steps):

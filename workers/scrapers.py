@@ -1,7 +1,7 @@
 """Runtime scrapers: what the serving runtime says about itself while it is under load.
 
-- vLLM ``/metrics``: running and waiting requests, KV-cache usage (``gpu_cache_usage_perc`` before
-  v0.10, ``kv_cache_usage_perc`` after).
+- vLLM ``/metrics``: running and waiting requests, output tokens generated, KV-cache usage
+  (``gpu_cache_usage_perc`` before v0.10, ``kv_cache_usage_perc`` after).
 - llama.cpp ``/metrics`` (every ``llamacpp:`` series; the server needs ``--metrics``) and ``/slots``
   (per slot: busy or not, context size, tokens decoded).
 - Ollama ``/api/ps``: per loaded model, its size and the part in GPU memory; ``size_vram < size``
@@ -33,6 +33,7 @@ VLLM_METRICS = frozenset(
         "vllm:gpu_cache_usage_perc",
         "vllm:kv_cache_usage_perc",
         # Counters (cumulative): the dashboard draws their rates. Preemptions mean the KV cache ran out.
+        "vllm:generation_tokens_total",  # output tokens, checked against the client's count per step
         "vllm:num_preemptions_total",
         "vllm:prefix_cache_queries_total",
         "vllm:prefix_cache_hits_total",

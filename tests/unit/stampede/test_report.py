@@ -16,7 +16,8 @@ from stampede.db import make_engine, upgrade
 from stampede.metrics import Percentiles, StepSummary
 from stampede.records import Api, LoadgenSampleRecord, Outcome, RequestRecord, RunRecord, RunStatus, StepRecord
 from stampede.report import SloLimits, TargetStep, knees, step_summaries
-from stampede.schema import StepStats
+from stampede.samples import RuntimeSampleRecord
+from stampede.schema import Step, StepStats
 from tests.builders import request_record
 
 MS = 1_000_000
@@ -50,8 +51,10 @@ def seed(
     records: list[RequestRecord],
     slo: dict[str, float] | None = None,
     rate: float | None = None,
+    opened_s: float | None = 2.0,
 ) -> uuid.UUID:
-    """A run with one ended 12 s step (2 s warm-up: a 10 s window) holding ``records``."""
+    """A run with one ended 12 s step holding ``records``, its window stored as opened at ``opened_s``
+    (a 10 s window by default; None: the first summary opens it by state)."""
     run_id = records[0].run_id
     config = {"sweep": {"name": "s", "slo": slo or {}}}
     store.upsert_run(session, RunRecord(id=run_id, name="r", status=RunStatus.FINISHED, started_at=T0, config=config))
@@ -72,6 +75,9 @@ def seed(
         ),
     )
     store.insert_request_records(session, records)
+    if opened_s is not None:
+        opened = T0 + timedelta(seconds=opened_s)
+        session.execute(update(Step).values(window_opened_at=opened, load_reached=True))
     return run_id
 
 
@@ -96,18 +102,20 @@ def test_every_request_field_reaches_the_summary(session: Session) -> None:
             run_id,
             outcome=Outcome.TIMEOUT,
             chunk_offsets_ns=[],
-            end_offset_ns=60_000 * MS,
+            end_offset_ns=6_000 * MS,
             output_tokens=None,
             reconnects=1,
         ),
-        request(run_id, in_warmup=True, reconnects=1, chunk_offsets_ns=[9000 * MS], end_offset_ns=9000 * MS),
+        # Ended before the window opened: none of its figures count.
+        request(run_id, started_at=T0, reconnects=1, chunk_offsets_ns=[900 * MS], end_offset_ns=1000 * MS),
     ]
     step = only_step(session, seed(session, records))
     s = step.summary
 
     assert (s.requests, s.errors, s.model_loads, s.late_chunks, s.reconnects) == (4, 1, 1, 2, 1)
     assert s.requests_per_s == pytest.approx(0.3)
-    # Output tokens: 5 (tokenizer) + 4 + 4 (server) over 10 s; prompt tokens add 3 x 6.
+    # Output tokens: 5 (tokenizer) + 4 + 4 (server) over 10 s; prompt tokens add 3 x 6. The second's
+    # tokenizer counts (1, 2, 2, 2) only place its 4 tokens in time.
     assert s.output_tokens_per_s == pytest.approx(1.3)
     assert s.total_tokens_per_s == pytest.approx(3.1)
     assert s.ttft_ms == Percentiles(100.0, 100.0, 100.0)
@@ -193,3 +201,58 @@ def test_slo_limits_come_from_the_sweep_file_in_the_run_config() -> None:
     assert limits == SloLimits(ttft_ms=500, max_error_rate=0.01)
     assert limits.request_slo() is not None and SloLimits(max_error_rate=0.1).request_slo() is None
     assert not SloLimits.of_config({}).any_set
+
+
+def test_a_steps_window_opens_by_state_once_and_counts_tokens_by_arrival(session: Session) -> None:
+    run_id = uuid.uuid4()
+    # Requests of 8 s, chunks every 0.5 s from 0.5 s, 2 tokens each.
+    chunks = [500 * MS * i for i in range(1, 17)]
+
+    def story(sent_s: float) -> RequestRecord:
+        fields = {"started_at": T0 + timedelta(seconds=sent_s), "chunk_offsets_ns": chunks,
+                  "end_offset_ns": chunks[-1], "output_tokens": 32}  # fmt: skip
+        return request(run_id, **fields)
+
+    # The second user's request joins at 1 s: two in flight, the first producing, so the load holds
+    # from 1 s; with the 2 s warm-up the window is 3-12 s.
+    step = only_step(session, seed(session, [story(0.0), story(1.0), story(8.0), story(9.0)], opened_s=None))
+    stored = session.scalars(select(Step)).one()
+    assert stored.window_opened_at is not None and stored.load_reached
+    assert stored.window_opened_at.replace(tzinfo=UTC) == T0 + timedelta(seconds=3)
+    # Chunks inside 3-12 s: the first's at 3-8 s (11), the second's at 3-9 s (13), the third's at
+    # 8.5-11.5 s (7), the fourth's at 9.5-11.5 s (5).
+    assert step.summary.output_tokens_per_s == pytest.approx(2 * (11 + 13 + 7 + 5) / 9)
+    assert (step.summary.requests, step.summary.opened_after_s) == (2, 3.0)  # ended at 8 and 9 s
+
+
+def test_requests_sent_before_the_step_count_with_what_they_brought_to_its_window(session: Session) -> None:
+    run_id = uuid.uuid4()
+    chunks = [500 * MS * i for i in range(1, 17)]
+    earlier = request(run_id, started_at=T0 - timedelta(seconds=4), chunk_offsets_ns=chunks,
+                      end_offset_ns=chunks[-1], output_tokens=16)  # fmt: skip
+    s = only_step(session, seed(session, [earlier])).summary
+    # Its chunks at 2-4 s fall in the 2-12 s window: 5 of its 16, one token each; it completed at 4 s.
+    assert s.output_tokens_per_s == pytest.approx(5 / 10)
+    assert s.requests == 1 and s.mean_in_flight == pytest.approx(2 / 10)
+
+
+def test_the_runtimes_counter_over_the_window_stands_beside_the_clients_count(session: Session) -> None:
+    run_id = uuid.uuid4()
+    # A request every second, each 10 tokens in 10 chunks over its first second: 10 tokens/s.
+    records = [request(run_id, started_at=T0 + timedelta(seconds=i), chunk_offsets_ns=[100 * MS * k for k in range(10)],
+                       end_offset_ns=900 * MS, output_tokens=10) for i in range(12)]  # fmt: skip
+    run_id = seed(session, records)
+
+    def scrape(at_s: float, value: float, engine: str = "0") -> RuntimeSampleRecord:
+        at = T0 + timedelta(seconds=at_s)
+        metric, labels = "vllm:generation_tokens_total", {"engine": engine}
+        return RuntimeSampleRecord(run_id=run_id, target="t", host="h", sampled_at=at, metric=metric, labels=labels,
+                                   value=value)  # fmt: skip
+
+    # Scrapes at 1 s (before the window) and 12.5 s (after it) are left out; two engines add up.
+    store.insert_runtime_samples(session, [scrape(1, 0), scrape(3, 100), scrape(11, 160), scrape(12.5, 999)])
+    store.insert_runtime_samples(session, [scrape(3, 50, "1"), scrape(11, 70, "1")])
+    s = only_step(session, run_id).summary
+    assert s.server_output_tokens_per_s == pytest.approx((60 + 20) / 8)
+    assert s.checked_output_tokens_per_s == pytest.approx(10.0)  # 80 tokens arrived between 3 and 11 s
+    assert s.server_difference_pct == pytest.approx(0.0) and not s.server_disagrees

@@ -13,10 +13,11 @@ def step(index: int, users: int, goodput: float | None = None, **kw: object) -> 
 
 def test_rows_align_and_carry_the_figures() -> None:
     lines = format_summary([step(0, 1), step(1, 16)]).splitlines()
-    assert lines[0].split() == ["target", "step", "load", "req/s", "out", "tok/s", "TTFT", "p50", "TTFT", "p99",
+    assert lines[0].split() == ["target", "step", "load", "in", "flight", "req/s", "out", "tok/s", "TTFT", "p50",
+                                "TTFT", "p99",
                                 "ITL", "p50", "ITL", "p99", "E2E", "p50", "E2E", "p99",
                                 "errors", "reconnects"]  # fmt: skip
-    assert lines[2].split() == ["vllm-like", "0", "1", "4.90", "250.0", "10.0", "30.0", "10.0", "30.0", "10.0",
+    assert lines[2].split() == ["vllm-like", "0", "1", "0.0", "4.90", "250.0", "10.0", "30.0", "10.0", "30.0", "10.0",
                                 "30.0", "1/50", "0"]  # fmt: skip
     assert len({len(line) for line in lines[:2]}) == 1
 
@@ -50,3 +51,28 @@ def test_reconnects_have_a_column_of_their_own_and_are_explained() -> None:
     lines = format_summary([TargetStep("llamacpp", 0, reconnected)]).splitlines()
     assert lines[2].split()[-2:] == ["0/50", "7"]  # not errors: a column beside them
     assert "reconnects = requests sent again" in lines[-1]
+
+
+def test_a_step_too_short_for_its_requests_says_how_long_to_make_it() -> None:
+    stories = Percentiles(25_000.0, 26_000.0, 27_000.0)
+    p = Percentiles(10.0, 20.0, 30.0)
+    short = StepSummary(50, 25.0, 3, 0, 0.12, 2_600.0, p, p, p, stories, mean_in_flight=50.0, little_in_flight=3.0,
+                        opened_after_s=6.0, needed_window_s=75.0)  # fmt: skip
+    text = format_summary([step(0, 1), TargetStep("vllm", 1, short)])
+    assert "too short for its requests: lengthen to 85 s" in text.splitlines()[3]
+    assert "in flight ≠ completions/s × E2E (50.0 vs 3.0)" in text.splitlines()[3]
+    assert "too short" not in text.splitlines()[2]
+    assert "fewer than 30 completions in the window, or E2E p50 over a third of it" in text
+
+
+def test_the_servers_own_count_stands_beside_the_clients_and_a_gap_is_flagged() -> None:
+    p = Percentiles(10.0, 20.0, 30.0)
+    agree = StepSummary(8, 10.0, 50, 0, 5.0, 1_000.0, p, p, p, p, server_output_tokens_per_s=1_000.0,
+                        checked_output_tokens_per_s=1_010.0)  # fmt: skip
+    apart = StepSummary(8, 10.0, 50, 0, 5.0, 1_000.0, p, p, p, p, server_output_tokens_per_s=1_000.0,
+                        checked_output_tokens_per_s=900.0)  # fmt: skip
+    lines = format_summary([TargetStep("vllm", 0, agree), TargetStep("vllm", 1, apart)]).splitlines()
+    assert lines[0].split()[8:12] == ["server", "tok/s", "vs", "server"]
+    assert lines[2].split()[6:8] == ["1,000.0", "+1.0%"] and not lines[2].endswith("count")
+    assert lines[3].split()[6:8] == ["1,000.0", "-10.0%"] and lines[3].endswith("differs from the server's count")
+    assert "server" not in format_summary([step(0, 1)]).splitlines()[0]
