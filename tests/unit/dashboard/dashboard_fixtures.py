@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
@@ -23,6 +24,7 @@ from stampede import store
 from stampede.db import get_engine
 from stampede.records import Api, LoadgenSampleRecord, Outcome, RequestRecord, RunRecord, RunStatus, StepRecord
 from stampede.samples import GpuSampleRecord, RuntimeSampleRecord
+from stampede.schema import Step
 
 APP = str(Path(__file__).resolve().parents[3] / "dashboard" / "app.py")
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -107,6 +109,12 @@ class Seeder:
                             warmup_s=WARMUP_S,
                             ended_at=step_start + timedelta(seconds=STEP_S) if index < ended else None,
                         ),
+                    )
+                    # The window as a first summary stores it, fixed here so that every step's is 10 s.
+                    session.execute(
+                        update(Step)
+                        .where(Step.run_id == run_id, Step.target == target, Step.index == index)
+                        .values(window_opened_at=step_start + timedelta(seconds=WARMUP_S), load_reached=True)
                     )
                     records = _step_requests(
                         run_id, target, api, index, u, step_start, profile, (late_chunks or {}).get(index, 0)
@@ -195,7 +203,8 @@ def _step_requests(
             in_warmup=False,
             outcome=Outcome.OK,
             http_status=200,
-            started_at=step_start + timedelta(seconds=WARMUP_S + 10.0 * k / n_ok),
+            # Spread over the 10 s window so that each starts and ends inside it: every token arrives in it.
+            started_at=step_start + timedelta(seconds=WARMUP_S + (10.0 - offsets[-1] / 1e9) * k / n_ok),
             chunk_offsets_ns=offsets,
             late_chunks=[0] if k < late else [],
             end_offset_ns=offsets[-1],
@@ -205,7 +214,9 @@ def _step_requests(
         )
         for k in range(n_ok)
     ]
-    # A warm-up request 10x slower than the rest: it must never show in any figure.
+    # A warm-up request slower than the rest, sent as the step starts and ended 1.8 s into its 2 s warm-up:
+    # it must never show in any figure.
+    slow = [round(o * 1.8e9 / offsets[-1]) for o in offsets]
     records.append(
         RequestRecord(
             **common,
@@ -213,8 +224,8 @@ def _step_requests(
             outcome=Outcome.OK,
             http_status=200,
             started_at=step_start,
-            chunk_offsets_ns=[10 * o for o in offsets],
-            end_offset_ns=10 * offsets[-1],
+            chunk_offsets_ns=slow,
+            end_offset_ns=slow[-1],
             output_tokens=profile.tokens,
         )
     )

@@ -21,13 +21,14 @@ def values(name: str, **kwargs: object) -> dict[str, float]:
     return {metric: value for metric, _labels, value in scrapers.prometheus_values(text, **kwargs)}  # type: ignore[arg-type]
 
 
-def test_vllm_keeps_queue_and_kv_cache_gauges_and_preemption_and_prefix_cache_counters() -> None:
+def test_vllm_keeps_queue_and_kv_cache_gauges_and_token_preemption_and_prefix_cache_counters() -> None:
     found = scrapers.prometheus_values((FIXTURES / "vllm_metrics.txt").read_text(), wanted=scrapers.VLLM_METRICS)
     assert {(m, v) for m, _, v in found} == {
         ("vllm:num_requests_running", 48.0),
         ("vllm:num_requests_waiting", 17.0),
         ("vllm:kv_cache_usage_perc", 0.9134),
         ("vllm:num_preemptions_total", 3.0),
+        ("vllm:generation_tokens_total", 1284519.0),  # checked against the client's count per step
         ("vllm:prefix_cache_queries_total", 524288.0),
         ("vllm:prefix_cache_hits_total", 393216.0),
     }
