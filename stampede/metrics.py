@@ -323,7 +323,8 @@ def needed_window_s(e2e_s: float | None, in_flight: float, min_completions: int 
 
     Three E2E so that a request's length is at most a third of the window, and enough time for
     ``min_completions`` to complete at the rate Little's law gives (``in flight / E2E`` per second).
-    E2E is the p50 over the successful requests that overlapped the window; 0 without any.
+    E2E is the p50 over the successful completions in the window, else over the successful requests
+    that overlapped it; 0 without any.
     """
     if e2e_s is None:
         return 0.0
@@ -399,7 +400,8 @@ def summarize_step(
     gaps = [g for s in overlapping if s.ok for at, g in zip(s.chunk_times_s()[1:], s.itl_ms, strict=False)
             if window.holds(at)]  # fmt: skip
     in_flight = mean_in_flight(overlapping, window)
-    e2e_all = Percentiles.of([s.e2e_ms for s in overlapping if s.ok and not s.cancelled]).p50
+    # Completions in the window, else every request overlapping it (those are biased towards long ones).
+    e2e_typical = Percentiles.of([s.e2e_ms for s in (ok or [s for s in overlapping if s.ok])]).p50
     checked = server_rate = None
     if server is not None and server.to_s > server.from_s:
         span_s = server.to_s - server.from_s
@@ -426,7 +428,9 @@ def summarize_step(
         mean_in_flight=in_flight,
         little_in_flight=rate(len(done)) * float(np.mean([s.e2e_ms for s in done])) / 1000 if done else 0.0,
         min_completions=min_completions,
-        needed_window_s=needed_window_s(None if e2e_all is None else e2e_all / 1000, in_flight, min_completions),
+        needed_window_s=needed_window_s(
+            None if e2e_typical is None else e2e_typical / 1000, in_flight, min_completions
+        ),
         server_output_tokens_per_s=server_rate,
         checked_output_tokens_per_s=checked,
     )
