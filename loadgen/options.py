@@ -72,7 +72,13 @@ def add_step_arguments(parser: Any) -> None:
         help="Comma-separated user counts, one per step (default 1,2,4,8); with --rates, one value: the cap "
         f"on requests in flight (default {OPEN_LOOP_IN_FLIGHT}).",
     )
-    group.add_argument("--step-duration-s", type=float, default=10.0, help="Seconds each step lasts.")
+    group.add_argument(
+        "--step-duration-s",
+        default="10",
+        help="Seconds each step lasts, or auto: until its window holds --min-completions completed requests and "
+        "three times their median E2E, within --max-step-duration-s.",
+    )
+    group.add_argument("--max-step-duration-s", type=float, default=600.0, help="Longest an auto step lasts.")
     group.add_argument(
         "--rates",
         default="",
@@ -87,6 +93,19 @@ def step_users(steps: str, rates: list[float]) -> list[int]:
     if rates:
         return parse_steps(steps or str(OPEN_LOOP_IN_FLIGHT))[:1] * len(rates)
     return parse_steps(steps or "1,2,4,8")
+
+
+def parse_step_duration(text: str) -> float | None:
+    """``"20"`` → 20.0, ``"auto"`` → None; ValueError for anything else."""
+    if text == "auto":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"--step-duration-s must be seconds or auto, got {text!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"--step-duration-s must be > 0, got {text!r}")
+    return seconds
 
 
 def parse_steps(text: str) -> list[int]:

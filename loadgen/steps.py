@@ -9,12 +9,14 @@ Kept apart from chat.py because Locust lets a shape class override ``-u``: plain
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from locust import LoadTestShape, events
 from locust.env import Environment
+from locust.stats import RequestStats, calculate_response_time_percentile, diff_response_time_dicts
 
-from loadgen.options import add_step_arguments, parse_rates, step_users
+from loadgen.options import add_step_arguments, parse_rates, parse_step_duration, step_users
 from loadgen.run import RunContext
 from stampede.processes import sigterm_as_interrupt
 
@@ -33,12 +35,52 @@ def _on_init(environment: Environment, **_: Any) -> None:
         sigterm_as_interrupt()
 
 
+RAMP_S = 1.0
+"""Every step's users start within about this long (the spawn rate is the step's users per second)."""
+
+
+class Completions:
+    """Requests completed since a mark and their median E2E, from Locust's statistics (on a master, as
+    its workers report them every few seconds)."""
+
+    def __init__(self, stats: RequestStats) -> None:
+        self._stats = stats
+        self._count = 0
+        self._times: dict[int, int] = {}
+
+    def mark(self) -> None:
+        self._count, self._times = self._stats.total.num_requests, dict(self._stats.total.response_times)
+
+    def enough(self, since_mark_s: float, min_completions: int) -> bool:
+        """At least ``min_completions`` since the mark, and the mark at least three median E2E ago."""
+        count = self._stats.total.num_requests - self._count
+        if count < max(1, min_completions):
+            return False
+        times = diff_response_time_dicts(self._stats.total.response_times, self._times)
+        return since_mark_s >= 3 * calculate_response_time_percentile(times, count, 0.5) / 1000
+
+
+@dataclass
+class AutoStep:
+    """The current step of ``--step-duration-s auto``: when it began and when its count began."""
+
+    index: int
+    started_s: float
+    completions: Completions
+    marked_s: float | None = None
+
+
 class StepLoadShape(LoadTestShape):
     """Holds each step for ``--step-duration-s``, then stops the test.
 
     Closed loop: step i runs ``--steps[i]`` users. Open loop (``--rates``): step i sends
     ``--rates[i]`` requests per second with at most ``--steps`` (one value) in flight.
+    ``--step-duration-s auto``: a step counts completions from ``--warmup-s`` plus the ramp after its
+    start (about when its window opens) and ends once they are enough (:meth:`Completions.enough`),
+    or after ``--max-step-duration-s``. The report still judges each window (too short or not).
     """
+
+    auto: AutoStep | None = None
 
     def tick(self) -> tuple[int, float] | None:
         assert self.runner is not None
@@ -46,12 +88,32 @@ class StepLoadShape(LoadTestShape):
         opts = environment.parsed_options
         rates = parse_rates(opts.rates)
         users = step_users(opts.steps, rates)
-        index = int(self.get_run_time() // opts.step_duration_s)
+        duration_s = parse_step_duration(opts.step_duration_s)
+        now_s = self.get_run_time()
+        if duration_s is not None:
+            index, remaining_s = int(now_s // duration_s), len(users) * duration_s - now_s
+        else:
+            index = self._auto_index(now_s, opts)
+            remaining_s = (len(users) - index) * opts.max_step_duration_s  # at most
         context: RunContext = environment.stampede  # type: ignore[attr-defined]
         if index >= len(users):
             context.end_steps()  # the last window closes now, not after in-flight requests drain
             return None
-        context.steps_ahead(len(users) * opts.step_duration_s - self.get_run_time())
+        context.steps_ahead(remaining_s)
         context.enter_step(index, users[index], opts.warmup_s, rates[index] if rates else None)
         # Start every step's users within about a second; the warm-up covers the ramp.
         return users[index], float(max(users[index], 1))
+
+    def _auto_index(self, now_s: float, opts: Any) -> int:
+        assert self.runner is not None
+        step = self.auto
+        if step is None or now_s < step.started_s:  # a run started (again)
+            step = self.auto = AutoStep(0, now_s, Completions(self.runner.stats))
+        elapsed_s = now_s - step.started_s
+        if step.marked_s is None and elapsed_s >= opts.warmup_s + RAMP_S:
+            step.completions.mark()
+            step.marked_s = now_s
+        enough = step.marked_s is not None and step.completions.enough(now_s - step.marked_s, opts.min_completions)
+        if enough or elapsed_s >= opts.max_step_duration_s:
+            step = self.auto = AutoStep(step.index + 1, now_s, Completions(self.runner.stats))
+        return step.index

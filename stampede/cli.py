@@ -52,7 +52,14 @@ DEMO_STEPS = "1,2,4,8,16,32,50"
 LOG_DIR = Path(".stampede/logs")
 
 StepsOpt = Annotated[str, typer.Option(help="Comma-separated concurrency levels, one step each.")]
-StepDurationOpt = Annotated[float, typer.Option(help="Seconds each step lasts.")]
+StepDurationOpt = Annotated[
+    str,
+    typer.Option(
+        help="Seconds each step lasts, or auto: each step ends once its window holds enough completed requests "
+        "(--min-completions, and three E2E), within --max-step-duration-s."
+    ),
+]
+MaxStepDurationOpt = Annotated[float, typer.Option(help="Longest a step of --step-duration-s auto lasts.")]
 WarmupOpt = Annotated[float, typer.Option(help="Seconds left out of each step's figures after its load holds steady.")]
 MinCompletionsOpt = Annotated[
     int, typer.Option(help="Completed requests a step's window needs; fewer marks the step too short.")
@@ -88,6 +95,7 @@ FLAGS = {
     "steps": "--steps",
     "rates": "--rates",
     "step_duration_s": "--step-duration-s",
+    "max_step_duration_s": "--max-step-duration-s",
     "warmup_s": "--warmup-s",
     "min_completions": "--min-completions",
     "max_tokens": "--max-tokens",
@@ -219,7 +227,8 @@ def sweep(
         ),
     ] = "",
     rates: Annotated[str, typer.Option(help="Open loop: requests/s per step; --steps then caps in flight.")] = "",
-    step_duration_s: StepDurationOpt = 20.0,
+    step_duration_s: StepDurationOpt = "20",
+    max_step_duration_s: MaxStepDurationOpt = 600.0,
     warmup_s: WarmupOpt = 5.0,
     min_completions: MinCompletionsOpt = MIN_COMPLETIONS,
     max_tokens: MaxTokensOpt = 128,
@@ -253,6 +262,7 @@ def sweep(
             targets=[{"name": name, "url": host, "api": api, "model": model, "runtime": runtime or None}],
             rates=_parse_list(rates, float, "--rates"),
             step_duration_s=step_duration_s,
+            max_step_duration_s=max_step_duration_s,
             warmup_s=warmup_s,
             min_completions=min_completions,
             max_tokens=max_tokens,
@@ -271,7 +281,7 @@ def sweep(
 @app.command(name="demo")
 def demo_command(
     steps: StepsOpt = DEMO_STEPS,
-    step_duration_s: StepDurationOpt = 10.0,
+    step_duration_s: StepDurationOpt = "10",
     warmup_s: WarmupOpt = 4.0,
     max_tokens: MaxTokensOpt = 64,
     processes: ProcessesOpt = 1,

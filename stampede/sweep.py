@@ -54,7 +54,8 @@ class SweepPlan:
 
     @property
     def duration_s(self) -> float:
-        return len(self.loads) * self.spec.step_duration_s
+        """Longest the sweep of one target may take (auto steps may end sooner)."""
+        return len(self.loads) * self.spec.longest_step_s
 
 
 def check_reachable(target: TargetSpec, api_key: str | None = None) -> None:
@@ -99,6 +100,7 @@ def locust_command(target: TargetSpec, plan: SweepPlan) -> list[str]:
         "--step-duration-s", str(spec.step_duration_s),
         "--warmup-s", str(spec.warmup_s),
         "--min-completions", str(spec.min_completions),
+        "--max-step-duration-s", str(spec.max_step_duration_s),
         "--max-tokens", str(spec.max_tokens),
         "--model", target.model,
         "--prompt-set", spec.prompt_set,

@@ -100,7 +100,10 @@ class SweepFile(_Spec):
     targets: list[TargetSpec] = Field(min_length=1)
     steps: list[int] = Field(default=[1, 2, 4, 8, 16, 32], min_length=1, description="Users per step.")
     rates: list[float] = Field(default=[], description="Open loop: requests/s per step; steps[0] caps in flight.")
-    step_duration_s: float = Field(default=30.0, gt=0)
+    step_duration_s: float | Literal["auto"] = Field(
+        default=30.0, description="Seconds each step lasts, or auto: until its window holds enough completions."
+    )
+    max_step_duration_s: float = Field(default=600.0, gt=0, description="Longest an auto step lasts.")
     warmup_s: float = Field(default=10.0, ge=0, validate_default=True)  # checked against the step even when left out
     min_completions: int = Field(
         default=MIN_COMPLETIONS, ge=1, description="Completions a step's window needs, else it is marked too short."
@@ -146,10 +149,30 @@ class SweepFile(_Spec):
             raise ValueError(f"{spec!r} is not seeds, synthetic:..., jsonl:PATH or sharegpt:PATH")
         return spec
 
+    @field_validator("step_duration_s", mode="before")
+    @classmethod
+    def _seconds_or_auto(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be seconds or auto, got {value!r}") from None
+        if seconds <= 0:
+            raise ValueError("must be > 0 seconds, or auto")
+        return seconds
+
+    @property
+    def longest_step_s(self) -> float:
+        """How long a step may last: its duration, or the auto maximum."""
+        return self.max_step_duration_s if self.step_duration_s == "auto" else self.step_duration_s
+
     @field_validator("warmup_s")
     @classmethod
     def _warmup_inside_step(cls, warmup_s: float, info: ValidationInfo) -> float:
         step_s = info.data.get("step_duration_s")  # absent when it failed its own check
+        if step_s == "auto":
+            step_s = info.data.get("max_step_duration_s")
         if step_s is not None and warmup_s >= step_s:
             raise ValueError(f"{warmup_s:g} s leaves nothing of a {step_s:g} s step to measure; make it shorter")
         return warmup_s

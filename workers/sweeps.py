@@ -54,7 +54,7 @@ def _session() -> Session:
 
 def planned_s(spec: SweepFile) -> float:
     """How long a sweep's load lasts: steps x step duration, per target."""
-    return len(spec.rates or spec.steps) * spec.step_duration_s * len(spec.targets)
+    return len(spec.rates or spec.steps) * spec.longest_step_s * len(spec.targets)
 
 
 def run_scheduled_sweep(name: str) -> dict[str, Any]:

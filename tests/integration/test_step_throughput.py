@@ -1,4 +1,4 @@
-"""The seeds' test, 50 parallel stories, against the simulator: a step's output tokens/s counted by
+"""Step figures against the simulator. The seeds' test, 50 parallel stories: a step's output tokens/s counted by
 arrival time agrees with the tokens the simulator wrote inside the step's window (its ground truth)
 and with its own ``vllm:generation_tokens_total`` over the same span, within 3 %.
 
@@ -6,7 +6,8 @@ The simulator decodes in fixed 20 ms steps (``--step-per-seq-ms 0``), so 50 stre
 tokens/s; answers are stories of about 1,000 tokens (an EOS-like draw, at most 1,200), 20 s long,
 longer than a third of the 20 s step: the table must say the step is too short for them. Requests
 run across both edges of the window, which is what request-based figures got wrong (issue: 3 or 49
-requests counted depending on when the first wave was sent).
+requests counted depending on when the first wave was sent). And ``--step-duration-s auto``, whose
+steps end once their windows hold enough.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -69,3 +71,28 @@ def test_fifty_stories_count_the_tokens_the_server_wrote_in_the_window(tmp_path:
     assert not s.server_disagrees
     [row] = [line for line in result.stdout.splitlines() if line.startswith("sim ")]
     assert "too short for its requests: lengthen to" in row, result.stdout
+
+
+def test_auto_steps_end_once_their_windows_hold_enough_completions(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path}/auto.db"
+    sweep = ("--steps", "2,4", "--step-duration-s", "auto", "--max-step-duration-s", "60", "--warmup-s", "1",
+             "--max-tokens", "16", "--target-name", "sim")  # fmt: skip
+    started = time.monotonic()
+    with simulator(tmp_path, "vllm") as host:
+        result = subprocess.run(
+            [sys.executable, "-m", "stampede", "sweep", "--host", host, *sweep],
+            env={"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            cwd=tmp_path,
+        )
+    took_s = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_id = uuid.UUID(result.stderr.split()[1].rstrip(":"))
+    with Session(create_engine(db_url)) as session, session.begin():
+        steps = step_summaries(session, run_id)
+    assert [s.summary.users for s in steps] == [2, 4]
+    # Requests of about 0.2 s: 30 completions take seconds, far from the 60 s maximum.
+    assert all(s.summary.requests >= 30 and not s.summary.too_short for s in steps), steps
+    assert all(s.summary.measured_s < 30 for s in steps) and took_s < 90, (took_s, steps)

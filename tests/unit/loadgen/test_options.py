@@ -1,8 +1,9 @@
-"""The stepped shape's users per step: --steps, or with --rates the cap on requests in flight."""
+"""The stepped shape's options: users per step (--steps, or with --rates the cap on requests in flight),
+and how long each step lasts."""
 
 import pytest
 
-from loadgen.options import step_users
+from loadgen.options import parse_step_duration, step_users
 from stampede.sweepfile import OPEN_LOOP_IN_FLIGHT
 
 
@@ -20,3 +21,11 @@ def test_an_open_loop_ladder_caps_requests_in_flight_by_the_first_value_or_256()
 def test_a_bad_step_is_refused() -> None:
     with pytest.raises(ValueError, match="--steps"):
         step_users("0", [])
+
+
+def test_a_step_lasts_its_seconds_or_auto() -> None:
+    assert parse_step_duration("20") == 20.0
+    assert parse_step_duration("auto") is None
+    for bad in ("0", "soon"):
+        with pytest.raises(ValueError, match="--step-duration-s"):
+            parse_step_duration(bad)

@@ -74,6 +74,9 @@ def test_an_unreadable_file_is_a_clear_error(tmp_path) -> None:
         ("step_duration_s = 15", "step_duration_s = 15\nwarmup_s = 15", "warmup_s: 15 s leaves nothing of a 15 s step"),
         ("step_duration_s = 15", "step_duration_s = 5", "warmup_s: 10 s leaves nothing of a 5 s step"),  # the default
         ("step_duration_s = 15", 'step_duration_s = 15\nprompt_set = "bogus"', "'bogus' is not seeds, synthetic:"),
+        ("step_duration_s = 15", 'step_duration_s = "soon"', "step_duration_s: must be seconds or auto, got 'soon'"),
+        ("step_duration_s = 15", "step_duration_s = 0", "step_duration_s: must be > 0 seconds, or auto"),
+        ("step_duration_s = 15", 'step_duration_s = "auto"\nmax_step_duration_s = 8', "leaves nothing of a 8 s step"),
     ],
 )
 def test_mistakes_that_would_measure_nothing_are_refused(change: str, problem: str, message: str) -> None:
@@ -85,3 +88,9 @@ def test_a_prompt_file_is_named_for_the_load_host() -> None:
     text = EXAMPLE.replace("step_duration_s = 15", 'step_duration_s = 15\nprompt_set = "jsonl:p.jsonl"')
     assert str(parse_sweep_file(text, ".toml").prompt_file) == "p.jsonl"
     assert parse_sweep_file(EXAMPLE, ".toml").prompt_file is None
+
+
+def test_auto_steps_last_until_they_hold_enough_within_a_maximum() -> None:
+    spec = parse_sweep_file(EXAMPLE.replace("step_duration_s = 15", 'step_duration_s = "auto"'), ".toml")
+    assert spec.step_duration_s == "auto" and spec.longest_step_s == 600.0
+    assert parse_sweep_file(EXAMPLE, ".toml").longest_step_s == 15
