@@ -75,7 +75,10 @@ class RequestRecord(_Record):
     run_id: uuid.UUID = Field(description="Run this request belongs to.")
     target: str = Field(description="Label of the target runtime (e.g. 'ollama-like').")
     step_index: int = Field(ge=0, description="Load step that was active when the request was sent.")
-    in_warmup: bool = Field(description="Sent during the step's warm-up window; excluded from its figures.")
+    in_warmup: bool = Field(
+        description="Sent within --warmup-s of the step's start, by the sending process's clock; a step's figures"
+        " use its measured window instead (docs/metrics.md, 'Per step')."
+    )
     host: str = Field(description="Hostname of the load-generating process.")
     pid: int = Field(description="Process id of the load-generating process.")
     api: Api = Field(description="Wire protocol used.")
