@@ -1,10 +1,12 @@
 """Sweep: throughput and latency against load (concurrency, or request rate in open loop), one line per
-target, with the knee (highest load meeting the SLOs) and the steps where the load generator saturated."""
+target, with the knee (highest load meeting the SLOs), the runtime's own token count where it was scraped, and
+the steps where the load generator saturated or whose window was too short for their requests."""
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import charts, queries, tables, widgets
+from stampede.metrics import SERVER_TOLERANCE_PCT
 from stampede.report import SloLimits, knees
 
 # Late chunks are information while under this share of every step's output chunks, a warning from it
@@ -37,8 +39,25 @@ def page() -> None:
                    "describe the client, not the server.")  # fmt: skip
     late_chunks(steps.merge(queries.output_chunks(url, run["id"]), on=["target", "step"], how="left"))
 
+    short = steps[steps["too_short"]]
+    if len(short):
+        where = ", ".join(f"{r.target} step {r.step}: lengthen to {r.lengthen_to_s:g} s" for r in short.itertuples())
+        st.warning(f"Too short for its requests (fewer than {summaries[0].summary.min_completions} completions in the "
+                   f"window, or E2E p50 over a third of it; its figures depend on chance): {where}.")  # fmt: skip
+    little = steps[steps["little_mismatch"]]
+    if len(little):
+        where = ", ".join(f"{r.target} step {r.step}" for r in little.itertuples())
+        st.warning(f"In flight ≠ completions/s × E2E (Little's law, over 10 % apart) in {where}: too few completions "
+                   "to describe the load (columns mean_in_flight, little_in_flight).")  # fmt: skip
+    differ = [s for s in summaries if s.summary.server_disagrees]
+    if differ:
+        where = ", ".join(f"{s.target} step {s.index} ({s.summary.server_difference_pct:+.1f} %)" for s in differ)
+        st.warning(f"The client's output tokens/s and the runtime's own counter are over {SERVER_TOLERANCE_PCT:g} % "
+                   f"apart in {where} (docs/metrics.md).")  # fmt: skip
+    scraped = any(s.summary.server_output_tokens_per_s is not None for s in summaries)
+    server = {"server_output_tokens_per_s": "server"} if scraped else {}
     tokens = charts.by_load(
-        steps, {"output_tokens_per_s": ""}, "Output tokens/s vs load", "Output tokens/s", knee_loads
+        steps, {"output_tokens_per_s": ""} | server, "Output tokens/s vs load", "Output tokens/s", knee_loads
     )
     rates = {"requests_per_s": ""} | ({"goodput_requests_per_s": "goodput"} if run_slo.request_slo() else {})
     requests = charts.by_load(steps, rates, "Requests/s vs load", "Requests/s", knee_loads)

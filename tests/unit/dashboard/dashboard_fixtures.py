@@ -70,10 +70,13 @@ class Seeder:
         rates: tuple[float, ...] | None = None,
         saturated_steps: tuple[int, ...] = (),
         late_chunks: dict[int, int] | None = None,
+        min_completions: int = 5,
     ) -> uuid.UUID:
         """A run stepping through ``users`` (or open-loop ``rates``) against each target; the first
         ``ended_steps`` steps ended; the load generator of ``saturated_steps`` lagged 25 ms, and in
-        the first ``late_chunks[i]`` successful requests of step ``i`` read their first chunk late."""
+        the first ``late_chunks[i]`` successful requests of step ``i`` read their first chunk late.
+        A step holds 5 completions per user: with ``min_completions`` above 5 the 1-user steps are too
+        short."""
         targets = targets or {"ollama-like": OLLAMA_LIKE, "vllm-like": VLLM_LIKE}
         run_id = uuid.uuid4()
         ended = len(users) if ended_steps is None else ended_steps
@@ -87,7 +90,10 @@ class Seeder:
                     status=status,
                     started_at=started_at,
                     ended_at=run_end if status is not RunStatus.RUNNING else None,
-                    config={"sweep": {"name": name, "steps": list(users), "slo": slo or {}}},
+                    config={
+                        "sweep": {"name": name, "steps": list(users), "slo": slo or {}},
+                        "min_completions": min_completions,
+                    },
                 ),
             )
             for target, profile in targets.items():

@@ -207,3 +207,12 @@ def test_empty_store_says_there_is_nothing_to_show(seeder: Seeder) -> None:
     at = run_app()
     assert not at.get("plotly_chart")
     assert "No runs" in at.info[0].value
+
+
+def test_a_step_too_short_for_its_requests_is_named_with_the_length_it_needs(seeder: Seeder) -> None:
+    seeder.sweep(min_completions=8)  # 1-user steps hold 5 completions; 2-user steps 10
+    at = run_app()
+    [warning] = [w.value for w in at.warning]
+    assert "Too short for its requests (fewer than 8 completions" in warning
+    assert "ollama-like step 0: lengthen to" in warning and "vllm-like step 0: lengthen to" in warning
+    assert "step 1" not in warning
