@@ -7,7 +7,7 @@ tokens/s; answers are stories of about 1,000 tokens (an EOS-like draw, at most 1
 longer than a third of the 20 s step: the table must say the step is too short for them. Requests
 run across both edges of the window, which is what request-based figures got wrong (issue: 3 or 49
 requests counted depending on when the first wave was sent). And ``--step-duration-s auto``, whose
-steps end once their windows hold enough.
+steps end once their windows hold enough; and requests Locust kills at the end, kept with their chunks.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from pathlib import Path
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from stampede.db import upgrade
 from stampede.report import step_summaries
-from stampede.schema import Step
+from stampede.schema import Request, Step
 from stampede.stepdata import step_window
+from stampede.sweep import locustfiles
 from tests.integration.test_locust_simulator import simulator
 
 SIMULATOR = ("--step-base-ms", "20", "--step-per-seq-ms", "0", "--mean-output-tokens", "1000", "--seed", "3")
@@ -96,3 +98,26 @@ def test_auto_steps_end_once_their_windows_hold_enough_completions(tmp_path: Pat
     # Requests of about 0.2 s: 30 completions take seconds, far from the 60 s maximum.
     assert all(s.summary.requests >= 30 and not s.summary.too_short for s in steps), steps
     assert all(s.summary.measured_s < 30 for s in steps) and took_s < 90, (took_s, steps)
+
+
+def test_requests_running_when_locust_kills_its_users_are_kept_as_cancelled_with_their_chunks(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path}/killed.db"
+    upgrade(db_url)
+    # No --stop-timeout: Locust kills each user's greenlet at the end, mid-answer (2,000 tokens take 24 s).
+    command = [sys.executable, "-m", "locust", "-f", locustfiles().split(",")[0], "--headless", "--json",
+               "-u", "4", "-r", "4", "-t", "3s", "--max-tokens", "2000", "--ignore-eos", "OpenAIChatUser"]  # fmt: skip
+    with simulator(tmp_path, "vllm") as host:
+        result = subprocess.run(
+            [*command, "--host", host],
+            env={"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            cwd=tmp_path,
+        )
+    assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: Locust counts them as failures
+    with Session(create_engine(db_url)) as session:
+        rows = session.execute(select(Request.outcome, Request.output_chunks, Request.e2e_ms)).all()
+    assert [outcome for outcome, _, _ in rows] == ["cancelled"] * 4
+    # Each kept what came in about 3 s at a 12 ms step, and ended when it was killed.
+    assert all(100 < chunks < 300 and 2_000 < e2e_ms < 4_500 for _, chunks, e2e_ms in rows), rows
