@@ -1,9 +1,10 @@
 """Read a run back from the store and summarise it per target and step (CLI table, regression checks, dashboard).
 
-Summarising a step means reading every request row of it, which is slow for big runs; so a summary is
-cached in ``step_stats`` once its step has ended, keyed by the step's row count (rows are only ever
-added, so an unchanged count means unchanged rows) and by the SLO it was computed for. Reports read
-the cache and recompute only steps whose rows or SLO changed.
+Summarising a step means reading every request row that overlapped its window, which is slow for big
+runs; so a summary is cached in ``step_stats`` once its step has ended, keyed by its target's row count
+(a request of any step may reach into its window; rows are only ever added, so an unchanged count
+means unchanged rows), its count of runtime token-counter scrapes, its window, and the SLO and minimum
+of completions it was computed for. Reports read the cache and recompute only steps where one changed.
 """
 
 from __future__ import annotations
@@ -210,7 +211,9 @@ def _saturated(window: Window, samples: list[tuple[datetime, float, float]]) -> 
 def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
     """Summaries of every ended step of a run, ordered by target then step.
 
-    Goodput uses the run's SLO (``config["sweep"]["slo"]``); ``saturated`` is
+    A step is summarised over its measured window (:mod:`stampede.stepdata`), set and stored by its
+    first summary, from every request that overlapped it. Goodput uses the run's SLO
+    (``config["sweep"]["slo"]``), the too-short check its ``min_completions``; ``saturated`` is
     :func:`stampede.metrics.generator_saturated` over the step's load-generator samples. Summaries are
     read from, and written to, the ``step_stats`` cache in the caller's transaction.
     """
@@ -258,8 +261,10 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
     out = []
     for step in steps:
         assert step.ended_at is not None
-        if step.window_opened_at is None:
-            stepdata.open_window(session, run_id, step)  # once: later reports use the same window
+        samples = None
+        if step.window_opened_at is None:  # once: later reports use the same window
+            samples = stepdata.overlapping_samples(session, run_id, step.target, step.started_at, step.ended_at)
+            stepdata.open_window(step, samples)
         window = stepdata.step_window(step)
         rows = counts.get(step.target, 0)
         key = _cache_key(slo, window, min_completions, scrapes.get(step.target, 0))
@@ -267,7 +272,8 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
         if hit_rows == rows and {k: hit.get(k) for k in key} == key:
             summary = _summary_from_json(hit["summary"])
         else:
-            samples = stepdata.overlapping_samples(session, run_id, step.target, step.started_at, step.ended_at)
+            if samples is None:
+                samples = stepdata.overlapping_samples(session, run_id, step.target, step.started_at, step.ended_at)
             server = stepdata.server_count(session, run_id, step.target, window)
             summary = metrics.summarize_step(step.users, window, samples, slo, min_completions, server)
             summary = replace(

@@ -102,8 +102,9 @@ def overlapping_samples(
     return samples
 
 
-def open_window(session: Session, run_id: uuid.UUID, step: Step) -> None:
-    """Set the ended ``step``'s ``window_opened_at`` and ``load_reached`` once, from its requests.
+def open_window(step: Step, samples: list[RequestSample]) -> None:
+    """Set the ended ``step``'s ``window_opened_at`` and ``load_reached`` from the requests that
+    overlapped it (:func:`overlapping_samples` over the whole step).
 
     The window opens ``warmup_s`` after the load holds steady (:func:`stampede.metrics.window_opens_s`:
     the step's users all in flight and one producing output; in open loop, the requests in flight all
@@ -111,7 +112,6 @@ def open_window(session: Session, run_id: uuid.UUID, step: Step) -> None:
     """
     assert step.ended_at is not None
     started_s, ended_s = epoch_s(step.started_at), epoch_s(step.ended_at)
-    samples = overlapping_samples(session, run_id, step.target, step.started_at, step.ended_at)
     planned = None if step.request_rate_per_s is not None else step.users
     steady_s = metrics.window_opens_s(samples, planned, started_s, ended_s)
     step.load_reached = steady_s is not None
