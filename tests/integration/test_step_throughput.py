@@ -1,13 +1,13 @@
-"""Step figures against the simulator. The seeds' test, 50 parallel stories: a step's output tokens/s counted by
-arrival time agrees with the tokens the simulator wrote inside the step's window (its ground truth)
-and with its own ``vllm:generation_tokens_total`` over the same span, within 3 %.
+"""Step figures against the simulator, whose decode step is a fixed 20 ms (``--step-per-seq-ms 0``).
 
-The simulator decodes in fixed 20 ms steps (``--step-per-seq-ms 0``), so 50 streams make 2,500
-tokens/s; answers are stories of about 1,000 tokens (an EOS-like draw, at most 1,200), 20 s long,
-longer than a third of the 20 s step: the table must say the step is too short for them. Requests
-run across both edges of the window, which is what request-based figures got wrong (issue: 3 or 49
-requests counted depending on when the first wave was sent). And ``--step-duration-s auto``, whose
-steps end once their windows hold enough; and requests Locust kills at the end, kept with their chunks.
+The seeds' test, 50 parallel stories (about 1,000 tokens, an EOS-like draw capped at 1,200: 20 s
+each, as long as the step): the step's output tokens/s, counted by arrival time, agrees within 3 %
+with the tokens the simulator wrote inside the step's window (its ground truth) and with its own
+``vllm:generation_tokens_total`` over the same span; the table says the step is too short for its
+requests. Requests straddle both edges of the window, which request-based figures got wrong (3 or 49
+requests counted in the same step by chance, tokens from after the window credited to it). The same
+in open loop, where requests straddle every edge. And ``--step-duration-s auto``, whose steps end
+once their windows hold enough; and requests Locust kills at the end, kept with their chunks.
 """
 
 from __future__ import annotations
@@ -24,15 +24,16 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
+from stampede.metrics import StepSummary
 from stampede.report import step_summaries
 from stampede.schema import Request, Step
 from stampede.stepdata import step_window
 from stampede.sweep import locustfiles
 from tests.integration.test_locust_simulator import simulator
 
-SIMULATOR = ("--step-base-ms", "20", "--step-per-seq-ms", "0", "--mean-output-tokens", "1000", "--seed", "3")
-SWEEP = ("--model", "stampede-sim", "--runtime", "vllm", "--steps", "50", "--step-duration-s", "20",
-         "--warmup-s", "2", "--max-tokens", "1200", "--prompt-set", "seeds", "--target-name", "sim")  # fmt: skip
+DECODE_20_MS = ("--step-base-ms", "20", "--step-per-seq-ms", "0", "--seed", "3")
+SWEEP = ("--model", "stampede-sim", "--runtime", "vllm", "--step-duration-s", "20", "--warmup-s", "2",
+         "--prompt-set", "seeds", "--target-name", "sim")  # fmt: skip
 TOLERANCE = 0.03
 RUN_TIMEOUT_S = 150
 
@@ -47,11 +48,15 @@ def truth_tokens(host: str, from_s: float, to_s: float) -> int:
     )
 
 
-def test_fifty_stories_count_the_tokens_the_server_wrote_in_the_window(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path}/seeds.db"
-    with simulator(tmp_path, "vllm", *SIMULATOR) as host:
+def sweep_with_truth(
+    tmp_path: Path, simulator_args: tuple[str, ...], sweep_args: tuple[str, ...]
+) -> tuple[StepSummary, float, str]:
+    """Sweep the simulator (one step); returns its summary, the tokens/s the simulator wrote inside the
+    step's window, and the sweep's table."""
+    db_url = f"sqlite:///{tmp_path}/results.db"
+    with simulator(tmp_path, "vllm", *simulator_args) as host:
         result = subprocess.run(
-            [sys.executable, "-m", "stampede", "sweep", "--host", host, *SWEEP],
+            [sys.executable, "-m", "stampede", "sweep", "--host", host, *sweep_args],
             env={"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"},
             capture_output=True,
             text=True,
@@ -64,15 +69,31 @@ def test_fifty_stories_count_the_tokens_the_server_wrote_in_the_window(tmp_path:
             [step] = step_summaries(session, run_id)
             window = step_window(session.scalars(select(Step)).one())
         written = truth_tokens(host, window.opened_s, window.closed_s)
-    s = step.summary
-    truth_per_s = written / window.length_s
-    assert 40 <= s.mean_in_flight <= 50.5, s  # the 50 users' requests, measured
+    return step.summary, written / window.length_s, result.stdout
+
+
+def assert_agrees_with_the_server(s: StepSummary, truth_per_s: float) -> None:
     assert abs(s.output_tokens_per_s / truth_per_s - 1) < TOLERANCE, (s.output_tokens_per_s, truth_per_s)
     assert s.server_output_tokens_per_s is not None and s.checked_output_tokens_per_s is not None
     assert abs(s.checked_output_tokens_per_s / s.server_output_tokens_per_s - 1) < TOLERANCE, s
     assert not s.server_disagrees
-    [row] = [line for line in result.stdout.splitlines() if line.startswith("sim ")]
-    assert "too short for its requests: lengthen to" in row, result.stdout
+
+
+def test_fifty_stories_count_the_tokens_the_server_wrote_in_the_window(tmp_path: Path) -> None:
+    stories = (*DECODE_20_MS, "--mean-output-tokens", "1000")
+    s, truth_per_s, table = sweep_with_truth(tmp_path, stories, ("--steps", "50", "--max-tokens", "1200", *SWEEP))
+    assert 40 <= s.mean_in_flight <= 50.5, s  # the 50 users' requests, measured
+    assert_agrees_with_the_server(s, truth_per_s)
+    [row] = [line for line in table.splitlines() if line.startswith("sim ")]
+    assert "too short for its requests: lengthen to" in row, table
+
+
+def test_open_loop_counts_the_tokens_the_server_wrote_in_the_window(tmp_path: Path) -> None:
+    # 4 requests/s (Poisson) of about 200 tokens (4 s): some 16 in flight, many straddling an edge.
+    answers = (*DECODE_20_MS, "--mean-output-tokens", "200")
+    s, truth_per_s, _ = sweep_with_truth(tmp_path, answers, ("--rates", "4", "--max-tokens", "300", *SWEEP))
+    assert_agrees_with_the_server(s, truth_per_s)
+    assert s.load_reached and s.opened_after_s > 2  # the first request's end, plus the warm-up
 
 
 def test_auto_steps_end_once_their_windows_hold_enough_completions(tmp_path: Path) -> None:
