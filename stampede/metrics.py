@@ -2,6 +2,8 @@
 
 Every function states its formula; every name carries its unit. Latency percentiles are taken over
 successful requests only (errors are counted, not timed), with linear interpolation between ranks.
+A step's figures are computed over its measured window (:mod:`stampede.windows`) by when things
+happened in it: see :func:`summarize_step`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
+
+from stampede.windows import ServerCount, Window
 
 NS_PER_MS = 1_000_000
 PERCENTILES = (50, 90, 99)
@@ -191,30 +195,6 @@ class Slo:
         return s.ok and all(limit is None or (value is not None and value <= limit) for limit, value in checks)
 
 
-@dataclass(frozen=True)
-class Window:
-    """A step's measured window on the wall clock, s since the epoch: ``[opened_s, closed_s)``."""
-
-    opened_s: float
-    closed_s: float
-
-    @property
-    def length_s(self) -> float:
-        return max(0.0, self.closed_s - self.opened_s)
-
-    def holds(self, at_s: float) -> bool:
-        return self.opened_s <= at_s < self.closed_s
-
-
-@dataclass(frozen=True)
-class ServerCount:
-    """A runtime's own output-token counter over part of a window: its increase between two scrapes."""
-
-    from_s: float
-    to_s: float
-    tokens: float
-
-
 # Defaults of the checks a step's figures must pass to be trusted.
 MIN_COMPLETIONS = 30
 LITTLE_TOLERANCE = 0.10
@@ -252,7 +232,7 @@ class StepSummary:
     opened_after_s: float = 0.0
     """Seconds from the step's start to its window's opening (the warm-up, by state and clock)."""
     load_reached: bool = True
-    """The window opened by state (:func:`window_opens_s`), not by the clock alone."""
+    """The window opened by state (:func:`stampede.windows.window_opens_s`), not by the clock alone."""
     min_completions: int = MIN_COMPLETIONS
     needed_window_s: float = 0.0
     """Window the step's requests need (:func:`needed_window_s`)."""
@@ -331,38 +311,6 @@ def needed_window_s(e2e_s: float | None, in_flight: float, min_completions: int 
     return max(3 * e2e_s, min_completions * e2e_s / in_flight if in_flight > 0 else 0.0)
 
 
-def window_opens_s(
-    samples: Sequence[RequestSample], planned_in_flight: int | None, started_s: float, ended_s: float
-) -> float | None:
-    """When a step's load holds steady, by state; None when it never does before ``ended_s``.
-
-    Closed loop (``planned_in_flight`` requests): the first time from the step's start when that many
-    are in flight and one of them has produced output, i.e. ``max(t_load, first output at or after
-    t_load of a request in flight at t_load)``. Open loop (None): once the first request sent in the
-    step has ended and every request sent before the step has, so the requests in flight are all
-    sent at the step's rate (in flight grows for about one E2E after a rate changes).
-    The caller adds ``--warmup-s``.
-    """
-    if planned_in_flight is None:
-        earlier = [s.ended_s for s in samples if s.sent_s < started_s and s.ended_s > started_s]
-        own = [s for s in samples if s.sent_s >= started_s]
-        if not own:
-            return None
-        opens = max([min(own, key=lambda s: s.sent_s).ended_s, *earlier])
-        return opens if opens < ended_s else None
-    events = sorted([(s.sent_s, 1) for s in samples] + [(s.ended_s, -1) for s in samples])
-    in_flight = 0
-    for at, change in events:
-        in_flight += change
-        if at >= started_s and in_flight >= planned_in_flight:
-            running = [s for s in samples if s.sent_s <= at < s.ended_s]
-            firsts = [max(at, s.sent_s + s.chunk_offsets_ns[0] / 1e9) for s in running if s.chunk_offsets_ns]
-            opens = min(firsts, default=math.inf)
-            if opens < ended_s:
-                return opens
-    return None
-
-
 def summarize_step(
     users: int,
     window: Window,
@@ -434,12 +382,6 @@ def summarize_step(
         server_output_tokens_per_s=server_rate,
         checked_output_tokens_per_s=checked,
     )
-
-
-def counter_increase(values: Sequence[float]) -> float:
-    """A cumulative counter's increase over consecutive readings, as Prometheus counts it: a reading
-    below the one before is a restart from 0, so it adds itself, not the drop."""
-    return sum(b - a if b >= a else b for a, b in zip(values, values[1:], strict=False))
 
 
 # Locust warns above 90% CPU; a loop lag past 10 ms delays sends and reads by as much (chunk times are kernel stamps).

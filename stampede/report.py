@@ -20,9 +20,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from stampede import metrics, stepdata
-from stampede.metrics import PERCENTILES, Percentiles, Slo, StepSummary, Window
+from stampede.metrics import PERCENTILES, Percentiles, Slo, StepSummary
 from stampede.records import utc_now
 from stampede.schema import LoadgenSample, Request, Run, RuntimeSample, Step, StepStats
+from stampede.windows import Window
 
 LATENCIES = ("ttft", "itl", "tpot", "e2e", "response", "network_and_queue")
 ROW_COLUMNS = (

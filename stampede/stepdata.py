@@ -14,10 +14,11 @@ import orjson
 from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
-from stampede import metrics
-from stampede.metrics import RequestSample, ServerCount, Window
+from stampede import metrics, windows
+from stampede.metrics import RequestSample
 from stampede.records import Outcome
 from stampede.schema import Request, RuntimeSample, Step
+from stampede.windows import ServerCount, Window
 
 SERVER_TOKEN_COUNTERS = ("vllm:generation_tokens_total", "llamacpp:tokens_predicted_total")
 """Runtimes' own counts of output tokens generated, as their /metrics name them."""
@@ -106,14 +107,14 @@ def open_window(step: Step, samples: list[RequestSample]) -> None:
     """Set the ended ``step``'s ``window_opened_at`` and ``load_reached`` from the requests that
     overlapped it (:func:`overlapping_samples` over the whole step).
 
-    The window opens ``warmup_s`` after the load holds steady (:func:`stampede.metrics.window_opens_s`:
+    The window opens ``warmup_s`` after the load holds steady (:func:`stampede.windows.window_opens_s`:
     the step's users all in flight and one producing output; in open loop, the requests in flight all
     sent at the step's rate), or, when it never does, ``warmup_s`` after the step's start.
     """
     assert step.ended_at is not None
     started_s, ended_s = epoch_s(step.started_at), epoch_s(step.ended_at)
     planned = None if step.request_rate_per_s is not None else step.users
-    steady_s = metrics.window_opens_s(samples, planned, started_s, ended_s)
+    steady_s = windows.window_opens_s(samples, planned, started_s, ended_s)
     step.load_reached = steady_s is not None
     step.window_opened_at = _at(min((steady_s if steady_s is not None else started_s) + step.warmup_s, ended_s))
 
@@ -146,4 +147,4 @@ def server_count(session: Session, run_id: uuid.UUID, target: str, window: Windo
         times.append(epoch_s(at))
     if len(set(times)) < 2:
         return None
-    return ServerCount(min(times), max(times), sum(metrics.counter_increase(v) for v in series.values()))
+    return ServerCount(min(times), max(times), sum(windows.counter_increase(v) for v in series.values()))

@@ -5,8 +5,9 @@ from dataclasses import replace
 
 import pytest
 
-from stampede import metrics
-from stampede.metrics import Percentiles, RequestSample, ServerCount, Window, summarize_step
+from stampede import metrics, windows
+from stampede.metrics import Percentiles, RequestSample, summarize_step
+from stampede.windows import ServerCount, Window
 
 MS = 1_000_000
 
@@ -118,17 +119,17 @@ def test_a_window_with_few_completions_or_long_requests_is_too_short_and_says_ho
 def test_the_window_opens_once_the_planned_users_are_in_flight_and_one_produced_output() -> None:
     # Users join at 0, 0.4 and 0.8 s; first output 0.3 s after each send.
     users = [_sample(ttft=300.0, e2e=5000.0, sent_s=0.4 * i) for i in range(3)]
-    assert metrics.window_opens_s(users, 3, 0.0, 10.0) == pytest.approx(0.8)  # the first had output by then
-    assert metrics.window_opens_s(users, 4, 0.0, 10.0) is None  # never four in flight
+    assert windows.window_opens_s(users, 3, 0.0, 10.0) == pytest.approx(0.8)  # the first had output by then
+    assert windows.window_opens_s(users, 4, 0.0, 10.0) is None  # never four in flight
     slow = [_sample(ttft=2000.0, e2e=5000.0, sent_s=0.4 * i) for i in range(3)]
-    assert metrics.window_opens_s(slow, 3, 0.0, 10.0) == pytest.approx(2.0)  # the first output came at 2 s
+    assert windows.window_opens_s(slow, 3, 0.0, 10.0) == pytest.approx(2.0)  # the first output came at 2 s
 
 
 def test_an_open_loop_window_opens_once_the_requests_in_flight_were_all_sent_at_the_steps_rate() -> None:
     before = _sample(e2e=3000.0, sent_s=-1.0)  # sent in the previous step, ends at 2 s
     own = [_sample(e2e=1500.0, sent_s=0.2 * i) for i in range(20)]  # the first ends at 1.5 s
-    assert metrics.window_opens_s([before, *own], None, 0.0, 10.0) == pytest.approx(2.0)
-    assert metrics.window_opens_s(own, None, 0.0, 10.0) == pytest.approx(1.5)
+    assert windows.window_opens_s([before, *own], None, 0.0, 10.0) == pytest.approx(2.0)
+    assert windows.window_opens_s(own, None, 0.0, 10.0) == pytest.approx(1.5)
 
 
 def test_the_client_is_checked_against_the_servers_counter_over_the_same_span() -> None:
@@ -143,8 +144,8 @@ def test_the_client_is_checked_against_the_servers_counter_over_the_same_span() 
 
 
 def test_a_counter_that_restarts_adds_what_it_counted_since() -> None:
-    assert metrics.counter_increase([100.0, 150.0, 20.0, 50.0]) == pytest.approx(50.0 + 20.0 + 30.0)
-    assert metrics.counter_increase([7.0]) == 0.0
+    assert windows.counter_increase([100.0, 150.0, 20.0, 50.0]) == pytest.approx(50.0 + 20.0 + 30.0)
+    assert windows.counter_increase([7.0]) == 0.0
 
 
 def test_step_summary_of_an_empty_step_has_no_latencies() -> None:
