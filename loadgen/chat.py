@@ -26,6 +26,7 @@ from locust.runners import MasterRunner
 
 from loadgen.backoff import Backoff
 from loadgen.clients import APIS, ChatApi, Measurement, encode_body, send_chat
+from loadgen.fleetwatch import WorkerWatch
 from loadgen.options import add_chat_arguments, ensure_run_id
 from loadgen.prompts import PromptPicker
 from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
@@ -60,6 +61,10 @@ def _on_init(environment: Environment, **_: Any) -> None:
     context.sink.flush(STORE_READY_TIMEOUT_S)
     if environment.runner is not None:
         environment.runner.register_message(STEP_MESSAGE, lambda msg, **_: context.on_step(msg.data))
+    if isinstance(environment.runner, MasterRunner):
+        watch = WorkerWatch(environment.runner, lambda: context.step_index, context.workers_lost)
+        environment.events.test_start.add_listener(lambda **_: watch.start())
+        environment.events.test_stop.add_listener(lambda **_: watch.stop())
 
 
 @events.test_start.add_listener

@@ -9,6 +9,7 @@ clock, so hosts need no clock agreement for it.
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import time
 import uuid
@@ -29,6 +30,8 @@ from loadgen.prompts import Prompt, get_prompt_set
 from loadgen.sinks import Sink
 from loadgen.tokenizers import TokenCounter, load_tokenizer
 from stampede.records import Api, RunRecord, RunStatus, StepRecord, utc_now
+
+log = logging.getLogger(__name__)
 
 STEP_MESSAGE = "stampede_step"
 PAUSED_POLL_S = 0.05
@@ -167,6 +170,15 @@ class RunContext:
         )
         self.sink.add_step(self._step)
         self._broadcast()
+
+    def workers_lost(self, lost: int, users_left: int) -> None:
+        """The current step lost ``lost`` Locust workers so far; ``users_left`` users still run."""
+        if self._step is not None and self._step.ended_at is None:
+            first = self._step.lost_at or utc_now()
+            update = {"lost_workers": lost, "lost_at": first, "users_left": users_left}
+            self._step = self._step.model_copy(update=update)
+            self.sink.add_step(self._step)
+            log.warning("step %d lost %d Locust worker(s): %d users left", self._step.index, lost, users_left)
 
     def end_step(self) -> None:
         if self._step is not None and self._step.ended_at is None:

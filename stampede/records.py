@@ -188,6 +188,13 @@ class StepRecord(_Record):
         ge=0, description="Seconds after the load holds steady (or, if it never does, after the start) left out."
     )
     ended_at: AwareDatetime | None = Field(default=None, description="Wall-clock UTC end, once ended.")
+    lost_workers: int = Field(
+        default=0, ge=0, description="Locust workers that stopped reporting to the master during the step."
+    )
+    lost_at: AwareDatetime | None = Field(default=None, description="Wall-clock UTC time the first was found lost.")
+    users_left: int | None = Field(
+        default=None, description="Users the workers still reporting ran once the last loss was found."
+    )
 
 
 class LoadgenSampleRecord(_Record):

@@ -53,6 +53,8 @@ ROW_COLUMNS = (
     "too_short",
     "lengthen_to_s",
     "saturated",
+    "lost_workers",
+    "users_left",
     *(f"{name}_p{p}_ms" for name in LATENCIES for p in PERCENTILES),
 )
 # Bumped whenever the cached form of a summary changes, so older cache rows are recomputed.
@@ -104,6 +106,12 @@ class TargetStep:
     summary: StepSummary
     saturated: bool = False
     request_rate_per_s: float | None = None
+    lost_workers: int = 0
+    """Locust workers that stopped reporting during the step (master/worker mode)."""
+    lost_after_s: float | None = None
+    """Seconds from the step's start to the first loss."""
+    users_left: int | None = None
+    """Users the workers still reporting ran after the last loss."""
 
     @property
     def load(self) -> float:
@@ -140,6 +148,8 @@ class TargetStep:
             "too_short": s.too_short,
             "lengthen_to_s": s.lengthen_to_s if s.too_short else None,
             "saturated": self.saturated,
+            "lost_workers": self.lost_workers,
+            "users_left": self.users_left,
         }
         for name in LATENCIES:
             pcts: Percentiles = getattr(s, f"{name}_ms")
@@ -285,5 +295,17 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
             if window.length_s > 0:  # a zero-length window gives NaN rates, which JSON cannot hold
                 _store_cache(session, run_id, step, rows, key, summary)
         saturated = _saturated(window, health.get((step.target, step.index), []))
-        out.append(TargetStep(step.target, step.index, summary, saturated, step.request_rate_per_s))
+        lost_after_s = None if step.lost_at is None else (step.lost_at - step.started_at).total_seconds()
+        out.append(
+            TargetStep(
+                step.target,
+                step.index,
+                summary,
+                saturated,
+                step.request_rate_per_s,
+                step.lost_workers,
+                lost_after_s,
+                step.users_left,
+            )
+        )
     return out

@@ -67,6 +67,9 @@ class Step(Base):
     ended step, so every later report uses the same window."""
     load_reached: Mapped[bool | None]
     """The window opened by state; False when the planned load never held and the clock opened it."""
+    lost_workers: Mapped[int] = mapped_column(server_default="0")
+    lost_at: Mapped[datetime | None]
+    users_left: Mapped[int | None]
 
 
 class Request(Base):

@@ -133,7 +133,7 @@ def upsert_step(session: Session, step: StepRecord) -> None:
     stmt = _insert(session, Step).values(values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["run_id", "target", "index"],
-        set_={"users": stmt.excluded.users, "ended_at": stmt.excluded.ended_at},
+        set_={c: stmt.excluded[c] for c in ("users", "ended_at", "lost_workers", "lost_at", "users_left")},
     )
     session.execute(stmt)
 

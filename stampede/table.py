@@ -20,6 +20,7 @@ TOO_SHORT = "too short for its requests"
 LITTLE = "in flight ≠ completions/s × E2E"
 NOT_REACHED = "planned load never held"
 SERVER_DIFFERS = "differs from the server's count"
+LOST = "lost"
 
 
 def _ms(value: float | None) -> str:
@@ -45,6 +46,9 @@ def _notes(item: TargetStep) -> list[str]:
         notes.append(NOT_REACHED)
     if s.server_disagrees:
         notes.append(SERVER_DIFFERS)
+    if item.lost_workers:
+        left = "" if item.users_left is None else f": {item.users_left} of {s.users} users left"
+        notes.append(f"{LOST} {item.lost_workers} Locust worker(s) {item.lost_after_s or 0:.0f} s in{left}")
     return notes
 
 
@@ -114,6 +118,9 @@ def format_summary(steps: Sequence[TargetStep]) -> str:
         lines.append(f"{NOT_REACHED}: the planned requests were never all in flight; the window opened by the clock")
     if SERVER_DIFFERS in notes:
         lines.append(f"{SERVER_DIFFERS}: client and runtime token counts over the window are over 5 % apart")
+    if any(step.lost_workers for step in steps):
+        lines.append(f"{LOST} ... Locust worker(s): workers stopped reporting to the master during the step, which"
+                     " carried on with the users left; the step's figures are for that smaller load")  # fmt: skip
     if any(step.saturated for step in steps):
         lines.append(f"{SATURATED}: the load generator ran out of CPU or its event loop lagged; see docs/metrics.md")
     if any(step.summary.late_chunks for step in steps):

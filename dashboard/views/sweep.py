@@ -49,6 +49,11 @@ def page() -> None:
         where = ", ".join(f"{r.target} step {r.step}" for r in little.itertuples())
         st.warning(f"In flight ≠ completions/s × E2E (Little's law, over 10 % apart) in {where}: too few completions "
                    "to describe the load (columns mean_in_flight, little_in_flight).")  # fmt: skip
+    lost = [s for s in summaries if s.lost_workers]
+    if lost:
+        where = ", ".join(f"{s.target} step {s.index} ({s.lost_workers} lost {s.lost_after_s or 0:.0f} s in, "
+                          f"{s.users_left} of {s.summary.users} users left)" for s in lost)  # fmt: skip
+        st.warning(f"Locust workers stopped reporting during {where}: those figures are for the smaller load.")
     differ = [s for s in summaries if s.summary.server_disagrees]
     if differ:
         where = ", ".join(f"{s.target} step {s.index} ({s.summary.server_difference_pct:+.1f} %)" for s in differ)

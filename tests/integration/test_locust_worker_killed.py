@@ -1,6 +1,6 @@
-"""A Locust worker killed mid-run: the master notices, the run goes on, what it stored stays, and
-``stampede replay`` delivers the rows its journal held, so every request the server finished
-before the kill is stored."""
+"""A Locust worker killed mid-run: the master notices, the run goes on, the step says it lost a worker
+and the users left, what it stored stays, and ``stampede replay`` delivers the rows its journal held,
+so every request the server finished before the kill is stored."""
 
 import json
 import signal
@@ -12,18 +12,31 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
 from stampede.demo import start_simulator
 from stampede.processes import free_port, stop
-from stampede.schema import Request, Run
+from stampede.schema import Request, Run, Step
 from stampede.sweep import locustfiles
 
 REPO = Path(__file__).resolve().parents[2]
 
-STEP_S = 10
+STEP_S = 16
 KILL_AFTER_S = 4
+
+
+def stored_pids(db_url: str) -> set[int]:
+    """The processes whose records are stored so far (none while the schema is being made)."""
+    engine = create_engine(db_url)
+    try:
+        with Session(engine) as session:
+            return set(session.scalars(select(Request.pid).distinct()))
+    except OperationalError:
+        return set()
+    finally:
+        engine.dispose()
 
 
 def test_a_killed_worker_leaves_its_stored_records_and_the_run_finishes(tmp_path: Path) -> None:
@@ -78,7 +91,12 @@ def test_a_killed_worker_leaves_its_stored_records_and_the_run_finishes(tmp_path
         for _ in range(2)
     ]
     try:
-        time.sleep(KILL_AFTER_S + 2)  # the workers connect, then the step starts
+        # Killed once both workers run the step (their first records are stored), KILL_AFTER_S into it.
+        deadline = time.monotonic() + 60
+        while {w.pid for w in workers} - stored_pids(db_url):
+            assert time.monotonic() < deadline, "the workers did not both start sending"
+            time.sleep(0.2)
+        time.sleep(KILL_AFTER_S)
         killed_at, killed_ns = datetime.now(UTC), time.monotonic_ns()
         workers[0].send_signal(signal.SIGKILL)
         assert master.wait(timeout=STEP_S + 60) == 0
@@ -94,6 +112,7 @@ def test_a_killed_worker_leaves_its_stored_records_and_the_run_finishes(tmp_path
 
     with Session(create_engine(db_url)) as session:
         run = session.scalars(select(Run)).one()
+        step = session.scalars(select(Step)).one()
         by_pid = dict(session.execute(select(Request.pid, func.max(Request.started_at)).group_by(Request.pid)).all())
     assert run.status == "finished"
     assert len(by_pid) == 2
@@ -105,6 +124,14 @@ def test_a_killed_worker_leaves_its_stored_records_and_the_run_finishes(tmp_path
     # ... and the run went on without it.
     assert last_of_survivor > killed_at + timedelta(seconds=3)
     assert "missing" in (tmp_path / "master.log").read_text()
+    # The step says so: planned 4 users, 2 left on the surviving worker, lost a few heartbeats after the kill.
+    assert (step.users, step.lost_workers, step.users_left) == (4, 1, 2)
+    assert step.lost_at is not None
+    assert killed_at < step.lost_at.replace(tzinfo=UTC) < killed_at + timedelta(seconds=8)
+    report = subprocess.run(
+        [sys.executable, "-m", "stampede", "report"], env=env, capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert "lost 1 Locust worker(s)" in report.stdout and "2 of 4 users left" in report.stdout, report.stdout
 
     # What the killed worker held in memory is in its journal (nothing, if it was killed just after a
     # flush); replay finds it as a dead process's.

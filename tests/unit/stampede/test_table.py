@@ -76,3 +76,11 @@ def test_the_servers_own_count_stands_beside_the_clients_and_a_gap_is_flagged() 
     assert lines[2].split()[6:8] == ["1,000.0", "+1.0%"] and not lines[2].endswith("count")
     assert lines[3].split()[6:8] == ["1,000.0", "-10.0%"] and lines[3].endswith("differs from the server's count")
     assert "server" not in format_summary([step(0, 1)]).splitlines()[0]
+
+
+def test_a_step_that_lost_a_locust_worker_says_when_and_the_users_left() -> None:
+    lost = step(0, 16, lost_workers=1, lost_after_s=10.4, users_left=8)
+    text = format_summary([lost, step(1, 32)])
+    assert text.splitlines()[2].endswith("lost 1 Locust worker(s) 10 s in: 8 of 16 users left")
+    assert "lost" not in text.splitlines()[3]
+    assert "workers stopped reporting to the master" in text
