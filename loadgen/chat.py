@@ -14,10 +14,12 @@ import gc
 import inspect
 import logging
 import os
+import signal
 import time
 from datetime import datetime, timedelta
 from typing import Any
 
+import gevent
 from gevent import GreenletExit
 from locust import User, events, task
 from locust.env import Environment
@@ -32,12 +34,13 @@ from loadgen.prompts import PromptPicker
 from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
 from loadgen.rxstamps import StampedHTTPClient
 from loadgen.sinks import make_sink
+from stampede.preflight import StoreUnavailable, check_stores, database_named
 from stampede.records import Api, Outcome, RequestRecord, utc_now
 from stampede.settings import get_settings
 
 log = logging.getLogger(__name__)
-SINK_CLOSE_TIMEOUT_S = 60.0
 STORE_READY_TIMEOUT_S = 10.0  # a store still not ready then (down?) is retried and reported by the sink
+_SIGNAL_WATCHERS: list[Any] = []
 
 
 class RequestFailed(Exception):
@@ -54,11 +57,23 @@ def _on_init(environment: Environment, **_: Any) -> None:
     if environment.parsed_options is None:
         return  # a library user building an Environment by hand wires its own context
     ensure_run_id(environment.parsed_options)
-    context = RunContext(environment, make_sink(get_settings()))
+    settings = get_settings()
+    try:
+        # Before any load: a store that cannot take the records is named now, not after the run. An
+        # embedded process stores into the database itself (a new SQLite file gets its schema here); a
+        # fleet's hands records to Redis, and checks the database too where its environment names one.
+        check_stores(settings, database=settings.redis_url is None or database_named(settings))
+    except StoreUnavailable as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+    context = RunContext(environment, make_sink(settings))
     environment.stampede = context  # type: ignore[attr-defined]
     # The embedded sink's store child starts up meanwhile (see EmbeddedSink): let it finish before any
     # load, and before Locust's run time starts counting.
     context.sink.flush(STORE_READY_TIMEOUT_S)
+    # Locust's own SIGTERM handler stops the users and quits; this one ends the sink's wait for a store
+    # that fails. Kept referenced: a watcher that is collected stops watching.
+    _SIGNAL_WATCHERS.append(gevent.signal_handler(signal.SIGTERM, context.sink.give_up))
     if environment.runner is not None:
         environment.runner.register_message(STEP_MESSAGE, lambda msg, **_: context.on_step(msg.data))
     if isinstance(environment.runner, MasterRunner):
@@ -94,14 +109,16 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     context.stop_pacing()
     if context.is_coordinator:
         context.end_run()
-    context.sink.flush(SINK_CLOSE_TIMEOUT_S)
+    context.sink.drain(get_settings().exit_wait_s)
 
 
 @events.quitting.add_listener
 def _on_quitting(environment: Environment, **_: Any) -> None:
     context: RunContext = environment.stampede  # type: ignore[attr-defined]
-    if not context.sink.close(SINK_CLOSE_TIMEOUT_S):
-        log.error("some records could not be stored within %.0f s", SINK_CLOSE_TIMEOUT_S)
+    # Waits only while the store takes records; what it did not take is kept in a file, named in one
+    # line with the command that delivers it (see loadgen.sinks).
+    context.sink.drain(get_settings().exit_wait_s)
+    context.sink.close(timeout_s=0)
 
 
 class ChatUser(User):

@@ -25,8 +25,6 @@ from loadgen.sinks import STORE_REQUESTS, Sink, make_sink
 from stampede.rows import row_batch
 from stampede.settings import get_settings
 
-DELIVERY_TIMEOUT_S = 300.0
-
 log = logging.getLogger(__name__)
 
 
@@ -51,16 +49,20 @@ def _resend_segment(sink: Sink, path: Path) -> int:
     return len(batches)
 
 
-def replay(path: Path, timeout_s: float = DELIVERY_TIMEOUT_S) -> tuple[int, bool]:
+def replay(path: Path) -> tuple[int, bool]:
     """Send the jobs of one spill file or journal segment; returns how many there were and whether
-    all were delivered."""
-    sink = make_sink(get_settings())
+    all were delivered. It waits while the store takes them, and gives up once it has taken none for
+    STAMPEDE_EXIT_WAIT_S; the file itself is the copy kept then."""
+    settings = get_settings()
+    sink = make_sink(settings)
     try:
         jobs = _resend_segment(sink, path) if path.suffix == SUFFIX else _resend_spill(sink, path)
     except ValueError:
-        sink.close(timeout_s)
+        sink.close(timeout_s=0, keep=False)
         raise
-    return jobs, sink.close(timeout_s)
+    delivered = sink.drain(settings.exit_wait_s)
+    sink.close(timeout_s=0, keep=False)
+    return jobs, delivered
 
 
 def orphans(directory: Path) -> list[Path]:

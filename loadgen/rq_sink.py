@@ -46,6 +46,9 @@ class RQSink(Sink):
         self.queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
         super().__init__(batch_size, flush_interval_s, max_buffered_records, spill_path)
 
+    def _interrupt(self) -> None:
+        """Nothing to cut: a delivery under way ends within the socket timeout."""
+
     def _deliver(self, job: str, arg: Any) -> None:
         size = f"{arg['count']} records" if job == STORE_REQUESTS else "1 record"
         self.queue.enqueue(

@@ -5,12 +5,18 @@ a local file, to the journal that outlives the process if it is killed (:mod:`lo
 flusher greenlet hands batches to a delivery function, run in gevent's thread pool so database or
 Redis I/O never stalls the event loop. Jobs are named by dotted path, so this process never imports
 the worker code: the fleet sink enqueues them for RQ workers, the embedded sink hands them to a
-child process that runs the very function an RQ worker would (see :mod:`loadgen.store_process`).
+child process that runs the very function an RQ worker would (:mod:`loadgen.embedded_sink`).
 
 While deliveries fail, records wait in memory up to ``max_buffered_records``; past that, new jobs
 are appended to a local JSONL spill file, and replayed from it in order once deliveries succeed
 again. Jobs leave in the order they were added, so a run's final status is never overwritten by
 an earlier one replayed late.
+
+At the end of a run the sink waits for its store only while deliveries make progress: once none has
+succeeded for a few seconds (``drain``), or at SIGTERM (``give_up``), it stops, writes every job it
+still holds, in order, to one file (``stampede-spill-*.kept.jsonl``: the run, steps and samples as
+well as the request rows) and says in one line how many records are there and the ``stampede replay``
+command that delivers them.
 """
 
 from __future__ import annotations
@@ -24,49 +30,31 @@ from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
 
 import gevent
 import orjson
 from gevent.event import Event
-from sqlalchemy.engine import make_url
 
-from loadgen.journal import SUFFIX as JOURNAL_SUFFIX
 from loadgen.journal import Journal, hold_lock, lock_path
-from loadgen.store_process import StoreProcess
+from loadgen.redaction import known_secrets, redact
 from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.rows import encode_request, row_batch
-from stampede.settings import Settings, get_settings
+from stampede.settings import Settings
 
 STORE_REQUESTS = "workers.jobs.store_request_rows"
 STORE_RUN = "workers.jobs.store_run"
 STORE_STEP = "workers.jobs.store_step"
 STORE_LOADGEN_SAMPLES = "workers.jobs.store_loadgen_samples"
 
-REDACTED = "**********"
-MIN_SECRET_CHARS = 4
 
 log = logging.getLogger(__name__)
 
 # Deliveries that fail are retried with growing pauses up to this long, so a busy or restarting
 # store delays records instead of losing them.
 MAX_BACKOFF_S = 5.0
-
-
-def known_secrets() -> list[str]:
-    """This process's secrets (API key, database and Redis passwords), to scrub from what it sends."""
-    settings = get_settings()
-    urls = [settings.database_url.get_secret_value()]
-    if settings.redis_url is not None:
-        urls.append(settings.redis_url.get_secret_value())
-    found = [settings.api_key.get_secret_value()] if settings.api_key is not None else []
-    for url in urls:
-        password = make_url(url).password
-        if password:
-            # As written in the URL (percent-encoded) and as the server sees it.
-            found += [str(password), quote(str(password), safe="")]
-    # Masking a secret of a few characters would garble every string it occurs in.
-    return sorted({s for s in found if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+# How long a sink that gives up waits for the delivery under way: Redis's socket timeout (see
+# loadgen.rq_sink) and a margin; the embedded store's child is killed, which ends its delivery at once.
+STOP_DELIVERY_S = 7.0
 
 
 def _records_in(job: str, arg: Any) -> int:
@@ -105,7 +93,15 @@ class Sink(ABC):
         self._spill_reader: IO[bytes] | None = None
         self._spilled_jobs = 0
         self._drained = 0
+        self._current: tuple[str, Any, Path | None] | None = None  # the job being delivered
         self._failing = False
+        self._last_failure = ""
+        # When a delivery last succeeded, or work arrived at an idle sink: drain() waits while this moves.
+        self._progress_at = time.monotonic()
+        self._cut_short = False
+        self._closing = False
+        self._closed = Event()
+        self._stopping = Event()
         self._wake = Event()
         self._idle = Event()
         self._idle.set()
@@ -145,39 +141,116 @@ class Sink(ABC):
         self._enqueue_buffer()
         return self._idle.wait(timeout_s)
 
-    def close(self, timeout_s: float | None = None) -> bool:
-        """Flush, then stop the flusher; True when nothing was left undelivered."""
+    def drain(self, stall_s: float) -> bool:
+        """Deliver everything queued so far, waiting as long as deliveries make progress: give up once
+        none has succeeded for ``stall_s`` (so a second call after a stall returns at once), or, after
+        :meth:`give_up` or Ctrl-C, as soon as deliveries fail. True when everything was delivered."""
+        self._enqueue_buffer()
+        try:
+            while not self._idle.wait(0.1):
+                if (self._failing and self._cut_short) or time.monotonic() - self._progress_at >= stall_s:
+                    return False
+        except KeyboardInterrupt:
+            self.give_up()
+            return False
+        return True
+
+    def give_up(self) -> None:
+        """Stop waiting for a store that fails (SIGTERM): what is not delivered is kept in a file at close.
+        A store that is taking records still gets them."""
+        self._cut_short = True
+
+    def close(self, timeout_s: float | None = None, keep: bool = True) -> bool:
+        """Flush, then stop the flusher; True when nothing was left undelivered. What was not delivered
+        is written, in order, to one file named in the log (with ``keep=False``, for a caller that holds
+        the jobs elsewhere, it is dropped). A second call (Locust quits again at SIGTERM) waits for the
+        first to finish."""
+        if self._closing:
+            self._closed.wait(STOP_DELIVERY_S + 1.0)
+            return self._idle.is_set()
+        self._closing = True
+        try:
+            return self._close(timeout_s, keep)
+        finally:
+            self._closed.set()
+
+    def _close(self, timeout_s: float | None, keep: bool) -> bool:
         delivered = self.flush(timeout_s)
+        if not delivered:
+            self._stop_delivering()
         self._flusher.kill()
-        if self._spill_writer is not None:
-            self._spill_writer.close()
-        if self._spill_reader is not None:
-            self._spill_reader.close()
+        for stream in (self._spill_writer, self._spill_reader):
+            if stream is not None:
+                stream.close()
         self._lock.close()
         if delivered:
             self.spill_path.unlink(missing_ok=True)
             self._lock_path.unlink(missing_ok=True)
+        elif keep:
+            self._keep()
         else:
-            left = [*self.journal.directory.glob(f"{self.journal.name}-*{JOURNAL_SUFFIX}")]
-            left += self.spill_path.parent.glob(f"{self.spill_path.stem}.drained-*.jsonl")
-            if self.spill_path.exists():
-                left.append(self.spill_path)
-            log.error(
-                "sink closed undelivered: what it holds stays in %s (deliver it with `stampede replay`)",
-                ", ".join(sorted(str(p) for p in left)),
-            )
+            for path in self._spill_files():
+                path.unlink(missing_ok=True)
         return delivered
 
+    def _stop_delivering(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._interrupt()
+        self._flusher.join(STOP_DELIVERY_S)
+
+    @abstractmethod
+    def _interrupt(self) -> None:
+        """End the delivery under way, if that can be done faster than waiting for it."""
+
+    def _spill_files(self) -> list[Path]:
+        drained = self.spill_path.parent.glob(f"{self.spill_path.stem}.drained-*.jsonl")
+        return [*drained, *([self.spill_path] if self.spill_path.exists() else [])]
+
+    def _held_jobs(self) -> list[tuple[str, Any]]:
+        """What is not delivered, in order: the job under way, those in memory, the spilled ones."""
+        held = [*([self._current] if self._current is not None else []), *self._jobs]
+        jobs = [(job, arg) for job, arg, _ in held]
+        if self._spilled_jobs:
+            with self.spill_path.open("rb") as spilled:
+                lines = spilled.read().splitlines()
+            # The reader had taken the first ones and delivered all but the one under way.
+            for line in lines[len(lines) - self._spilled_jobs :]:
+                entry = orjson.loads(line)
+                jobs.append((entry["job"], entry["arg"]))
+        return jobs
+
+    def _keep(self) -> None:
+        jobs = self._held_jobs()
+        records = sum(_records_in(job, arg) for job, arg in jobs)
+        kept = self.spill_path.with_name(f"{self.spill_path.stem}.kept.jsonl")
+        try:
+            with kept.open("wb") as out:
+                out.writelines(orjson.dumps({"job": job, "arg": arg}) + b"\n" for job, arg in jobs)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            log.error("%d records not stored, nor written to %s (%s): see the files beside it", records, kept, exc)
+            return
+        # Safe on disk in the kept file now: the copies the sink kept while it ran go.
+        for segment in [*([self._current[2]] if self._current is not None else []), *(s for *_, s in self._jobs)]:
+            self.journal.discard(segment)
+        for path in self._spill_files():
+            path.unlink(missing_ok=True)
+        requests = sum(_records_in(job, arg) for job, arg in jobs if job == STORE_REQUESTS)
+        log.error(
+            "%d records not stored (%d requests, %d run, step and sample rows; %s): kept in %s; "
+            "deliver them with `stampede replay %s`",
+            records,
+            requests,
+            records - requests,
+            self._last_failure or "the store did not answer in time",
+            kept,
+            kept,
+        )
+
     def _redact(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self._secrets:
-                value = value.replace(secret, REDACTED)
-            return value
-        if isinstance(value, dict):
-            return {k: self._redact(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._redact(v) for v in value]
-        return value
+        return redact(value, self._secrets)
 
     def _enqueue_buffer(self) -> None:
         if self._buffer:
@@ -185,6 +258,8 @@ class Sink(ABC):
             self._put(STORE_REQUESTS, row_batch(batch), self.journal.seal())
 
     def _put(self, job: str, arg: Any, segment: Path | None = None) -> None:
+        if self._idle.is_set():
+            self._progress_at = time.monotonic()
         self._idle.clear()
         size = _records_in(job, arg)
         if self._spilled_jobs == 0 and self._buffered_records + size <= self.max_buffered_records:
@@ -231,7 +306,7 @@ class Sink(ABC):
         return entry["job"], entry["arg"], None
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             job = self._next_job()
             if job is None:
                 self._idle.set()
@@ -242,25 +317,30 @@ class Sink(ABC):
                 if not self._wake.wait(max(0.0, wait_s)) and self._buffer:
                     self._enqueue_buffer()
                 continue
-            self._deliver_with_retry(*job)
+            self._current = job
+            if not self._deliver_with_retry(*job):
+                return  # given up: close() keeps the job under way with the rest
+            self._current = None
 
-    def _deliver_with_retry(self, job: str, arg: Any, kept_in: Path | None) -> None:
+    def _deliver_with_retry(self, job: str, arg: Any, kept_in: Path | None) -> bool:
         pause_s = 0.1
         while True:
             failure = gevent.get_hub().threadpool.apply(self._try_deliver, (job, arg))
             if failure is not None:
+                # Redacted and cut short: a driver's message may quote a URL or a whole batch.
+                self._last_failure = f"{type(failure).__name__}: {self._redact(str(failure)).splitlines()[0][:200]}"
                 if not self._failing:
                     self._failing = True
-                    # Redacted and cut short: a driver's message may quote a URL or a whole batch.
                     log.warning(
-                        "could not deliver %s (%s: %s); buffering and retrying until the store is back",
+                        "could not deliver %s (%s); buffering and retrying until the store is back",
                         job,
-                        type(failure).__name__,
-                        self._redact(str(failure))[:200],
+                        self._last_failure,
                     )
-                gevent.sleep(pause_s)
+                if self._stopping.wait(pause_s):
+                    return False
                 pause_s = min(MAX_BACKOFF_S, pause_s * 2)
                 continue
+            self._progress_at = time.monotonic()
             if self._failing:
                 self._failing = False
                 log.warning(
@@ -271,7 +351,7 @@ class Sink(ABC):
             if job == STORE_REQUESTS:
                 self.delivered_requests += arg["count"]
             self.journal.discard(kept_in)
-            return
+            return True
 
     def _try_deliver(self, job: str, arg: Any) -> Exception | None:
         # Returned, not raised: gevent's pool would print the traceback of a raised one to stderr.
@@ -286,33 +366,11 @@ class Sink(ABC):
         """Deliver one job's argument; runs in a worker thread, raises on failure."""
 
 
-class EmbeddedSink(Sink):
-    """Embedded mode: the store jobs run in a child process, against the configured database.
-
-    The child decodes each job's JSON, so a job gets exactly what it would from RQ's JSON serializer.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._store = StoreProcess()
-        super().__init__(*args, **kwargs)
-        # The child's start (a second of imports, and the database's first connection) happens now,
-        # with an empty batch, rather than with the first records while the load runs, where it
-        # took a core the load generator needed. A caller that waits on flush() knows it is over.
-        self._put(STORE_REQUESTS, row_batch([]))
-
-    def close(self, timeout_s: float | None = None) -> bool:
-        delivered = super().close(timeout_s)
-        self._store.stop()
-        return delivered
-
-    def _deliver(self, job: str, arg: Any) -> None:
-        self._store.run(job, arg)
-
-
 def make_sink(settings: Settings) -> Sink:
     """The fleet sink when Redis is configured, else the embedded one."""
+    # Imported here: both modules import this one.
     if settings.redis_url is not None:
-        from loadgen.rq_sink import RQSink  # imports this module: only here, once it is loaded
+        from loadgen.rq_sink import RQSink
 
         return RQSink(
             settings.redis_url.get_secret_value(),
@@ -320,4 +378,6 @@ def make_sink(settings: Settings) -> Sink:
             settings.batch_size,
             settings.flush_interval_s,
         )
+    from loadgen.embedded_sink import EmbeddedSink
+
     return EmbeddedSink(settings.batch_size, settings.flush_interval_s)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from typing import Any
 
@@ -61,6 +62,12 @@ class StoreProcess:
             raise StoreProcessError(f"store process lost: {exc}") from None
         if reply != OK:
             raise StoreProcessError(reply.removeprefix(b"error ").decode(errors="replace"))
+
+    def kill(self) -> None:
+        """End the child now (a delivery given up at exit): the read waiting for its reply then ends."""
+        if self._pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
 
     def stop(self) -> None:
         """Close the child's input (it exits when it sees the end) and reap it and any lost ones."""

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from stampede import baseline, db, demo, report, schedules, store
 from stampede.metrics import MIN_COMPLETIONS
+from stampede.preflight import StoreUnavailable, check_stores
 from stampede.processes import sigterm_as_interrupt
 from stampede.records import Api
 from stampede.schema import Run
@@ -31,6 +32,7 @@ from stampede.sweep import (
     SweepPlan,
     check_reachable,
     common_errors,
+    kept_records,
     read_progress,
     run_target,
     wait_until_stored,
@@ -123,14 +125,19 @@ def _sweep(plan: SweepPlan, check: bool = False) -> None:
     api_key = get_settings().api_key
     for target in plan.spec.targets:  # all of them before any load, so a typo fails in seconds
         check_reachable(target, api_key.get_secret_value() if api_key is not None else None)
-    if get_settings().redis_url is None:
-        db.upgrade(url)  # embedded: the store is ours to create
+    try:
+        # The sweep reads its results back, so the database is checked in a fleet too (a SQLite file
+        # is created or upgraded; a PostgreSQL one behind is refused, naming `stampede db upgrade`).
+        check_stores(get_settings(), database=True)
+    except StoreUnavailable as exc:
+        raise SweepError(str(exc)) from None
     engine = db.get_engine(url)
     interactive = sys.stderr.isatty()
     loads = plan.loads
     unit = "req/s" if plan.spec.rates else "users"
     typer.echo(f"run {plan.run_id}: results in {redact_url(url)}", err=True)
     failed_targets: list[str] = []
+    unstored_targets: list[str] = []
     for target in plan.spec.targets:
         last_step = ""
 
@@ -153,15 +160,22 @@ def _sweep(plan: SweepPlan, check: bool = False) -> None:
             last_step = step
             return progress
 
-        sent = run_target(target, plan, LOG_DIR / f"{plan.run_id}-{target.name}.log", tick)
-        stored = wait_until_stored(lambda: Session(engine), plan.run_id, target.name, sent, STORE_WAIT_S)
+        log_path = LOG_DIR / f"{plan.run_id}-{target.name}.log"
+        sent = run_target(target, plan, log_path, tick)
+        kept = kept_records(log_path)
+        # Records Locust kept in a file will not arrive by waiting: no wait then.
+        wait_s = 0.0 if kept else STORE_WAIT_S
+        stored = wait_until_stored(lambda: Session(engine), plan.run_id, target.name, sent, wait_s)
         progress = tick(plan.duration_s)
         if interactive:
             typer.echo("", err=True)
+        for line in kept:
+            typer.echo(f"{target.name}: {line}", err=True)
+            unstored_targets.append(target.name)
         if stored < sent:
             typer.echo(f"warning: {sent - stored} of {sent} requests to {target.name} not stored yet", err=True)
             settings = get_settings()
-            if settings.redis_url is not None and stored == 0:
+            if settings.redis_url is not None and stored == 0 and not kept:
                 typer.echo(
                     f"hint: records go through the RQ queue {settings.queue_name!r}; is a worker consuming it? "
                     "Start one with `stampede worker` (same STAMPEDE_REDIS_URL and STAMPEDE_DATABASE_URL); "
@@ -178,6 +192,11 @@ def _sweep(plan: SweepPlan, check: bool = False) -> None:
             # Summarised now, at the end of the target's steps, and cached: reports need not rescan rows.
             summaries = report.step_summaries(session, plan.run_id)
     typer.echo(format_summary(summaries))
+    if unstored_targets:
+        raise SweepError(
+            f"records of {', '.join(sorted(set(unstored_targets)))} were not stored, so the table above lacks them: "
+            f"deliver them with the `stampede replay` command above, then `stampede report {plan.run_id}`"
+        )
     if failed_targets:
         raise SweepError(f"every request to {', '.join(failed_targets)} failed: nothing was measured (see above)")
     if check:
@@ -418,6 +437,6 @@ def main() -> None:
     """The ``stampede`` command: the CLI, with a failing results store said in one line, not a traceback."""
     try:
         app()
-    except DBAPIError as exc:
+    except (DBAPIError, db.SchemaError) as exc:
         typer.echo(f"error: {db.store_problem(exc, _database_url())}", err=True)
         raise SystemExit(2) from None

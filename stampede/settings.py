@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     queue_name: str = Field(default="stampede", description="RQ queue that receives record batches.")
     batch_size: int = Field(default=5000, ge=1, description="Records per stored batch.")
     flush_interval_s: float = Field(default=1.0, gt=0, description="Longest a record waits in a sink buffer.")
+    exit_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="At the end of a run, how long a Locust process waits for its store once deliveries stop "
+        "succeeding, before it keeps what it holds in a file for `stampede replay`.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -220,6 +221,18 @@ def _agent(target: TargetSpec, plan: SweepPlan, log_path: Path) -> Iterator[None
             yield
         finally:
             stop(agent)
+
+
+# What a Locust process's sink says when it ends with records it could not deliver (loadgen.sinks).
+_KEPT_LINE = re.compile(r"(\d+ records not stored.*`stampede replay [^`]*`)")
+
+
+def kept_records(log_path: Path) -> list[str]:
+    """The lines in a Locust log that say which records were kept in a file instead of stored, and
+    the command that delivers them."""
+    if not log_path.exists():
+        return []
+    return [m.group(1) for line in log_path.read_text(errors="replace").splitlines() if (m := _KEPT_LINE.search(line))]
 
 
 def wait_until_stored(

@@ -31,7 +31,7 @@ from rq.serializers import JSONSerializer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from stampede.db import get_engine, store_problem
+from stampede.db import SchemaError, get_engine, store_problem
 from stampede.schedules import list_schedules
 from stampede.schema import Run, Schedule
 from stampede.settings import get_settings, redact_url
@@ -178,7 +178,7 @@ def main(argv: list[str]) -> int:
     while True:
         try:
             scheduler.reload()
-        except SQLAlchemyError as exc:  # the database is away: keep the schedules already loaded
+        except (SQLAlchemyError, SchemaError) as exc:  # the database is away: keep the schedules already loaded
             problem = store_problem(exc, settings.database_url.get_secret_value())
             log.warning("cannot read the schedules, keeping those loaded: %s", problem)
         scheduler.enqueue_due()

@@ -20,7 +20,7 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from stampede.db import get_engine, store_problem
+from stampede.db import SchemaError, get_engine, store_problem
 from stampede.settings import get_settings, redact_url
 from workers.rqjob import StampedeJob
 from workers.worker_classes import StampedeForkWorker, StampedeSimpleWorker, stop_children_with_this_process
@@ -51,17 +51,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _warm_up_engine(url: str) -> None:
+def _warm_up_engine(url: str) -> bool:
+    """Connect once; False when the database answers but its schema is not the one the jobs write."""
     # One connection here makes SQLAlchemy learn the server's dialect details once, instead of in
-    # every forked job (with --fork). The pool is then emptied: a connection must never be shared
-    # across a fork, so each forked job still opens its own; jobs run in this process reuse theirs.
+    # every forked job (with --fork), and makes the schema ready (a SQLite file is upgraded; see
+    # stampede.db). The pool is then emptied: a connection must never be shared across a fork, so each
+    # forked job still opens its own; jobs run in this process reuse theirs.
     engine = get_engine(url)
     try:
         with engine.connect():
             pass
+    except SchemaError as exc:  # every job would fail: refuse now, saying what to run
+        log.error("%s", exc)
+        return False
     except Exception as exc:  # database not up yet: each job will find out, and retry
         log.warning("%s; jobs will retry until it is back", store_problem(exc, url))
     engine.dispose()
+    return True
 
 
 def main(argv: list[str]) -> int:
@@ -83,7 +89,8 @@ def main(argv: list[str]) -> int:
     # those objects are never walked by the collector.
     importlib.import_module("workers.jobs")
     store_url = settings.database_url.get_secret_value()
-    _warm_up_engine(store_url)
+    if not _warm_up_engine(store_url):
+        return 2
     gc.freeze()
     stop_children_with_this_process()
     pause_s = 1.0

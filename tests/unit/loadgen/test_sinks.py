@@ -6,6 +6,7 @@ A fake sink records what it is given and fails on demand, standing in for Redis 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,8 +19,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from loadgen.embedded_sink import EmbeddedSink
 from loadgen.journal import read_segment
-from loadgen.sinks import REDACTED, STORE_REQUESTS, STORE_RUN, EmbeddedSink, Sink
+from loadgen.redaction import REDACTED
+from loadgen.sinks import STORE_REQUESTS, STORE_RUN, Sink
 from stampede.db import make_engine, upgrade
 from stampede.records import Outcome, RequestRecord, RunRecord, RunStatus
 from stampede.schema import Request
@@ -41,6 +44,9 @@ class FakeSink(Sink):
         self.down = False
         self.delivered: list[tuple[str, Any]] = []
         super().__init__(*args, **kwargs)
+
+    def _interrupt(self) -> None:
+        """A fake delivery is over at once."""
 
     def _deliver(self, job: str, arg: Any) -> None:
         if self.down:
@@ -145,22 +151,94 @@ def test_the_last_spilled_job_stays_on_disk_until_it_is_delivered(tmp_path: Path
 
     sink._deliver = deliver_two_then_fail  # type: ignore[method-assign]
     sink.down = False
-    assert not sink.close(timeout_s=0.5)
+    gevent.sleep(0.3)
     assert request_ids(sink) == [str(r.id) for r in records[:2]]
-    (kept,) = tmp_path.glob("spill.drained-*.jsonl")
-    last = orjson.loads(kept.read_bytes().splitlines()[-1])
+    (drained,) = tmp_path.glob("spill.drained-*.jsonl")
+    last = orjson.loads(drained.read_bytes().splitlines()[-1])
     assert last["arg"]["rows"].split("\t")[0] == str(records[2].id)
+    # Closed undelivered, the job moves to the kept file, and only then leaves the drained one.
+    assert not sink.close(timeout_s=0.2)
+    assert [job["arg"]["rows"].split("\t")[0] for job in kept_jobs(tmp_path)] == [str(records[2].id)]
+    assert list(tmp_path.glob("spill.drained-*.jsonl")) == []
 
 
-def test_a_sink_closed_undelivered_names_what_it_leaves(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    sink = FakeSink(batch_size=3, flush_interval_s=10, spill_path=tmp_path / "spill.jsonl")
+def kept_jobs(folder: Path) -> list[dict[str, Any]]:
+    (kept,) = folder.glob("*.kept.jsonl")
+    return [orjson.loads(line) for line in kept.read_bytes().splitlines()]
+
+
+def test_a_sink_closed_undelivered_keeps_everything_in_order_in_one_file_and_says_how_to_deliver_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spill = tmp_path / "spill.jsonl"
+    sink = FakeSink(batch_size=3, flush_interval_s=10, max_buffered_records=4, spill_path=spill)
     sink.down = True
-    for _ in range(4):
-        sink.add_request(make_request())
+    run = RunRecord(id=RUN_ID, name="r", status=RunStatus.RUNNING, started_at=datetime.now(UTC), config={})
+    sink.add_run(run)
+    records = [make_request() for _ in range(7)]
+    for r in records:
+        sink.add_request(r)  # the run and a batch of 3 in memory; the next batch spilled; one row in the buffer
+    sink.add_run(run.model_copy(update={"status": RunStatus.FINISHED}))
+    gevent.sleep(0.05)
     with caplog.at_level(logging.ERROR, logger="loadgen.sinks"):
         assert not sink.close(timeout_s=0.2)
-    assert [len(read_segment(p)[1]) for p in segments(tmp_path)] == [3, 1]
-    assert f"what it holds stays in {tmp_path}/stampede-journal-" in caplog.text
+    jobs = kept_jobs(tmp_path)
+    assert [job["job"] for job in jobs] == [STORE_RUN, STORE_REQUESTS, STORE_REQUESTS, STORE_RUN, STORE_REQUESTS]
+    rows = [
+        line.split("\t")[0] for job in jobs if job["job"] == STORE_REQUESTS for line in job["arg"]["rows"].splitlines()
+    ]
+    assert rows == [str(r.id) for r in records]
+    assert jobs[-2]["arg"]["status"] == "finished"
+    # Safe in the kept file: no other copy is left to be delivered twice.
+    assert segments(tmp_path) == [] and not spill.exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    kept = tmp_path / "spill.kept.jsonl"
+    assert "9 records not stored (7 requests, 2 run, step and sample rows; ConnectionError: store unreachable)" in line
+    assert line.endswith(f"kept in {kept}; deliver them with `stampede replay {kept}`")
+
+
+def test_drain_waits_while_deliveries_succeed() -> None:
+    sink = FakeSink(batch_size=1, flush_interval_s=10)
+    real_deliver = FakeSink._deliver
+
+    def slow(job: str, arg: Any) -> None:
+        time.sleep(0.15)  # in gevent's thread pool, as a real store's I/O
+        real_deliver(sink, job, arg)
+
+    sink._deliver = slow  # type: ignore[method-assign]
+    for _ in range(8):
+        sink.add_request(make_request())
+    started = time.monotonic()
+    assert sink.drain(stall_s=0.5)  # 1.2 s of deliveries, none slower than the stall bound
+    assert time.monotonic() - started >= 1.0
+    assert sink.close(timeout_s=1)
+
+
+def test_drain_gives_up_on_a_failing_store_after_stall_s_and_only_once(tmp_path: Path) -> None:
+    sink = FakeSink(batch_size=1, flush_interval_s=10, spill_path=tmp_path / "spill.jsonl")
+    sink.down = True
+    sink.add_request(make_request())
+    started = time.monotonic()
+    assert not sink.drain(stall_s=0.5)
+    assert 0.4 <= time.monotonic() - started < 1.5
+    started = time.monotonic()
+    assert not sink.drain(stall_s=0.5)  # Locust's quitting after its test_stop: no second wait
+    assert time.monotonic() - started < 0.3
+    assert not sink.close(timeout_s=0)
+
+
+def test_give_up_cuts_the_wait_for_a_failing_store_short(tmp_path: Path) -> None:
+    sink = FakeSink(batch_size=1, flush_interval_s=10, spill_path=tmp_path / "spill.jsonl")
+    sink.down = True
+    sink.add_request(make_request())
+    gevent.spawn_later(0.3, sink.give_up)  # as SIGTERM does
+    started = time.monotonic()
+    assert not sink.drain(stall_s=60)
+    assert time.monotonic() - started < 1.5
+    started = time.monotonic()
+    assert not sink.close(timeout_s=0)
+    assert time.monotonic() - started < 1.0
+    assert len(kept_jobs(tmp_path)) == 1
 
 
 def test_secrets_are_masked_in_run_config_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
