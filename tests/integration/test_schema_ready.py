@@ -4,6 +4,7 @@ refused, in one line naming `stampede db upgrade`, and left as it was."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -15,7 +16,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
 from stampede.db import SchemaError, alembic_config, get_engine, prepare_schema, upgrade
+from stampede.settings import get_settings
 from tests.integration.fleet_helpers import create_database, drop_database
+from tests.unit.workers.fake_nvml import FakeNvml
+from workers import gpu
 
 pytest_plugins = ["tests.integration.fleet_fixtures"]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -92,3 +96,20 @@ def test_a_postgresql_database_behind_is_refused_by_the_first_query(empty_pg: st
     with get_engine(empty_pg).connect() as connection:  # ready now: the next connection checks again
         assert connection.execute(text("SELECT count(*) FROM runs")).scalar() == 0
     get_engine(empty_pg).dispose()
+
+
+def test_the_agent_on_a_postgresql_database_without_tables_says_once_what_to_run(
+    empty_pg: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("STAMPEDE_DATABASE_URL", empty_pg)
+    get_settings.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="workers.gpu"):
+            assert gpu.main(["--count", "3", "--interval-s", "0.01"], nvml=FakeNvml()) == 0
+    finally:
+        get_settings.cache_clear()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"storing samples failed (the results store {empty_pg} has no tables yet: run `stampede db upgrade` with "
+        "this STAMPEDE_DATABASE_URL); dropping them until the store is back"
+    ]
+    assert inspect(create_engine(empty_pg)).get_table_names() == []

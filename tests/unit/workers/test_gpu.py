@@ -114,20 +114,23 @@ def test_a_lost_gpu_is_said_once_and_sampling_goes_on(database: str, caplog: pyt
     engine.dispose()
 
 
-def test_a_store_without_tables_is_said_once_with_its_fix(
+def test_a_new_sqlite_file_gets_its_tables_and_the_samples(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'empty.db'}"  # never upgraded
+    url = f"sqlite:///{tmp_path / 'new.db'}"  # never upgraded: the agent's first connection does it
     monkeypatch.setenv("STAMPEDE_DATABASE_URL", url)
     get_settings.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="workers.gpu"):
-            assert gpu.main(["--count", "3", "--interval-s", "0.01"], nvml=FakeNvml()) == 0
+            nvml = FakeNvml()
+            assert gpu.main(["--count", "3", "--interval-s", "0.01"], nvml=nvml) == 0
     finally:
         get_settings.cache_clear()
-    [message] = [r.getMessage() for r in caplog.records]
-    assert message.startswith(f"storing samples failed (the results store {url} has no tables yet: run `stampede db")
-    assert message.endswith("dropping them until the store is back")
+    assert caplog.records == []
+    engine = make_engine(url)
+    with Session(engine) as session:
+        assert len(session.scalars(select(GpuSample)).all()) == 3 * len(nvml.devices)  # three readings of each GPU
+    engine.dispose()
 
 
 class SlowNvml(FakeNvml):
