@@ -328,7 +328,8 @@ class Sink(ABC):
             failure = gevent.get_hub().threadpool.apply(self._try_deliver, (job, arg))
             if failure is not None:
                 # Redacted and cut short: a driver's message may quote a URL or a whole batch.
-                self._last_failure = f"{type(failure).__name__}: {self._redact(str(failure)).splitlines()[0][:200]}"
+                first_line = (self._redact(str(failure)).splitlines() or [""])[0]
+                self._last_failure = f"{type(failure).__name__}: {first_line[:200]}"
                 if not self._failing:
                     self._failing = True
                     log.warning(
