@@ -211,7 +211,11 @@ class ChatUser(User):
     def _store(
         self, m: Measurement, prompt_id: str, step_index: int, in_warmup: bool, started_at: datetime, due_ns: int | None
     ) -> None:
-        """Make ``m`` a record for the sink and a Locust request event."""
+        """Make ``m`` a record for the sink and, unless the load stopping cut it short, a Locust request event.
+
+        A cancelled request is no outcome of the server's: in Locust's statistics it would count as a
+        failure, and every plain ``locust -t`` run would end with failures and exit status 1.
+        """
         opts = self.environment.parsed_options
         context = self._context
         chunk_tokens, client_tokens = self._count_tokens(m)
@@ -242,6 +246,8 @@ class ChatUser(User):
             reconnects=m.reconnects,
         )
         context.sink.add_request(record)
+        if m.outcome is Outcome.CANCELLED:
+            return
         self.environment.events.request.fire(
             request_type="POST",
             name=self.chat_api.path,

@@ -34,6 +34,7 @@ from typing import IO, Any
 import gevent
 import orjson
 from gevent.event import Event
+from gevent.threadpool import ThreadPool
 
 from loadgen.journal import Journal, hold_lock, lock_path
 from loadgen.redaction import known_secrets, redact
@@ -105,6 +106,11 @@ class Sink(ABC):
         self._wake = Event()
         self._idle = Event()
         self._idle.set()
+        # One thread of the sink's own, for its whole life: a Redis or pipe connection made by a delivery
+        # is bound to the event loop of the thread that made it. The hub's shared pool retires threads
+        # idle for 5 s, so a delivery after a pause (a master between two steps) met its connection on
+        # a destroyed loop, and the sink logged a false outage.
+        self._delivery = ThreadPool(1)
         self._flusher = gevent.spawn(self._run)
 
     def add_request(self, record: RequestRecord) -> None:
@@ -179,6 +185,7 @@ class Sink(ABC):
         if not delivered:
             self._stop_delivering()
         self._flusher.kill()
+        self._delivery.kill()
         for stream in (self._spill_writer, self._spill_reader):
             if stream is not None:
                 stream.close()
@@ -325,7 +332,7 @@ class Sink(ABC):
     def _deliver_with_retry(self, job: str, arg: Any, kept_in: Path | None) -> bool:
         pause_s = 0.1
         while True:
-            failure = gevent.get_hub().threadpool.apply(self._try_deliver, (job, arg))
+            failure = self._delivery.apply(self._try_deliver, (job, arg))
             if failure is not None:
                 # Redacted and cut short: a driver's message may quote a URL or a whole batch.
                 first_line = (self._redact(str(failure)).splitlines() or [""])[0]

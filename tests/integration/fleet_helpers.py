@@ -29,11 +29,13 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, every
 
 
 def stored_requests(url: str) -> int:
-    """Rows in ``requests`` at ``url``, or -1 while the database is unreachable."""
+    """Rows in ``requests`` at ``url`` that Locust counts (all but ``cancelled``: requests the run's end cut
+    short), or -1 while the database is unreachable."""
     engine = make_engine(url)
     try:
         with Session(engine) as session:
-            return session.scalar(select(func.count()).select_from(Request)) or 0
+            counted = select(func.count()).select_from(Request).where(Request.outcome != Outcome.CANCELLED.value)
+            return session.scalar(counted) or 0
     except Exception:  # a restarting server: the caller polls again
         return -1
     finally:

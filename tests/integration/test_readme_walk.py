@@ -46,9 +46,10 @@ def ollama_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def stored(folder: Path) -> tuple[int, list[str]]:
-    """Request rows and run statuses in the directory's default SQLite file."""
+    """Request rows Locust counts (all but those the run's end cut short) and run statuses in the directory's
+    default SQLite file."""
     with sqlite3.connect(folder / "stampede.db") as db:
-        requests = db.execute("SELECT count(*) FROM requests").fetchone()[0]
+        requests = db.execute("SELECT count(*) FROM requests WHERE outcome != 'cancelled'").fetchone()[0]
         return requests, [row[0] for row in db.execute("SELECT status FROM runs")]
 
 
@@ -72,7 +73,7 @@ def test_2_locust_headless_stores_every_request_and_exits_promptly(tmp_path: Pat
     run = locust(tmp_path, user_env(tmp_path), ollama_sim, "OllamaChatUser", "--headless", "-u", "4", "-t", "6s",
                  "--json")  # fmt: skip
     code, ended = run.finish(6 + OVERHEAD_S + 30)
-    assert code in (0, 1), run.text()[-3000:]  # 1: requests cut at the run's end count as failures
+    assert code == 0, run.text()[-3000:]  # requests cut at the run's end are stored, not failures
     assert ended - run.started < 6 + OVERHEAD_S
     assert stored(tmp_path) == (sent_requests(run.stdout()), ["finished"])
     assert no_stray_files(tmp_path) == []
@@ -83,7 +84,7 @@ def test_3_locust_web_ui_with_autostart_and_autoquit(tmp_path: Path, ollama_sim:
     run = locust(tmp_path, user_env(tmp_path), ollama_sim, "OllamaChatUser", "--autostart", "--autoquit", "1",
                  "-u", "2", "-t", "5s", *web, "--json")  # fmt: skip
     code, ended = run.finish(5 + OVERHEAD_S + 30)
-    assert code in (0, 1), run.text()[-3000:]  # 1: requests cut at the run's end count as failures
+    assert code == 0, run.text()[-3000:]  # requests cut at the run's end are stored, not failures
     assert ended - run.started < 5 + 1 + OVERHEAD_S
     assert stored(tmp_path) == (sent_requests(run.stdout()), ["finished"])
 
