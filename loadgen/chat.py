@@ -58,6 +58,12 @@ def _on_init(environment: Environment, **_: Any) -> None:
         return  # a library user building an Environment by hand wires its own context
     ensure_run_id(environment.parsed_options)
     settings = get_settings()
+    # The context and the step message first: a Locust worker is already connected to its master,
+    # which may start users and send the step while the checks below wait on the network.
+    context = RunContext(environment, make_sink(settings))
+    environment.stampede = context  # type: ignore[attr-defined]
+    if environment.runner is not None:
+        environment.runner.register_message(STEP_MESSAGE, lambda msg, **_: context.on_step(msg.data))
     try:
         # Before any load: a store that cannot take the records is named now, not after the run. An
         # embedded process stores into the database itself (a new SQLite file gets its schema here); a
@@ -65,17 +71,14 @@ def _on_init(environment: Environment, **_: Any) -> None:
         check_stores(settings, database=settings.redis_url is None or database_named(settings))
     except StoreUnavailable as exc:
         log.error("%s", exc)
+        context.sink.close(0, keep=False)  # nothing was sent: nothing to keep
         raise SystemExit(2) from None
-    context = RunContext(environment, make_sink(settings))
-    environment.stampede = context  # type: ignore[attr-defined]
     # The embedded sink's store child starts up meanwhile (see EmbeddedSink): let it finish before any
     # load, and before Locust's run time starts counting.
     context.sink.flush(STORE_READY_TIMEOUT_S)
     # Locust's own SIGTERM handler stops the users and quits; this one ends the sink's wait for a store
     # that fails. Kept referenced: a watcher that is collected stops watching.
     _SIGNAL_WATCHERS.append(gevent.signal_handler(signal.SIGTERM, context.sink.give_up))
-    if environment.runner is not None:
-        environment.runner.register_message(STEP_MESSAGE, lambda msg, **_: context.on_step(msg.data))
     if isinstance(environment.runner, MasterRunner):
         watch = WorkerWatch(environment.runner, lambda: context.step_index, context.workers_lost)
         environment.events.test_start.add_listener(lambda **_: watch.start())
