@@ -23,7 +23,7 @@ from tests.realservers.vllm_install import INSTALL_TIMEOUT_S, cache_dir
 
 SERVED_MODEL = "tiny"
 MAX_MODEL_LEN = 2048
-# Seen: 40 to 56 s on an idle 2-core machine; several test processes starting at once take longer.
+# Seen: 40 to 56 s on an idle 2-core machine, 93 to 178 s on a busy one (load average 12 to 17).
 START_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 30.0
 VLLM_TEST_TIMEOUT_S = INSTALL_TIMEOUT_S + START_TIMEOUT_S + 300
@@ -42,19 +42,21 @@ class VllmServer:
     log_path: Path
     start_s: float
 
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
 
 def tiny_model(python: Path) -> Path:
-    """The tiny model, written once into the cache (a folder per version of the script that writes it)."""
+    """The tiny model, written once into the cache (a folder per version of the script that writes it).
+
+    Written beside its place and moved there whole, so a folder that exists is complete.
+    """
     digest = hashlib.sha256(MODEL_SCRIPT.read_bytes()).hexdigest()[:12]
     folder = cache_dir() / f"tiny-hf-llama-{digest}"
     with (cache_dir() / f"tiny-hf-llama-{digest}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "model.safetensors").exists():
-            subprocess.run([str(python), str(MODEL_SCRIPT), str(folder)], check=True, timeout=300)
+        if not folder.exists():
+            partial = folder.with_name(folder.name + ".partial")
+            subprocess.run(["rm", "-rf", str(partial)], check=True)
+            subprocess.run([str(python), str(MODEL_SCRIPT), str(partial)], check=True, timeout=300)
+            partial.rename(folder)
     return folder
 
 
