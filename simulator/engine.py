@@ -151,10 +151,11 @@ class Engine:
 
         ``prefix_blocks`` names the prompt's full blocks for the prefix cache (:func:`prefix_block_ids`).
 
-        What does not fit the context is handled as the flavour's server does: vLLM refuses a prompt
-        plus ``max_tokens`` over ``max_model_len``; llama-server refuses only a prompt that fills its
-        slot's context and otherwise stops output at the context's end; Ollama keeps the end of an
-        over-long prompt and shifts its context while generating, so it refuses nothing.
+        What does not fit the context is handled as the flavour's server does: vLLM (as of 0.32) refuses
+        a prompt that fills ``max_model_len`` or a ``max_tokens`` over it, and otherwise stops output at
+        the context's end; llama-server refuses only a prompt that fills its slot's context and likewise
+        stops output at the context's end; Ollama keeps the end of an over-long prompt and shifts its
+        context while generating, so it refuses nothing.
         """
         p = self.profile
         limit = p.max_model_len
@@ -162,14 +163,10 @@ class Engine:
         cap: int | None = max_tokens
         if p.flavor is Flavor.OLLAMA:
             prompt_tokens = min(prompt_tokens, limit)
-        elif p.flavor is Flavor.LLAMACPP:
-            if room < 1:
+        else:
+            if room < 1 or (p.flavor is Flavor.VLLM and max_tokens is not None and max_tokens > limit):
                 raise ContextLengthError(prompt_tokens, max_tokens, limit)
             cap = room if max_tokens is None else min(max_tokens, room)
-        elif room < 1 or (max_tokens is not None and max_tokens > room):
-            raise ContextLengthError(prompt_tokens, max_tokens, limit)
-        elif max_tokens is None:
-            cap = room
         if p.max_queue is not None and len(self._waiting) >= p.max_queue:
             raise QueueFullError("server busy, please try again. maximum pending requests exceeded")
         drawn = cap if ignore_eos and cap is not None and max_tokens is not None else self._draw_length()

@@ -37,7 +37,7 @@ _REQUEST_BUCKETS_S = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
     1920.0, 7680.0,
 )  # fmt: skip
-_FINISH_REASONS = ("stop", "length", "abort")
+_FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
 """vLLM creates a success series per reason at start, so a rate() over one that has not happened yet is 0."""
 
 
@@ -76,8 +76,10 @@ class Stats:
         self.busy_slot_sum = 0
         self.finished: dict[str, int] = {}
         self.ttft_s = Histogram(_TTFT_BUCKETS_S)
-        self.tpot_s = Histogram(_ITL_BUCKETS_S)
-        """Gap before each token after the first: vLLM's inter-token latency (and its older TPOT name)."""
+        self.itl_s = Histogram(_ITL_BUCKETS_S)
+        """Gap before each token after the first: vLLM's inter-token latency."""
+        self.request_tpot_s = Histogram(_ITL_BUCKETS_S)
+        """Per request: decode time over the tokens after the first."""
         self.e2e_s = Histogram(_REQUEST_BUCKETS_S)
         self.queue_s = Histogram(_REQUEST_BUCKETS_S)
         """Arrival to admission into a batch."""
@@ -85,14 +87,20 @@ class Stats:
         """Admission to first token."""
         self.decode_s = Histogram(_REQUEST_BUCKETS_S)
         """First token to last."""
+        self.inference_s = Histogram(_REQUEST_BUCKETS_S)
+        """Admission to last token: prefill and decode."""
 
     def observe_phases(self, seq: Sequence) -> None:
-        """Queue, prefill and decode time of a finished sequence, from the engine's schedule."""
+        """Queue, prefill, decode and per-token time of a finished sequence, from the engine's schedule."""
         if seq.admitted_ns is None or seq.first_token_ns is None or seq.finished_ns is None:
             return
+        decode_s = (seq.finished_ns - seq.first_token_ns) / 1e9
         self.queue_s.observe((seq.admitted_ns - seq.arrived_ns) / 1e9)
         self.prefill_s.observe((seq.first_token_ns - seq.admitted_ns) / 1e9)
-        self.decode_s.observe((seq.finished_ns - seq.first_token_ns) / 1e9)
+        self.decode_s.observe(decode_s)
+        self.inference_s.observe((seq.finished_ns - seq.admitted_ns) / 1e9)
+        if seq.emitted > 1:
+            self.request_tpot_s.observe(decode_s / (seq.emitted - 1))
 
 
 class SimCollector(Collector):
@@ -126,7 +134,6 @@ class SimCollector(Collector):
         e, s = self._runtime, self._runtime.stats
         yield self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.", e.num_running)
         yield self._gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", e.num_waiting)
-        yield self._gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", e.kv_usage)
         yield self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage)
         yield self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens)
         yield self._counter("vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens)
@@ -149,12 +156,21 @@ class SimCollector(Collector):
         )
         histograms = (
             ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", s.ttft_s),
-            ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", s.tpot_s),
-            ("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.", s.tpot_s),
+            ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", s.itl_s),
+            (
+                "vllm:request_time_per_output_token_seconds",
+                "Histogram of time_per_output_token_seconds per request.",
+                s.request_tpot_s,
+            ),
             ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", s.e2e_s),
             ("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", s.queue_s),
             ("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.", s.prefill_s),
             ("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", s.decode_s),
+            (
+                "vllm:request_inference_time_seconds",
+                "Histogram of time spent in RUNNING phase for request.",
+                s.inference_s,
+            ),
         )
         for name, doc, histogram in histograms:
             yield histogram.family(name, doc, self._labels, self._values)

@@ -1,29 +1,29 @@
 """The OpenAI-compatible API every flavour serves: /v1/chat/completions, /v1/completions, /v1/models.
 
-Streams are SSE (``data: {json}\\n\\n``), one chunk per token in the flavour's own shape (see
-:class:`OpenAIExchange`), then ``data: [DONE]``. Error bodies and extras follow the flavour: vLLM,
-Ollama's compatibility layer, or llama-server.
+This module admits or refuses a request; :mod:`simulator.openai_stream` renders the answer. Streams
+are SSE (``data: {json}\\n\\n``), one chunk per token in the flavour's own shape, then ``data: [DONE]``.
+Error bodies and extras follow the flavour: vLLM, Ollama's compatibility layer, or llama-server.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from simulator.engine import ContextLengthError, QueueFullError, Sequence, prefix_block_ids
-from simulator.groundtruth import RequestTruth
+from simulator.engine import ContextLengthError, QueueFullError, prefix_block_ids
 from simulator.http import Request, Response
+from simulator.openai_stream import OpenAIExchange
 from simulator.profiles import Flavor
-from simulator.runtime import Exchange
-from simulator.tokens import VOCAB_JSON, chat_tokens, generated_text, token_index, tokenize
+from simulator.tokens import chat_tokens, tokenize
+from simulator.vllm_shapes import context_error, max_tokens_error, model_permission, unknown_model_message
 
 if TYPE_CHECKING:
-    from simulator.faults import FaultKind
     from simulator.server import SimServer
 
 _SSE_TYPE = "text/event-stream; charset=utf-8"
+_VLLM_COMPLETION_MAX_TOKENS = 16
+"""The legacy completions API's default ``max_tokens``, which vLLM keeps (chat has none)."""
 _VLLM_ERROR_TYPES = {
     400: "BadRequestError",
     404: "NotFoundError",
@@ -40,8 +40,21 @@ def register(server: SimServer) -> None:
     server.add("GET", "/v1/models", lambda req, resp: _models(server, req, resp))
 
 
+class BadRequest(ValueError):
+    """A request the server refuses with 400; ``param`` names the field at fault where vLLM names it."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 def send_error(
-    server: SimServer, response: Response, status: int, message: str, headers: dict[str, str] | None = None
+    server: SimServer,
+    response: Response,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> None:
     """An error answer in the body shape the imitated server uses on its OpenAI-compatible routes."""
     flavor = server.profile.flavor
@@ -49,7 +62,7 @@ def send_error(
         error: dict[str, Any] = {
             "message": message,
             "type": _VLLM_ERROR_TYPES.get(status, "InternalServerError"),
-            "param": None,
+            "param": param,
             "code": status,
         }
     elif flavor is Flavor.LLAMACPP:
@@ -83,18 +96,27 @@ def _models(server: SimServer, request: Request, response: Response) -> None:
             "owned_by": owner,
         }
         if flavor is Flavor.VLLM:
-            entry.update(root=name, parent=None, max_model_len=server.profile.max_model_len)
+            entry.update(
+                root=name,
+                parent=None,
+                max_model_len=server.profile.max_model_len,
+                permission=[model_permission(server.started_unix_s)],
+            )
         data.append(entry)
     response.send_json(200, {"object": "list", "data": data})
 
 
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    """``max_completion_tokens`` or ``max_tokens``; ValueError if not a positive integer."""
+def _max_tokens(body: dict[str, Any], flavor: Flavor) -> int | None:
+    """``max_completion_tokens`` or ``max_tokens``; BadRequest if not a positive integer."""
     value = body.get("max_completion_tokens", body.get("max_tokens"))
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError("max_tokens must be a positive integer")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest("max_tokens must be a positive integer")
+    if value < 1:
+        if flavor is Flavor.VLLM:
+            raise BadRequest(max_tokens_error(value), "max_tokens")
+        raise BadRequest("max_tokens must be a positive integer")
     return value
 
 
@@ -123,15 +145,17 @@ def _complete(server: SimServer, request: Request, response: Response, chat: boo
         if not isinstance(body, dict):
             raise ValueError("the body must be a JSON object")
         prompt = _prompt_tokens(body, chat)
-        max_tokens = _max_tokens(body)
+        max_tokens = _max_tokens(body, server.profile.flavor)
+        if max_tokens is None and not chat and server.profile.flavor is Flavor.VLLM:
+            max_tokens = _VLLM_COMPLETION_MAX_TOKENS
         fault = server.pick_fault(request)
     except ValueError as exc:
-        send_error(server, response, 400, str(exc))
+        send_error(server, response, 400, str(exc), param=exc.param if isinstance(exc, BadRequest) else None)
         server.refuse(truth, 400)
         return
     model = server.served_model(body.get("model"))
     if model is None:
-        send_error(server, response, 404, _unknown_model_message(server, body.get("model")))
+        send_error(server, response, 404, _unknown_model_message(server, body.get("model")), param="model")
         server.refuse(truth, 404)
         return
     truth.model = model
@@ -172,164 +196,12 @@ def _refuse_context(server: SimServer, response: Response, exc: ContextLengthErr
             "n_ctx": limit,
         }
         response.send_json(400, {"error": error})
-    elif exc.max_tokens is None or prompt >= limit:
-        message = (
-            f"This model's maximum context length is {limit} tokens. However, your request has {prompt} input "
-            "tokens. Please reduce the length of the input messages."
-        )
-        send_error(server, response, 400, message)
     else:
-        message = (
-            f"'max_tokens' or 'max_completion_tokens' is too large: {exc.max_tokens}. This model's maximum context "
-            f"length is {limit} tokens and your request has {prompt} input tokens "
-            f"({exc.max_tokens} > {limit} - {prompt})."
-        )
-        send_error(server, response, 400, message)
+        message, param = context_error(prompt, exc.max_tokens, limit)
+        send_error(server, response, 400, message, param=param)
 
 
 def _unknown_model_message(server: SimServer, requested: object) -> str:
     if server.profile.flavor is Flavor.OLLAMA:
         return f'model "{requested}" not found, try pulling it first'
-    return f"The model `{requested}` does not exist."
-
-
-def llamacpp_timings(seq: Sequence) -> dict[str, float]:
-    """llama-server's per-response ``timings`` block, from the engine's schedule for this sequence."""
-    admitted = seq.admitted_ns or seq.arrived_ns
-    first = seq.first_token_ns or admitted
-    finished = seq.finished_ns or first
-    prompt_ms = (first - admitted) / 1e6
-    predicted_ms = (finished - first) / 1e6
-    return {
-        "prompt_n": seq.prompt_tokens,
-        "prompt_ms": prompt_ms,
-        "prompt_per_token_ms": prompt_ms / seq.prompt_tokens if seq.prompt_tokens else 0.0,
-        "prompt_per_second": seq.prompt_tokens * 1e3 / prompt_ms if prompt_ms else 0.0,
-        "predicted_n": seq.emitted,
-        "predicted_ms": predicted_ms,
-        "predicted_per_token_ms": predicted_ms / seq.emitted if seq.emitted else 0.0,
-        "predicted_per_second": seq.emitted * 1e3 / predicted_ms if predicted_ms else 0.0,
-    }
-
-
-_TOKEN = "\x00token\x00"
-"""Stands for the token in a rendered chunk, which is then split around it."""
-_FINGERPRINTS = {Flavor.LLAMACPP: "b6097-9515c613", Flavor.OLLAMA: "fp_ollama"}
-
-
-def _event(obj: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-class OpenAIExchange(Exchange):
-    """Renders chat.completion(.chunk) or text_completion responses in the flavour's own chunk shapes.
-
-    - vLLM: a role-only chunk (``"content": ""``) just before the first token's; the last token's chunk
-      carries ``finish_reason`` and ``stop_reason``; a usage chunk when ``stream_options`` asks for it
-      (``include_usage`` defaults to true once ``stream_options`` is given).
-    - llama-server (as captured from b6097): a role chunk with ``"content": null`` before the first
-      token's, then a separate final chunk with an empty delta, ``finish_reason``, ``usage`` and
-      ``timings``.
-    - Ollama's compatibility layer: ``"role": "assistant"`` in every delta, a separate final chunk with
-      empty content and ``finish_reason``, ``system_fingerprint: fp_ollama``, no ``logprobs``.
-
-    The hot path only concatenates: each token chunk is pre-split around the token.
-    """
-
-    def __init__(
-        self,
-        server: SimServer,
-        response: Response,
-        truth: RequestTruth,
-        stream: bool,
-        fault: FaultKind | None,
-        chat: bool,
-        model: str,
-        stream_options: dict[str, Any] | None,
-    ) -> None:
-        super().__init__(server, response, truth, stream, fault)
-        self.chat = chat
-        self.flavor = flavor = server.profile.flavor
-        self.head: dict[str, Any] = {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{truth.id}",
-            "object": ("chat.completion" if chat else "text_completion") + (".chunk" if stream and chat else ""),
-            "created": int(time.time()),
-            "model": model,
-        }
-        if flavor in _FINGERPRINTS:
-            self.head["system_fingerprint"] = _FINGERPRINTS[flavor]
-        if flavor is Flavor.VLLM:
-            self.include_usage = stream_options is not None and stream_options.get("include_usage", True) is not False
-        else:
-            self.include_usage = bool(stream_options and stream_options.get("include_usage"))
-        self._pre, self._post = self._chunk(self._choice(_TOKEN, None)).split(orjson.dumps(_TOKEN))
-        self._role = b""
-        if chat and flavor is Flavor.VLLM:
-            self._role = self._chunk(
-                {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-            )
-        elif chat and flavor is Flavor.LLAMACPP:
-            role = {"role": "assistant", "content": None}
-            self._role = self._chunk({"finish_reason": None, "index": 0, "delta": role})
-
-    def _chunk(self, choice: dict[str, Any]) -> bytes:
-        return _event({**self.head, "choices": [choice]})
-
-    def _choice(self, text: str, finish_reason: str | None) -> dict[str, Any]:
-        """One streamed choice carrying ``text``, in the flavour's key set."""
-        if self.flavor is Flavor.VLLM:
-            body: dict[str, Any] = {"delta": {"content": text}} if self.chat else {"text": text}
-            choice = {"index": 0, **body, "logprobs": None, "finish_reason": finish_reason}
-            if finish_reason is not None or not self.chat:
-                choice["stop_reason"] = None
-            return choice
-        if self.flavor is Flavor.LLAMACPP:
-            if self.chat:
-                return {"finish_reason": finish_reason, "index": 0, "delta": {"content": text} if text else {}}
-            return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
-        if self.chat:
-            return {"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
-        return {"text": text, "index": 0, "finish_reason": finish_reason}
-
-    def token_bytes(self, seq: Sequence, scheduled_ns: int) -> bytes:
-        word = VOCAB_JSON[token_index(seq.id, seq.emitted - 1)]
-        if seq.finished_ns is not None and self.flavor is Flavor.VLLM:
-            data = self._chunk(self._choice(orjson.loads(word), seq.finish_reason))
-        else:
-            data = self._pre + word + self._post
-        return self._role + data if seq.emitted == 1 else data
-
-    def _usage(self, seq: Sequence) -> dict[str, int]:
-        return {
-            "prompt_tokens": seq.prompt_tokens,
-            "completion_tokens": seq.emitted,
-            "total_tokens": seq.prompt_tokens + seq.emitted,
-        }
-
-    def final_chunks(self, seq: Sequence) -> list[bytes]:
-        chunks = []
-        if self.flavor is Flavor.LLAMACPP:
-            final = {**self.head, "choices": [self._choice("", seq.finish_reason)], "usage": self._usage(seq)}
-            chunks.append(_event({**final, "timings": llamacpp_timings(seq)}))
-        elif self.flavor is Flavor.OLLAMA:
-            chunks.append(self._chunk(self._choice("", seq.finish_reason)))
-        if self.include_usage and self.flavor is not Flavor.LLAMACPP:
-            chunks.append(_event({**self.head, "choices": [], "usage": self._usage(seq)}))
-        chunks.append(b"data: [DONE]\n\n")
-        return chunks
-
-    def whole_body(self, seq: Sequence) -> bytes:
-        text = generated_text(seq.id, seq.emitted)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": seq.finish_reason}
-        if self.flavor is not Flavor.OLLAMA:
-            choice["logprobs"] = None
-        if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        if self.flavor is Flavor.VLLM:
-            choice["stop_reason"] = None
-        body: dict[str, Any] = {**self.head, "choices": [choice], "usage": self._usage(seq)}
-        if self.flavor is Flavor.LLAMACPP:
-            body["timings"] = llamacpp_timings(seq)
-        return orjson.dumps(body)
+    return unknown_model_message(requested, server.profile.models)

@@ -186,10 +186,10 @@ class Runtime:
                 stats.prompt_tokens += seq.prompt_tokens  # as vLLM counts them: once, cached or not
                 first += 1
             elif seq.previous_token_ns is not None:  # preempted, then recomputed: the gap spans the wait
-                stats.tpot_s.observe((end_ns - seq.previous_token_ns) / 1e9)
+                stats.itl_s.observe((end_ns - seq.previous_token_ns) / 1e9)
                 resumed += 1
         if n > first + resumed:
-            stats.tpot_s.observe(step_s, n - first - resumed)
+            stats.itl_s.observe(step_s, n - first - resumed)
 
 
 class Exchange:

@@ -113,12 +113,12 @@ def test_streamed_chat_takes_the_flavours_own_chunk_shapes(sim: ThreadedServer) 
     choices = [e["choices"][0] if e["choices"] else None for e in events[:-1]]
     flavor = sim.server.profile.flavor
     if flavor is Flavor.VLLM:
-        # A role-only chunk, three tokens (the last with the finish), and usage: include_usage defaults to
-        # true once stream_options is given.
+        # A role-only chunk and three tokens, the last with the finish and the fingerprint; no usage, as an
+        # empty stream_options leaves include_usage false.
         assert choices[0]["delta"] == {"role": "assistant", "content": ""}
         assert [c["delta"] for c in choices[1:4]] == [{"content": c["delta"]["content"]} for c in choices[1:4]]
         assert choices[3]["finish_reason"] == "length" and choices[3]["stop_reason"] is None
-        assert choices[4] is None and events[4]["usage"]["completion_tokens"] == 3
+        assert len(choices) == 4 and events[3]["system_fingerprint"].startswith("vllm-")
     elif flavor is Flavor.LLAMACPP:
         assert choices[0]["delta"] == {"role": "assistant", "content": None}
         assert all(set(c["delta"]) == {"content"} and c["finish_reason"] is None for c in choices[1:4])
@@ -172,10 +172,18 @@ def test_what_does_not_fit_the_context_is_handled_as_the_server_does(
     flavor = sim.server.profile.flavor
     long_prompt: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * limit}]
     if flavor is Flavor.VLLM:
-        with pytest.raises(openai.BadRequestError, match=rf"'max_tokens' .* too large: {limit}\. .* \({limit} > "):
-            client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=limit)
-        with pytest.raises(openai.BadRequestError, match="Please reduce the length of the input messages"):
+        reply = client.chat.completions.create(
+            model="stampede-sim", messages=MESSAGES, max_tokens=limit, extra_body={"ignore_eos": True}
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens == limit - 7
+        assert reply.choices[0].finish_reason == "length"
+        with pytest.raises(
+            openai.BadRequestError, match=rf"max_tokens={limit + 1} cannot be greater than max_model_len"
+        ):
+            client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=limit + 1)
+        with pytest.raises(openai.BadRequestError, match="Please reduce the length of the input prompt") as caught:
             client.chat.completions.create(model="stampede-sim", messages=long_prompt)
+        assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "input_tokens"
     elif flavor is Flavor.LLAMACPP:
         reply = client.chat.completions.create(
             model="stampede-sim", messages=MESSAGES, max_tokens=limit, extra_body={"ignore_eos": True}
@@ -193,7 +201,10 @@ def test_what_does_not_fit_the_context_is_handled_as_the_server_does(
 
 
 def test_bad_requests_are_400_in_the_servers_shape(sim: ThreadedServer, client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="max_tokens must be a positive integer"):
+    vllm = sim.server.profile.flavor is Flavor.VLLM
+    with pytest.raises(
+        openai.BadRequestError, match="max_tokens must be at least 1, got 0" if vllm else "must be a positive integer"
+    ):
         client.chat.completions.create(model="stampede-sim", messages=MESSAGES, max_tokens=0)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="stampede-sim", messages=MESSAGES, extra_headers={"X-Sim-Fault": "boom"})
@@ -241,7 +252,7 @@ def test_vllm_metrics_carry_vllms_labels_and_bucket_bounds() -> None:
         assert {s.labels["engine"] for s in samples} == {"0"}
         assert {s.labels["model_name"] for s in samples} == {"stampede-sim"}
         reasons = {s.labels["finished_reason"]: s.value for s in samples if s.name == "vllm:request_success_total"}
-        assert reasons == {"abort": 0, "length": 1, "stop": 0}
+        assert reasons == {"abort": 0, "error": 0, "length": 1, "repetition": 0, "stop": 0}
         bounds = {
             name: max(float(s.labels["le"]) for s in samples if s.name == f"{name}_bucket" and s.labels["le"] != "+Inf")
             for name in ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds")

@@ -184,13 +184,15 @@ def test_preload_makes_the_model_resident_and_starts_keep_alive_from_then() -> N
     assert engine.preload(100 * MS) == 200 * MS
 
 
-def test_vllm_refuses_a_prompt_plus_max_tokens_over_the_context() -> None:
+def test_vllm_refuses_a_full_prompt_or_max_tokens_over_the_context_and_stops_output_at_its_end() -> None:
     engine = Engine(build_profile(Flavor.VLLM, {"max_model_len": 1_000}))
     with pytest.raises(ContextLengthError) as caught:
-        engine.submit(900, 200, 0)
-    assert (caught.value.prompt_tokens, caught.value.max_tokens, caught.value.limit) == (900, 200, 1_000)
+        engine.submit(900, 1_001, 0)
+    assert (caught.value.prompt_tokens, caught.value.max_tokens, caught.value.limit) == (900, 1_001, 1_000)
     with pytest.raises(ContextLengthError):
         engine.submit(1_000, None, 0)
+    capped = engine.submit(900, 200, 0, ignore_eos=True)
+    assert (capped.target_tokens, capped.finish_reason) == (100, "length")
     unbounded = engine.submit(900, None, 0, ignore_eos=False)
     assert unbounded.target_tokens <= 100
 
