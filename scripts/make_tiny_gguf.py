@@ -6,18 +6,23 @@ llama.cpp tokenizes, templates and counts tokens as it does for a real model. Th
 (the output is gibberish; what a load test needs is the work per token, not the words) and the same
 for the same seed, so two runs load byte-identical files. About 5 MB with the defaults.
 
-    python scripts/make_tiny_gguf.py tiny.gguf [--seed 0] [--layers 4] [--embedding 256]
+    python scripts/make_tiny_gguf.py tiny.gguf [--seed 0] [--layers 4] [--embedding 256] [--hf-tokenizer DIR]
+
+``--hf-tokenizer DIR`` also writes the same tokenizer as a Hugging Face tokenizer folder, for peer
+tools (AIPerf, GuideLLM) that size their prompts with one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections import Counter
 from pathlib import Path
 
 import gguf
 import numpy as np
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML_TEMPLATE = (
@@ -89,9 +94,29 @@ def merge_pair(word: tuple[str, ...], pair: tuple[str, str], merged: str) -> tup
     return tuple(out)
 
 
-def write_model(path: Path, seed: int, n_layers: int, n_embd: int, n_merges: int) -> None:
+def vocabulary(n_merges: int) -> tuple[list[str], list[str]]:
+    """The tokens in id order (bytes, merged pieces, special tokens) and the merges."""
     merged, merges = learn_merges(n_merges)
-    tokens = [*byte_symbols(), *merged, *SPECIAL_TOKENS]
+    return [*byte_symbols(), *merged, *SPECIAL_TOKENS], merges
+
+
+def write_hf_tokenizer(directory: Path, n_merges: int) -> None:
+    """The model's tokenizer as a Hugging Face folder (``tokenizer.json`` and its config)."""
+    tokens, merges = vocabulary(n_merges)
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ")) for m in merges])
+    tokenizer = Tokenizer(bpe)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192, "eos_token": "<|im_end|>",
+              "bos_token": "<|endoftext|>", "chat_template": CHATML_TEMPLATE}  # fmt: skip
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_model(path: Path, seed: int, n_layers: int, n_embd: int, n_merges: int) -> None:
+    tokens, merges = vocabulary(n_merges)
     types = [gguf.TokenType.NORMAL] * (len(tokens) - len(SPECIAL_TOKENS)) + [gguf.TokenType.CONTROL] * len(
         SPECIAL_TOKENS
     )
@@ -153,8 +178,11 @@ def main() -> None:
     parser.add_argument(
         "--merges", type=int, default=256, help="BPE merges learned (the vocab is 256 bytes + merges + 3)"
     )
+    parser.add_argument("--hf-tokenizer", type=Path, help="also write the tokenizer as a Hugging Face folder here")
     args = parser.parse_args()
     write_model(args.path, args.seed, args.layers, args.embedding, args.merges)
+    if args.hf_tokenizer is not None:
+        write_hf_tokenizer(args.hf_tokenizer, args.merges)
     print(args.path)
 
 
