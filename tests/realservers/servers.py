@@ -41,9 +41,9 @@ class Server:
     process: subprocess.Popen[bytes]
 
 
-def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
-    """The tiny random-weight model of ``scripts/make_tiny_gguf.py``, written to ``path``."""
-    command = [sys.executable, str(REPO / "scripts" / "make_tiny_gguf.py"), str(path), "--seed", str(seed)]
+def write_tiny_gguf(path: Path, *options: str) -> Path:
+    """The tiny random-weight model of ``scripts/make_tiny_gguf.py``, written to ``path`` with its ``options``."""
+    command = [sys.executable, str(REPO / "scripts" / "make_tiny_gguf.py"), str(path), *options]
     subprocess.run(command, check=True, capture_output=True)
     return path
 
