@@ -40,15 +40,19 @@ def stored(db_url: str) -> tuple[dict[str, int], int, int]:
     return {str(k): int(v) for k, v in outcomes.items()}, int(prompt or 0), int(output or 0)
 
 
-def check_run(server: Server, db_url: str, sent: int, before: dict[str, float]) -> None:
+def check_run(server: Server, db_url: str, sent: int, before: dict[str, float], locust_counts_all: bool = True) -> None:
     after = prometheus_counters(server.url)
     delta = {name: after[name] - before.get(name, 0.0) for name in after}
     outcomes, prompt, output = stored(db_url)
-    assert sent > USERS
-    assert sum(outcomes.values()) == sent, (outcomes, sent)  # one row per request Locust counted
-    assert outcomes == {"ok": sent}, outcomes  # the server served every one
     server_prompt = delta["llamacpp:prompt_tokens_total"] + delta.get("llamacpp:prompt_tokens_cached_total", 0.0)
-    assert (prompt, output) == (server_prompt, delta["llamacpp:tokens_predicted_total"])
+    # The server's own count: every request it served is a stored row, none lost and none doubled.
+    assert (prompt, output) == (server_prompt, delta["llamacpp:tokens_predicted_total"]), (outcomes, sent)
+    assert set(outcomes) == {"ok"}, outcomes  # the server served every one
+    assert sent > USERS
+    if locust_counts_all:
+        assert outcomes["ok"] == sent, (outcomes, sent)  # one row per request Locust counted
+    else:
+        assert outcomes["ok"] >= sent, (outcomes, sent)  # none lost of those it counted
 
 
 def test_headless_locust_stores_one_ok_row_per_request(llama_server: Server, tmp_path: Path) -> None:
@@ -58,14 +62,17 @@ def test_headless_locust_stores_one_ok_row_per_request(llama_server: Server, tmp
     check_run(llama_server, db_url, sent, before)
 
 
-def test_a_master_and_a_worker_store_one_ok_row_per_request(llama_server: Server, tmp_path: Path) -> None:
+def test_a_master_and_a_worker_store_one_ok_row_per_request_the_server_served(
+    llama_server: Server, tmp_path: Path
+) -> None:
     db_url = fresh_database(tmp_path)
     env = stampede_env(db_url, tmp_path)
     port = free_port()
     before = prometheus_counters(llama_server.url)
     with (tmp_path / "worker.log").open("w") as worker_log:
         worker = subprocess.Popen(
-            [*LOCUST, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port), "OpenAIChatUser"],
+            [*LOCUST, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port),
+             "OpenAIChatUser"],
             env=env, stdout=worker_log, stderr=subprocess.STDOUT, cwd=tmp_path,
         )  # fmt: skip
     try:
@@ -76,4 +83,7 @@ def test_a_master_and_a_worker_store_one_ok_row_per_request(llama_server: Server
         worker.wait(timeout=60)  # a worker quits when its master does, after handing over its records
     finally:
         stop(worker)
-    check_run(llama_server, db_url, sent_requests(result.stdout), before)
+    # Locust's master prints its totals 0.5 s after telling its workers to quit, while a worker first lets its
+    # users finish (up to --stop-timeout) and only then sends its last report: the master's count misses the
+    # worker's last seconds (16 of 60 requests here). The server's own counters are the exact check.
+    check_run(llama_server, db_url, sent_requests(result.stdout), before, locust_counts_all=False)
