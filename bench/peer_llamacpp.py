@@ -1,11 +1,11 @@
 """Stampede beside a peer tool (AIPerf) on the same real server: llama.cpp's ``llama-server``.
 
 Both tools load the same ``llama-server`` (the tiny random-weight model of
-``scripts/make_tiny_gguf.py``, ``-np`` slots equal to the concurrency, one thread) with the same
-concurrency and the same prompts (one file, in each tool's format), each for the same duration and
-output length (``ignore_eos``), one after the other, after a warm-up of each. The server is pinned
-to core 0 and the load generators to core 1 (``taskset``), so neither steals the other's CPU. It
-prints the output-token throughput each tool measured and their ratio.
+``scripts/make_tiny_gguf.py`` in the tests' size, ``-np`` slots equal to the concurrency, one
+thread) with the same concurrency and the same prompts (one file, in each tool's format), each for
+the same duration and output length (``ignore_eos``), one after the other, after a warm-up of each.
+The server is pinned to core 0 and the load generators to core 1 (``taskset``), so neither steals
+the other's CPU. It prints the output-token throughput each tool measured and their ratio.
 
 AIPerf is installed once into its own venv in the cache directory (about 1.2 GB); llama.cpp is the
 tests' cached build (``tests/realservers/llamacpp.py``). Run from the repository root:
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 from stampede.report import step_summaries  # noqa: E402
 from tests.realservers import llamacpp  # noqa: E402
-from tests.realservers.servers import MODEL_NAME, serve_llama_server  # noqa: E402
+from tests.realservers.servers import MODEL_NAME, MODEL_OPTIONS, serve_llama_server  # noqa: E402
 
 AIPERF = "aiperf==0.13.0"
 SERVER_CORE = "0"
@@ -60,6 +60,13 @@ def write_prompts(directory: Path, count: int, words: int, output_tokens: int, s
     return ours, theirs
 
 
+def run(command: list[str], **kwargs: object) -> None:
+    """Run a tool; if it fails, stop saying which and with the end of its output."""
+    result = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        sys.exit(f"{Path(command[3]).name} failed ({result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
+
+
 def run_stampede(url: str, prompts: Path, users: int, duration_s: float, workdir: Path) -> float:
     """Output tokens/s that ``stampede sweep`` measured over one step of ``users``."""
     db_url = f"sqlite:///{workdir}/stampede-{uuid.uuid4().hex[:8]}.db"
@@ -69,7 +76,7 @@ def run_stampede(url: str, prompts: Path, users: int, duration_s: float, workdir
                "--warmup-s", "0", "--ignore-eos", "--prompt-set", f"jsonl:{prompts}",
                "--run-id", str(run_id)]  # fmt: skip
     env = {"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin", "HOME": str(workdir)}
-    subprocess.run(command, check=True, env=env, cwd=workdir, capture_output=True)
+    run(command, env=env, cwd=workdir)
     with Session(create_engine(db_url)) as session:
         (step,) = step_summaries(session, run_id)
     return step.summary.output_tokens_per_s
@@ -85,7 +92,7 @@ def run_aiperf(url: str, prompts: Path, tokenizer: Path, users: int, duration_s:
                "--input-file", str(prompts), "--custom-dataset-type", "single_turn",
                "--extra-inputs", "ignore_eos:true", "--use-server-token-count",
                "--connection-reuse-strategy", "never", "--ui", "none", "--artifact-dir", str(out)]  # fmt: skip
-    subprocess.run(command, check=True, cwd=workdir, capture_output=True)
+    run(command, cwd=workdir)
     export = json.loads((out / "profile_export_aiperf.json").read_text())
     return float(export["output_token_throughput"]["avg"])
 
@@ -102,7 +109,8 @@ def main() -> None:
         workdir = Path(tmp)
         model, tokenizer = workdir / "tiny.gguf", workdir / "tokenizer"
         script = Path(__file__).resolve().parents[1] / "scripts" / "make_tiny_gguf.py"
-        subprocess.run([sys.executable, str(script), str(model), "--hf-tokenizer", str(tokenizer)], check=True)
+        make_model = [sys.executable, str(script), str(model), *MODEL_OPTIONS, "--hf-tokenizer", str(tokenizer)]
+        subprocess.run(make_model, check=True, capture_output=True)
         ours, theirs = write_prompts(workdir, 64, args.prompt_words, args.output_tokens, seed=0)
         prefix = ["taskset", "-c", SERVER_CORE]
         with serve_llama_server(model, workdir / "llama-server.log", slots=args.users, prefix=prefix) as server:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.realservers import llamacpp
-from tests.realservers.servers import Server, serve_llama_server, write_tiny_gguf
+from tests.realservers.servers import MODEL_OPTIONS, Server, serve_llama_server, write_tiny_gguf
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +27,7 @@ def llama_server_binary() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # 8 blocks of width 512 (about 50 MB): decoding outweighs the server's per-request work, so its slots,
-    # not HTTP, are what limits throughput, as with a real model.
-    return write_tiny_gguf(tmp_path_factory.mktemp("model") / "tiny.gguf", "--layers", "8", "--embedding", "512")
+    return write_tiny_gguf(tmp_path_factory.mktemp("model") / "tiny.gguf", *MODEL_OPTIONS)
 
 
 @pytest.fixture(scope="module")
