@@ -7,7 +7,7 @@ machine builds once: about 4.5 minutes on 2 cores the first time, nothing afterw
 lets parallel pytest processes share one build, and a marker written last means a half-finished
 build (killed, out of disk) is never used: the next caller starts it again.
 
-Run as a script to build ahead of the tests: ``python -m tests.realservers.llamacpp``.
+Run as a script to build and install all of it ahead of the tests: ``python -m tests.realservers.llamacpp``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+LITELLM_REQUIREMENT = "litellm[proxy]==1.108.7"
 HOW_TO_GET_TOOLS = "apt-get install cmake g++ (the llama.cpp build needs both)"
 BUILD_JOBS = os.environ.get("STAMPEDE_BUILD_JOBS", "2")
 # Release, shared libraries (llama-cpp-python's server loads the same libllama), and nothing that
@@ -137,10 +138,11 @@ def cached_venv(name: str, requirements: list[str], env: dict[str, str] | None =
     root = cache_dir() / name
     python = root / "bin" / "python"
     done = root / "INSTALL_COMPLETE"
-    if done.exists():
+    wanted = " ".join(requirements) + "\n"  # a venv made for other requirements is made again
+    if done.exists() and done.read_text() == wanted:
         return python
     with locked(cache_dir() / f"{name}.lock"):
-        if done.exists():
+        if done.exists() and done.read_text() == wanted:
             return python
         shutil.rmtree(root, ignore_errors=True)
         log = cache_dir() / f"{name}.log"
@@ -148,7 +150,7 @@ def cached_venv(name: str, requirements: list[str], env: dict[str, str] | None =
         run_logged([sys.executable, "-m", "venv", str(root)], log)
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         run_logged([*pip, *requirements], log, env={**os.environ, **(env or {})})
-        done.write_text(" ".join(requirements) + "\n")
+        done.write_text(wanted)
     return python
 
 
@@ -170,6 +172,12 @@ def llama_cpp_python_env() -> dict[str, str]:
     return {**os.environ, "LLAMA_CPP_LIB_PATH": str(lib_dir())}
 
 
+def litellm_proxy() -> Path:
+    """The ``litellm`` command of a venv with LiteLLM's proxy (about 750 MB)."""
+    return cached_venv("litellm-proxy", [LITELLM_REQUIREMENT]).parent / "litellm"
+
+
 if __name__ == "__main__":
     print(llama_server())
     print(llama_cpp_python())
+    print(litellm_proxy())

@@ -121,16 +121,12 @@ def serve_llama_cpp_python(model: Path, log: Path) -> contextlib.AbstractContext
     return _started(command, log, f"http://127.0.0.1:{port}", "/v1/models", env=llamacpp.llama_cpp_python_env())
 
 
-LITELLM_REQUIREMENT = "litellm[proxy]==1.108.7"
-
-
 def serve_litellm(upstream: Server, log: Path, master_key: str) -> contextlib.AbstractContextManager[Server]:
     """LiteLLM's proxy (from its own cached venv) in front of ``upstream`` as model ``tiny``, offline.
 
     It refuses to start without a master key, which clients then send as their bearer token.
     ``LITELLM_LOCAL_MODEL_COST_MAP`` keeps it from fetching its price map at start.
     """
-    python = llamacpp.cached_venv("litellm-proxy", [LITELLM_REQUIREMENT])
     config = log.with_suffix(".yaml")
     config.write_text(
         json.dumps(  # JSON is YAML: no YAML writer needed here
@@ -149,7 +145,7 @@ def serve_litellm(upstream: Server, log: Path, master_key: str) -> contextlib.Ab
         )
     )
     port = free_port()
-    command = [str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    command = [str(llamacpp.litellm_proxy()), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "LITELLM_MASTER_KEY": master_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            "LITELLM_TELEMETRY": "False"}  # fmt: skip
     return _started(command, log, f"http://127.0.0.1:{port}", "/health/liveliness", env=env)

@@ -20,7 +20,7 @@ from dashboard import queries
 from stampede.schema import Request
 from tests.realservers import llamacpp
 from tests.realservers.runs import run_stampede
-from tests.realservers.servers import LITELLM_REQUIREMENT, MODEL_NAME, Server, serve_litellm
+from tests.realservers.servers import MODEL_NAME, Server, serve_litellm
 
 pytest_plugins = ["tests.realservers.llamacpp_fixtures"]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -37,9 +37,9 @@ def master_key() -> str:
 @pytest.fixture(scope="module")
 def gateway(llama_server: Server, master_key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
-        llamacpp.cached_venv("litellm-proxy", [LITELLM_REQUIREMENT])
+        llamacpp.litellm_proxy()
     except RuntimeError as exc:
-        pytest.fail(f"installing {LITELLM_REQUIREMENT} from PyPI failed: {exc}")
+        pytest.fail(f"installing {llamacpp.LITELLM_REQUIREMENT} from PyPI failed: {exc}")
     with serve_litellm(llama_server, tmp_path_factory.mktemp("litellm") / "litellm.log", master_key) as server:
         yield server
 
