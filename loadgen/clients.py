@@ -143,7 +143,7 @@ def _late(m: Measurement, index: int) -> None:
 
 
 def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurement, stamps: ReadStamps) -> None:
-    ended = False
+    end: StreamEnd | None = None
     server_error = None
     offset_ns = 0
     # The read that completed the headers may have taken body lines too: none is its first line.
@@ -186,15 +186,17 @@ def _read_stream(response: Any, parser: StreamParser, start_ns: int, m: Measurem
             elif isinstance(event, ServerTimings):
                 m.server_timings_ms.update(event.timings_ms)
             elif isinstance(event, StreamEnd):
-                ended = True
+                end = event
             elif isinstance(event, ServerError):
                 server_error = event.message
     # The response ends with its last line: timed like a chunk, so E2E and TPOT use one clock.
     m.end_offset_ns = offset_ns
     if server_error is not None:
         m.fail(Outcome.TRUNCATED, f"server error in stream: {server_error}")
-    elif not ended:
+    elif end is None:
         m.fail(Outcome.TRUNCATED, "stream ended before its final message")
+    elif not end.finished:
+        m.fail(Outcome.ABORTED, "the server ended the stream before the request finished (no finish_reason, no usage)")
 
 
 def _readline(response: Any, limit: int) -> bytes:

@@ -75,7 +75,13 @@ class ServerTimings:
 
 @dataclass(frozen=True, slots=True)
 class StreamEnd:
-    """The server's explicit end of stream (Ollama ``done``, OpenAI ``[DONE]``)."""
+    """The server's explicit end of stream (Ollama ``done``, OpenAI ``[DONE]``).
+
+    ``finished`` is False for an OpenAI stream whose ``[DONE]`` came before any choice's
+    ``finish_reason`` and any ``usage``: the server stopped the request rather than completing it.
+    """
+
+    finished: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +222,11 @@ class OllamaParser(StreamParser):
 class OpenAIParser(StreamParser):
     """OpenAI ``/v1/chat/completions`` server-sent events."""
 
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        super().__init__(max_line_bytes)
+        # A completed request has a choice with a finish_reason or a usage chunk (sent after the last token).
+        self._finished = False
+
     def _parse_line(self, line: bytes, offset_ns: int, events: list[Event]) -> None:
         if not line.startswith(b"data:"):
             if line.startswith((b":", b"event:", b"id:", b"retry:")):
@@ -223,7 +234,7 @@ class OpenAIParser(StreamParser):
             raise InvalidStream(f"not a server-sent event: {line[:80]!r}")
         payload = line[5:].strip()
         if payload == b"[DONE]":
-            events.append(StreamEnd())
+            events.append(StreamEnd(self._finished))
             return
         obj = _json(payload)
         if not isinstance(obj, dict):
@@ -232,6 +243,7 @@ class OpenAIParser(StreamParser):
             events.append(ServerError(_error_message(obj["error"])))
             return
         for choice in obj.get("choices") or ():
+            self._finished = self._finished or choice.get("finish_reason") is not None
             delta = choice.get("delta") or {}
             text = _text(delta.get("content")) or _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
             if text:
@@ -239,6 +251,7 @@ class OpenAIParser(StreamParser):
                 break
         usage = obj.get("usage")
         if usage:
+            self._finished = True
             events.append(TokenCounts.reported(usage.get("prompt_tokens"), usage.get("completion_tokens"), "usage"))
         timings = obj.get("timings")
         if timings:

@@ -29,6 +29,9 @@ class Outcome(str, Enum):
     CONNECTION_ERROR = "connection_error"
     CANCELLED = "cancelled"
     """Still running when the load stopped (Locust killed its user): the chunks that came are kept."""
+    ABORTED = "aborted"
+    """The server ended the stream properly but before the request finished: it gave up on it (llama-cpp-python's
+    server stops the running stream when a newer request arrives). Not a cut connection: that is ``truncated``."""
 
 
 class Api(str, Enum):

@@ -65,7 +65,10 @@ def llamacpp_slot_values(slots: list[dict[str, Any]]) -> list[Value]:
         values.append(("llamacpp_slot:is_processing", labels, float(bool(slot.get("is_processing")))))
         if "n_ctx" in slot:
             values.append(("llamacpp_slot:n_ctx", labels, float(slot["n_ctx"])))
-        decoded = (slot.get("next_token") or {}).get("n_decoded")
+        next_token = slot.get("next_token") or {}
+        if isinstance(next_token, list):  # newer llama-server (as llama-cpp-python 0.3.36 vendors it) sends a list
+            next_token = next_token[0] if next_token else {}
+        decoded = next_token.get("n_decoded")
         if decoded is not None:
             values.append(("llamacpp_slot:n_decoded", labels, float(decoded)))
     return values

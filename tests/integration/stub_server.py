@@ -86,6 +86,18 @@ class _Handler(socketserver.StreamRequestHandler):
         self._send(content("a"), USAGE)
         self._end()
 
+    def _interrupted(self) -> None:
+        # llama-cpp-python's server stopping a stream for a newer request: [DONE] straight after a token.
+        self._head()
+        self._send(content("a"), DONE)
+        self._end()
+
+    def _finished_without_usage(self) -> None:
+        # llama-cpp-python's normal end: the last chunk's finish_reason, then [DONE], no usage.
+        self._head()
+        self._send(content("a"), sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}), DONE)
+        self._end()
+
     def _invalid(self) -> None:
         self._head()
         self._send(content("a"), b'data: {"choices": [\n\n')

@@ -49,13 +49,24 @@ def test_http_errors_keep_their_status_and_body(base_url: str, behaviour: str, s
 
 @pytest.mark.parametrize(
     ("behaviour", "outcome"),
-    [("cut", Outcome.TRUNCATED), ("no-done", Outcome.TRUNCATED), ("invalid", Outcome.INVALID_STREAM)],
+    [
+        ("cut", Outcome.TRUNCATED),
+        ("no-done", Outcome.TRUNCATED),
+        ("invalid", Outcome.INVALID_STREAM),
+        ("interrupted", Outcome.ABORTED),
+    ],
 )
 def test_broken_streams_are_classified(base_url: str, behaviour: str, outcome: Outcome) -> None:
     m = send(base_url, behaviour)
     assert m.outcome is outcome, m.error
     assert m.http_status == 200
     assert len(m.chunk_offsets_ns) == 1  # what arrived before the break is kept
+
+
+def test_a_stream_that_finished_without_usage_is_ok(base_url: str) -> None:
+    m = send(base_url, "finished-without-usage")
+    assert m.outcome is Outcome.OK, m.error
+    assert (m.prompt_tokens, m.output_tokens) == (None, None)
 
 
 def test_a_stalled_stream_times_out(base_url: str) -> None:

@@ -46,6 +46,20 @@ def test_events_do_not_depend_on_how_the_body_is_sliced(parser_class, body_of, s
     assert isinstance(events[-1], StreamEnd)
 
 
+@pytest.mark.parametrize(
+    ("last", "finished"),
+    [
+        (b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n', True),
+        (b'data: {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1}}\n', True),
+        (b'data: {"choices": [{"delta": {"content": "b"}, "finish_reason": null}]}\n', False),
+    ],
+)
+def test_done_says_whether_the_request_finished_before_it(last: bytes, finished: bool) -> None:
+    parser = OpenAIParser()
+    events = parser.feed(b'data: {"choices": [{"delta": {"content": "a"}}]}\n' + last + b"data: [DONE]\n", 1)
+    assert events[-1] == StreamEnd(finished)
+
+
 def test_chunks_carry_the_offset_of_the_bytes_that_completed_them() -> None:
     parser = OpenAIParser()
     assert parser.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}', 5) == []

@@ -55,6 +55,19 @@ def test_llamacpp_slots_show_busy_slots_and_tokens_decoded() -> None:
     assert decoded == {"0": 125.0, "1": 8.0, "2": 0.0}
 
 
+def test_llamacpp_slots_of_newer_servers_list_their_next_token() -> None:
+    # llama-server as llama-cpp-python 0.3.36 vendors it: next_token is a list; an idle slot that served
+    # nothing yet has none.
+    slots = [
+        {"id": 0, "n_ctx": 2048, "is_processing": True, "next_token": [{"n_remain": 90, "n_decoded": 106}]},
+        {"id": 1, "n_ctx": 2048, "is_processing": False},
+    ]
+    found = scrapers.llamacpp_slot_values(slots)
+    decoded = {labels["slot"]: v for m, labels, v in found if m == "llamacpp_slot:n_decoded"}
+    busy = {labels["slot"]: v for m, labels, v in found if m == "llamacpp_slot:is_processing"}
+    assert (decoded, busy) == ({"0": 106.0}, {"0": 1.0, "1": 0.0})
+
+
 def test_ollama_ps_shows_partial_cpu_offload() -> None:
     found = scrapers.ollama_ps_values(json.loads((FIXTURES / "ollama_ps.json").read_text()))
     fraction = {labels["model"]: v for m, labels, v in found if m == "ollama:vram_fraction"}
