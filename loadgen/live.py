@@ -1,0 +1,306 @@
+"""Live LLM figures: mergeable per-second summaries of finished requests, and the window arithmetic.
+
+Each finished request is added to the :class:`Summary` of its target, step, warm-up flag and the
+wall-clock second its response ended. Summaries add up: a Locust worker ships the ones it filled
+since its last report (counts and histograms, never the requests), and the master adds them into its
+own :class:`LiveFigures`, which answers for a sliding window of whole seconds and for a step so far.
+
+Latencies go into :class:`LogHistogram`, a fixed-bucket log histogram: a percentile read from it is
+within ``RELATIVE_ERROR`` (1 %) of the exact one (numpy's linear interpolation between ranks, as
+:func:`stampede.metrics.summarize_step` computes it over the stored rows), or within ``ZERO_MS`` of
+it for values below that. Per-request figures are the stored record's own (:mod:`stampede.records`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stampede import metrics
+from stampede.metrics import Percentiles
+from stampede.records import Outcome, RequestRecord
+
+RELATIVE_ERROR = 0.01
+_GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
+_LOG_GAMMA = math.log(_GAMMA)
+ZERO_MS = 0.001
+"""Values below this (1 µs) share one bucket read as 0: their percentiles are exact to within it."""
+_VECTOR_MIN = 32  # from this many values numpy buckets them faster than a Python loop
+
+
+def _bucket(value: float) -> int:
+    return math.ceil(math.log(value) / _LOG_GAMMA)
+
+
+def _value(bucket: int) -> float:
+    # Bucket i holds (γ^(i-1), γ^i]; 2γ^i / (γ + 1) is within RELATIVE_ERROR of every value in it.
+    return 2 * _GAMMA**bucket / (_GAMMA + 1)
+
+
+class LogHistogram:
+    """Counts of values in buckets ``(γ^(i-1), γ^i]``, ``γ = (1 + 0.01) / (1 - 0.01)``, plus a zero bucket."""
+
+    __slots__ = ("counts", "zeros")
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+        self.zeros = 0
+
+    @property
+    def count(self) -> int:
+        return self.zeros + sum(self.counts.values())
+
+    def add(self, value: float) -> None:
+        if value < ZERO_MS:
+            self.zeros += 1
+        else:
+            self.counts[_bucket(value)] += 1
+
+    def extend(self, values: Sequence[float]) -> None:
+        if len(values) < _VECTOR_MIN:
+            for value in values:
+                self.add(value)
+            return
+        arr = np.asarray(values, dtype=float)
+        small = arr < ZERO_MS
+        self.zeros += int(small.sum())
+        buckets, counts = np.unique(np.ceil(np.log(arr[~small]) / _LOG_GAMMA), return_counts=True)
+        for bucket, n in zip(buckets.tolist(), counts.tolist(), strict=True):
+            self.counts[int(bucket)] += n
+
+    def merge(self, other: LogHistogram) -> None:
+        self.counts.update(other.counts)
+        self.zeros += other.zeros
+
+    def percentiles(self) -> Percentiles:
+        """p50/p90/p99 as numpy's linear method takes them: between the values of ranks ⌊r⌋ and ⌈r⌉,
+        ``r = q (n - 1)``, each read as its bucket's value, so the error stays within RELATIVE_ERROR."""
+        n = self.count
+        if n == 0:
+            return Percentiles(None, None, None)
+        buckets = sorted(self.counts)
+        ends = np.cumsum([self.zeros, *(self.counts[b] for b in buckets)])
+        values = [0.0, *(_value(b) for b in buckets)]
+
+        def at_rank(rank: int) -> float:
+            return values[int(np.searchsorted(ends, rank, side="right"))]
+
+        out = []
+        for q in metrics.PERCENTILES:
+            rank = q / 100 * (n - 1)
+            low, high = math.floor(rank), math.ceil(rank)
+            out.append(at_rank(low) + (rank - low) * (at_rank(high) - at_rank(low)))
+        return Percentiles(*out)
+
+    def to_wire(self) -> list[Any]:
+        return [self.zeros, list(self.counts), list(self.counts.values())]
+
+    @classmethod
+    def from_wire(cls, data: Sequence[Any]) -> LogHistogram:
+        hist = cls()
+        hist.zeros = int(data[0])
+        hist.counts = Counter(dict(zip((int(b) for b in data[1]), (int(c) for c in data[2]), strict=True)))
+        return hist
+
+
+_HISTOGRAMS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
+_COUNTS = ("requests", "ok", "output_tokens", "reconnects", "late_chunks")
+
+
+@dataclass
+class Summary:
+    """What the requests of one slice add up to; ``add`` takes a record, ``merge`` another summary."""
+
+    requests: int = 0
+    ok: int = 0
+    output_tokens: int = 0
+    """Σ output tokens of successful requests (server count, else tokenizer, else chunks)."""
+    ok_e2e_ms: float = 0.0
+    """Σ E2E of successful requests: output tokens / this is what one stream delivers."""
+    reconnects: int = 0
+    late_chunks: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    ttft_ms: LogHistogram = field(default_factory=LogHistogram)
+    itl_ms: LogHistogram = field(default_factory=LogHistogram)
+    tpot_ms: LogHistogram = field(default_factory=LogHistogram)
+    e2e_ms: LogHistogram = field(default_factory=LogHistogram)
+
+    def add(self, record: RequestRecord) -> None:
+        """Count a finished request as :func:`stampede.metrics.summarize_step` counts a stored row."""
+        self.requests += 1
+        self.reconnects += record.reconnects
+        if record.outcome is not Outcome.OK:
+            self.errors[record.outcome.value] += 1
+            return
+        self.ok += 1
+        tokens, _ = metrics.output_token_count(
+            record.output_tokens, record.client_output_tokens, len(record.chunk_offsets_ns)
+        )
+        self.output_tokens += tokens
+        e2e = record.e2e_ms
+        self.ok_e2e_ms += e2e
+        self.e2e_ms.add(e2e)
+        ttft, tpot = record.ttft_ms, record.tpot_ms
+        # A request that waited for a model load is a load, not a slow TTFT (docs/metrics.md).
+        if ttft is not None and float(record.server_timings_ms.get("load_ms") or 0) < metrics.MODEL_LOAD_MIN_MS:
+            self.ttft_ms.add(ttft)
+        if tpot is not None:
+            self.tpot_ms.add(tpot)
+        self.itl_ms.extend(record.itl_ms)
+        self.late_chunks += len(record.late_chunks)
+
+    def merge(self, other: Summary) -> None:
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.ok_e2e_ms += other.ok_e2e_ms
+        self.errors.update(other.errors)
+        for name in _HISTOGRAMS:
+            getattr(self, name).merge(getattr(other, name))
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {name: getattr(self, name) for name in _COUNTS}
+        wire |= {"ok_e2e_ms": self.ok_e2e_ms, "errors": dict(self.errors)}
+        return wire | {name: getattr(self, name).to_wire() for name in _HISTOGRAMS}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Summary:
+        summary = cls(**{name: int(data[name]) for name in _COUNTS}, ok_e2e_ms=float(data["ok_e2e_ms"]))
+        summary.errors = Counter({str(k): int(v) for k, v in data["errors"].items()})
+        for name in _HISTOGRAMS:
+            setattr(summary, name, LogHistogram.from_wire(data[name]))
+        return summary
+
+
+@dataclass(frozen=True)
+class Figures:
+    """A scope's figures over ``duration_s``; rates divide by it, as a step's divide by ``measured_s``."""
+
+    duration_s: float
+    requests: int
+    errors: dict[str, int]
+    requests_per_s: float
+    output_tokens_per_s: float
+    output_tokens_per_s_per_request: float | None
+    """``Σ output tokens / Σ E2E`` of successful requests: the rate one stream saw, its waits included."""
+    ttft_ms: Percentiles
+    itl_ms: Percentiles
+    tpot_ms: Percentiles
+    e2e_ms: Percentiles
+    reconnects: int
+    late_chunks: int
+
+
+def figures(summary: Summary, duration_s: float) -> Figures:
+    """``requests_per_s = successful requests / duration_s``, ``output_tokens_per_s = Σ output tokens
+    of successful requests / duration_s``; percentiles over successful requests."""
+    window = max(duration_s, 1e-9)
+    return Figures(
+        duration_s=duration_s,
+        requests=summary.requests,
+        errors=dict(summary.errors),
+        requests_per_s=summary.ok / window,
+        output_tokens_per_s=summary.output_tokens / window,
+        output_tokens_per_s_per_request=summary.output_tokens / (summary.ok_e2e_ms / 1000)
+        if summary.ok_e2e_ms > 0
+        else None,
+        ttft_ms=summary.ttft_ms.percentiles(),
+        itl_ms=summary.itl_ms.percentiles(),
+        tpot_ms=summary.tpot_ms.percentiles(),
+        e2e_ms=summary.e2e_ms.percentiles(),
+        reconnects=summary.reconnects,
+        late_chunks=summary.late_chunks,
+    )
+
+
+SliceKey = tuple[str, int, bool, int]
+"""(target, step index, in warm-up, wall-clock second the response ended)."""
+
+
+def slice_key(record: RequestRecord) -> SliceKey:
+    ended_s = record.started_at.timestamp() + record.end_offset_ns / 1e9
+    return record.target, record.step_index, record.in_warmup, math.floor(ended_s)
+
+
+class Slices:
+    """Summaries by :data:`SliceKey`: what a worker fills between reports and ships as wire data."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[SliceKey, Summary] = {}
+
+    def add(self, record: RequestRecord) -> None:
+        self.at(slice_key(record)).add(record)
+
+    def at(self, key: SliceKey) -> Summary:
+        summary = self.by_key.get(key)
+        if summary is None:
+            summary = self.by_key[key] = Summary()
+        return summary
+
+    def drain(self) -> list[list[Any]]:
+        """The slices as wire data, emptied: a worker's report carries each request once."""
+        wire = [[*key, summary.to_wire()] for key, summary in self.by_key.items()]
+        self.by_key = {}
+        return wire
+
+
+class LiveStore:
+    """The coordinator's figures: per-second slices for the sliding window, and a total per step.
+
+    Seconds older than the window are dropped; a step's total keeps the requests sent after its
+    warm-up, as the stored step figures do.
+    """
+
+    def __init__(self, window_s: int) -> None:
+        self.window_s = window_s
+        self.seconds = Slices()
+        self.steps: dict[tuple[str, int], Summary] = {}
+
+    def add(self, record: RequestRecord) -> None:
+        key = slice_key(record)
+        self.seconds.at(key).add(record)
+        if not record.in_warmup:
+            self._step(key).add(record)
+
+    def merge(self, key: SliceKey, summary: Summary) -> None:
+        self.seconds.at(key).merge(summary)
+        if not key[2]:
+            self._step(key).merge(summary)
+
+    def merge_wire(self, wire: Iterable[Sequence[Any]]) -> None:
+        for target, step, warmup, second, data in wire:
+            self.merge((str(target), int(step), bool(warmup), int(second)), Summary.from_wire(data))
+
+    def _step(self, key: SliceKey) -> Summary:
+        total = self.steps.get((key[0], key[1]))
+        if total is None:
+            total = self.steps[(key[0], key[1])] = Summary()
+        return total
+
+    def window(self, target: str, end_s: int) -> Summary:
+        """Every request of ``target`` whose response ended in the whole seconds ``[end_s - window_s, end_s)``."""
+        total = Summary()
+        for (t, _, _, second), summary in self.seconds.by_key.items():
+            if t == target and end_s - self.window_s <= second < end_s:
+                total.merge(summary)
+        return total
+
+    def step(self, target: str, index: int) -> Summary:
+        """The requests of step ``index`` sent after its warm-up, those ended so far."""
+        return self.steps.get((target, index)) or Summary()
+
+    def prune(self, end_s: int) -> None:
+        """Forget seconds that have left the window ending at ``end_s``."""
+        start = end_s - self.window_s
+        self.seconds.by_key = {k: v for k, v in self.seconds.by_key.items() if k[3] >= start}
+
+    def targets(self) -> list[str]:
+        return sorted({target for target, _ in self.steps} | {key[0] for key in self.seconds.by_key})
+
+    def clear(self) -> None:
+        self.seconds = Slices()
+        self.steps = {}
