@@ -34,6 +34,7 @@ from loadgen.prompts import PromptPicker
 from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
 from loadgen.rxstamps import StampedHTTPClient
 from loadgen.sinks import make_sink
+from loadgen.webui import live_view
 from stampede.preflight import StoreUnavailable, check_stores, database_named
 from stampede.records import Api, Outcome, RequestRecord, utc_now
 from stampede.settings import get_settings
@@ -66,7 +67,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
     except StoreUnavailable as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
-    context = RunContext(environment, make_sink(settings))
+    context = RunContext(environment, live_view(environment, make_sink(settings)))
     environment.stampede = context  # type: ignore[attr-defined]
     # The embedded sink's store child starts up meanwhile (see EmbeddedSink): let it finish before any
     # load, and before Locust's run time starts counting.

@@ -251,56 +251,62 @@ class Slices:
 class LiveStore:
     """The coordinator's figures: per-second slices for the sliding window, and a total per step.
 
-    Seconds older than the window are dropped; a step's total keeps the requests sent after its
-    warm-up, as the stored step figures do.
+    Seconds that leave the window are folded into their step's total (those sent after the warm-up,
+    as the stored step figures count them), so memory stays bounded however long the run.
     """
 
     def __init__(self, window_s: int) -> None:
         self.window_s = window_s
         self.seconds = Slices()
-        self.steps: dict[tuple[str, int], Summary] = {}
+        self.folded: dict[tuple[str, int], Summary] = {}
 
     def add(self, record: RequestRecord) -> None:
-        key = slice_key(record)
-        self.seconds.at(key).add(record)
-        if not record.in_warmup:
-            self._step(key).add(record)
+        self.seconds.at(slice_key(record)).add(record)
 
     def merge(self, key: SliceKey, summary: Summary) -> None:
         self.seconds.at(key).merge(summary)
-        if not key[2]:
-            self._step(key).merge(summary)
 
     def merge_wire(self, wire: Iterable[Sequence[Any]]) -> None:
         for target, step, warmup, second, data in wire:
             self.merge((str(target), int(step), bool(warmup), int(second)), Summary.from_wire(data))
 
-    def _step(self, key: SliceKey) -> Summary:
-        total = self.steps.get((key[0], key[1]))
-        if total is None:
-            total = self.steps[(key[0], key[1])] = Summary()
+    def _sum(self, keep: Any, end_s: int) -> Summary:
+        total = Summary()
+        for key, summary in self.seconds.by_key.items():
+            if key[3] < end_s and keep(key):
+                total.merge(summary)
         return total
 
     def window(self, target: str, end_s: int) -> Summary:
         """Every request of ``target`` whose response ended in the whole seconds ``[end_s - window_s, end_s)``."""
-        total = Summary()
-        for (t, _, _, second), summary in self.seconds.by_key.items():
-            if t == target and end_s - self.window_s <= second < end_s:
-                total.merge(summary)
+        return self._sum(lambda k: k[0] == target and k[3] >= end_s - self.window_s, end_s)
+
+    def step(self, target: str, index: int, end_s: int) -> Summary:
+        """The requests of step ``index`` sent after its warm-up whose responses ended before ``end_s``."""
+        total = self._sum(lambda k: k[0] == target and k[1] == index and not k[2], end_s)
+        folded = self.folded.get((target, index))
+        if folded is not None:
+            total.merge(folded)
         return total
 
-    def step(self, target: str, index: int) -> Summary:
-        """The requests of step ``index`` sent after its warm-up, those ended so far."""
-        return self.steps.get((target, index)) or Summary()
+    def steps(self) -> list[tuple[str, int]]:
+        keys = {(k[0], k[1]) for k in self.seconds.by_key if not k[2]}
+        return sorted(keys | set(self.folded))
 
     def prune(self, end_s: int) -> None:
-        """Forget seconds that have left the window ending at ``end_s``."""
+        """Fold the seconds that have left the window ending at ``end_s`` into their steps' totals."""
         start = end_s - self.window_s
-        self.seconds.by_key = {k: v for k, v in self.seconds.by_key.items() if k[3] >= start}
+        kept: dict[SliceKey, Summary] = {}
+        for key, summary in self.seconds.by_key.items():
+            if key[3] >= start:
+                kept[key] = summary
+            elif not key[2]:
+                self.folded.setdefault((key[0], key[1]), Summary()).merge(summary)
+        self.seconds.by_key = kept
 
     def targets(self) -> list[str]:
-        return sorted({target for target, _ in self.steps} | {key[0] for key in self.seconds.by_key})
+        return sorted({target for target, _ in self.steps()})
 
     def clear(self) -> None:
         self.seconds = Slices()
-        self.steps = {}
+        self.folded = {}

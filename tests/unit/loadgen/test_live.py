@@ -122,10 +122,10 @@ def test_worker_slices_merged_on_the_master_equal_one_process_seeing_every_reque
         # Locust sends worker reports with msgpack: the slices must survive it.
         master.merge_wire(msgpack.loads(msgpack.dumps(worker.drain()), strict_map_key=False))
         assert worker.by_key == {}  # a report carries each request once
-    end = 60
+    end = int(T0.timestamp()) + 60
     for index in range(4):
-        assert figures(master.step("sim", index), 1.0) == figures(alone.step("sim", index), 1.0)
-        assert master.step("sim", index).requests == 8  # two of each step's ten were in warm-up
+        assert figures(master.step("sim", index, end), 1.0) == figures(alone.step("sim", index, end), 1.0)
+        assert master.step("sim", index, end).requests == 8  # two of each step's ten were in warm-up
     assert figures(master.window("sim", end), 30.0) == figures(alone.window("sim", end), 30.0)
 
 
@@ -137,9 +137,10 @@ def test_the_window_holds_the_whole_seconds_before_its_end_and_prune_forgets_old
     assert store.window("sim", base + 10).requests == 3  # ended in seconds 0, 4, 9
     assert store.window("sim", base + 20).requests == 2  # ended in seconds 12, 19
     assert store.window("sim", base + 20).requests == figures(store.window("sim", base + 20), 10).requests
+    assert store.step("sim", 0, base + 10).requests == 3  # a step's total ends where the window does
     store.prune(base + 20)
     assert store.window("sim", base + 10).requests == 0
-    assert store.step("sim", 0).requests == 5  # the step total outlives the window
+    assert store.step("sim", 0, base + 20).requests == 5  # folded in: the step total outlives the window
 
 
 def test_warm_up_requests_count_in_the_window_but_not_in_the_step() -> None:
@@ -147,7 +148,7 @@ def test_warm_up_requests_count_in_the_window_but_not_in_the_step() -> None:
     store.add(record(1, warmup=True))
     store.add(record(2))
     assert store.window("sim", int(T0.timestamp()) + 30).requests == 2
-    assert store.step("sim", 0).requests == 1
+    assert store.step("sim", 0, int(T0.timestamp()) + 30).requests == 1
 
 
 def test_targets_are_kept_apart() -> None:
