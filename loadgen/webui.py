@@ -72,8 +72,11 @@ class TappedSink:
         return getattr(self._sink, name)
 
 
-def live_view(environment: Environment, sink: Any) -> TappedSink:
-    """Show the run's LLM figures in Locust's outputs; returns ``sink`` tapped for them."""
+def live_view(environment: Environment, sink: Any) -> Any:
+    """Show the run's LLM figures in Locust's outputs; returns ``sink`` tapped for them (as it is with
+    ``--no-live-figures``)."""
+    if getattr(environment.parsed_options, "no_live_figures", False):
+        return sink
     return TappedSink(sink, LiveView(environment))
 
 

@@ -94,6 +94,11 @@ def snapshot(view: LiveView, end_s: int) -> dict[str, Any]:
     out = {"start_s": start_s, "end_s": end_s, "step": current, "targets": targets}
     out["window_health"] = _health(_samples(view, start_s, end_s + 1))
     out["workers"] = {p: _health(_samples(view, start_s, end_s + 1, p)) for p in sorted(view.health)}
+    out["worker_steps"] = {}
+    if current is not None:
+        measure_start, measure_end = _step_span(view, current, end_s)
+        span = (measure_start + SAMPLE_INTERVAL_S, measure_end + 1)
+        out["worker_steps"] = {p: _health(_samples(view, *span, p)) for p in sorted(view.health)}
     out["rows"] = _rows(view, out)
     return out
 
@@ -116,8 +121,8 @@ def _rows(view: LiveView, snap: dict[str, Any]) -> list[dict[str, str]]:
             + (f"{step.request_rate_per_s:g} req/s" if step.request_rate_per_s else f"{step.users} users")
         )
         rows += [("Target", t["target"], t["target"]),
-                 ("Span", f"{window_text} ({w['duration_s']:.0f} s)",
-                  f"{load}, {s['duration_s']:.0f} s measured" if s else "no step"),
+                 ("Span", f"{window_text} ({w['duration_s']:.1f} s)",
+                  f"{load}, {s['duration_s']:.1f} s measured" if s else "no step"),
                  ("Requests in flight (now)", in_flight, in_flight),
                  ("Requests", str(w["requests"]), str(s.get("requests", ""))),
                  ("Requests/s (successful)", _num(w["requests_per_s"], 2), _num(s.get("requests_per_s"), 2)),
@@ -134,7 +139,8 @@ def _rows(view: LiveView, snap: dict[str, Any]) -> list[dict[str, str]]:
                      if s else ""))  # fmt: skip
     if len(snap["workers"]) > 1:
         for process, h in snap["workers"].items():
-            rows.append((f"Worker {process}", _health_text(h), ""))
+            step_health = snap["worker_steps"].get(process)
+            rows.append((f"Worker {process}", _health_text(h), _health_text(step_health) if step_health else ""))
     rows.append(("Percentiles", f"log histogram, within {RELATIVE_ERROR:.0%} of exact", "same"))
     return [{"name": f"{i:04d}", "metric": m, "window": w, "step": s} for i, (m, w, s) in enumerate(rows)]
 
