@@ -86,12 +86,15 @@ class LiveView:
     def __init__(self, environment: Environment) -> None:
         self.environment = environment
         self.is_worker = isinstance(environment.runner, WorkerRunner)
-        self.delay_s = MASTER_DELAY_S if isinstance(environment.runner, MasterRunner) else 0
+        self.is_master = isinstance(environment.runner, MasterRunner)
+        self.delay_s = MASTER_DELAY_S if self.is_master else 0
         self.pending = Slices()
         self.store = LiveStore(WINDOW_S)
         self.steps: dict[int, StepRecord] = {}
         self.health: dict[str, list[list[float]]] = {}
         """(sampled at, CPU %, loop lag ms) per process ``host:pid``, this run's."""
+        self.saturated: dict[int, bool] = {}
+        """The saturation verdict of each step that has ended, frozen when its samples can be dropped."""
         self.in_flight: dict[str, int] = {}
         self.run_started_s: float | None = None
         self.history: deque[list[Any]] = deque(maxlen=HISTORY_POINTS)
@@ -116,7 +119,7 @@ class LiveView:
         if self.run_started_s is None or run.started_at.timestamp() > self.run_started_s:
             self.run_started_s = run.started_at.timestamp()
             self._reset()
-            self.steps = {}
+            self.steps, self.saturated = {}, {}
         if self._ticker is None:
             self._ticker = gevent.spawn(self._tick_forever)
 
@@ -162,7 +165,8 @@ class LiveView:
         """Recompute the table for the window ending ``delay_s`` before ``now_s``; add a chart point."""
         end_s = math.floor(now_s) - self.delay_s
         self.store.prune(end_s)
-        if not self.delay_s:
+        webui_view.settle_health(self, end_s)
+        if not self.is_master:
             self.in_flight = {"local": self._users_in_flight()}
         self.snapshot = webui_view.snapshot(self, end_s)
         for target in self.snapshot["targets"]:

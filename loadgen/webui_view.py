@@ -77,6 +77,27 @@ def _step_span(view: LiveView, index: int, end_s: float) -> tuple[float, float]:
     return start, max(start, end)
 
 
+def _step_saturated(view: LiveView, index: int, end_s: float) -> bool:
+    if index in view.saturated:
+        return view.saturated[index]
+    start, end = _step_span(view, index, end_s)
+    return bool(_health(_samples(view, start + SAMPLE_INTERVAL_S, end + 1))["saturated"])
+
+
+def settle_health(view: LiveView, end_s: int) -> None:
+    """Freeze the verdict of each step that ended before ``end_s``, then drop the health samples that
+    neither the window nor the current step still needs: memory stays bounded however long the run."""
+    for index, step in view.steps.items():
+        if index not in view.saturated and step.ended_at is not None and step.ended_at.timestamp() < end_s:
+            view.saturated[index] = _step_saturated(view, index, end_s)
+    keep_from = end_s - view.store.window_s
+    current = max(view.steps) if view.steps else None
+    if current is not None and current not in view.saturated:
+        keep_from = min(keep_from, _step_span(view, current, end_s)[0])
+    for process, samples in view.health.items():
+        view.health[process] = [s for s in samples if s[0] >= keep_from]
+
+
 def snapshot(view: LiveView, end_s: int) -> dict[str, Any]:
     """Every target's figures over the window ending ``end_s`` and over its current step, and the rows."""
     start_s = end_s - view.store.window_s
@@ -164,7 +185,7 @@ def step_dicts(view: LiveView) -> list[dict[str, Any]]:
             p = getattr(f, name)
             row |= {f"{name}_p50": p.p50, f"{name}_p90": p.p90, f"{name}_p99": p.p99}
         row |= {"reconnects": f.reconnects, "late_chunks": f.late_chunks}
-        row["generator_saturated"] = _health(_samples(view, start + SAMPLE_INTERVAL_S, end + 1))["saturated"]
+        row["generator_saturated"] = _step_saturated(view, index, end_s)
         out.append(row)
     return out
 
