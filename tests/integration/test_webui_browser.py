@@ -113,6 +113,9 @@ class DevTools:
         raise AssertionError(f"never true in the page: {expression}")
 
 
+CHARTS_TAB_JS = """(() => { const p = document.getElementById('stampede-llm-charts');
+    return !!p && p.style.display !== 'none' && p.querySelectorAll('svg').length >= 2
+        && document.querySelectorAll('main canvas').length > 0; })()"""
 ROWS_JS = """[...document.querySelectorAll('main table tbody tr')].map(tr =>
     [...tr.querySelectorAll('td')].map(td => td.textContent))"""
 
@@ -136,6 +139,9 @@ async def _open_llm_tab(base: str, port_file: Path, screenshot: Path) -> list[li
                         mobile=False)  # fmt: skip
             shot = await tools("Page.captureScreenshot", format="png")
             screenshot.write_bytes(base64.b64decode(shot["data"]))
+            # Beside Locust's own charts too: the same panel under the Charts tab's canvases.
+            await tools.js("[...document.querySelectorAll('[role=tab]')].find(t => t.textContent === 'Charts').click()")
+            await tools.wait_for(CHARTS_TAB_JS)
             return list(rows)
 
 
