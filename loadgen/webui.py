@@ -197,15 +197,18 @@ class LiveView:
         routes = Blueprint("stampede_live", __name__, url_prefix=f"{base}/stampede")
 
         @routes.route("/llm.json")
+        @web_ui.auth_required_if_enabled
         def llm_json() -> Response:
             body = {"table": self.snapshot["rows"], **self.charts()}
             return Response(orjson.dumps(body), mimetype="application/json")
 
         @routes.route("/llm.js")
+        @web_ui.auth_required_if_enabled
         def llm_js() -> Response:
             return Response(webui_view.LIVE_SCRIPT, mimetype="application/javascript")
 
         @routes.route("/llm.csv")
+        @web_ui.auth_required_if_enabled
         def llm_csv() -> Response:
             response = Response(self.step_csv(), mimetype="text/csv")
             response.headers["Content-Disposition"] = "attachment;filename=stampede_llm_steps.csv"
