@@ -27,84 +27,82 @@ from stampede.records import Outcome, RequestRecord
 
 RELATIVE_ERROR = 0.01
 _GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
-_LOG_GAMMA = math.log(_GAMMA)
+_INV_LOG_GAMMA = 1 / math.log(_GAMMA)
 ZERO_MS = 0.001
 """Values below this (1 µs) share one bucket read as 0: their percentiles are exact to within it."""
-_VECTOR_MIN = 32  # from this many values numpy buckets them faster than a Python loop
+MAX_MS = 1e7
+"""Values above this (2.8 h) share the top bucket."""
+_LOW = math.ceil(math.log(ZERO_MS) * _INV_LOG_GAMMA)
+_BUCKETS = math.ceil(math.log(MAX_MS) * _INV_LOG_GAMMA) - _LOW + 2  # slot 0 holds the values below ZERO_MS
+# Slot j >= 1 holds bucket i = j - 1 + _LOW, the values in (γ^(i-1), γ^i]; it reads as 2γ^i / (γ + 1), within
+# RELATIVE_ERROR of every value in it.
+_VALUES = np.concatenate([[0.0], 2 * _GAMMA ** np.arange(_LOW, _LOW + _BUCKETS - 1) / (_GAMMA + 1)])
 
 
-def _bucket(value: float) -> int:
-    return math.ceil(math.log(value) / _LOG_GAMMA)
-
-
-def _value(bucket: int) -> float:
-    # Bucket i holds (γ^(i-1), γ^i]; 2γ^i / (γ + 1) is within RELATIVE_ERROR of every value in it.
-    return 2 * _GAMMA**bucket / (_GAMMA + 1)
+def _slot(value: float) -> int:
+    if value < ZERO_MS:
+        return 0
+    return min(math.ceil(math.log(value) * _INV_LOG_GAMMA) - _LOW + 1, _BUCKETS - 1)
 
 
 class LogHistogram:
-    """Counts of values in buckets ``(γ^(i-1), γ^i]``, ``γ = (1 + 0.01) / (1 - 0.01)``, plus a zero bucket."""
+    """Counts of values in fixed buckets ``(γ^(i-1), γ^i]``, ``γ = (1 + 0.01) / (1 - 0.01)``, from 1 µs
+    to ``MAX_MS``, plus a zero bucket: one array, so adding a request's gaps and merging are vector sums."""
 
-    __slots__ = ("counts", "zeros")
+    __slots__ = ("counts",)
 
     def __init__(self) -> None:
-        self.counts: Counter[int] = Counter()
-        self.zeros = 0
+        self.counts = np.zeros(_BUCKETS, dtype=np.int64)
 
     @property
     def count(self) -> int:
-        return self.zeros + sum(self.counts.values())
+        return int(self.counts.sum())
 
     def add(self, value: float) -> None:
-        if value < ZERO_MS:
-            self.zeros += 1
-        else:
-            self.counts[_bucket(value)] += 1
+        self.counts[_slot(value)] += 1
 
     def extend(self, values: Sequence[float]) -> None:
-        if len(values) < _VECTOR_MIN:
-            for value in values:
-                self.add(value)
+        if not values:
             return
         arr = np.asarray(values, dtype=float)
-        small = arr < ZERO_MS
-        self.zeros += int(small.sum())
-        buckets, counts = np.unique(np.ceil(np.log(arr[~small]) / _LOG_GAMMA), return_counts=True)
-        for bucket, n in zip(buckets.tolist(), counts.tolist(), strict=True):
-            self.counts[int(bucket)] += n
+        slots = np.ceil(np.log(np.maximum(arr, ZERO_MS)) * _INV_LOG_GAMMA).astype(np.int64) - (_LOW - 1)
+        slots = np.where(arr < ZERO_MS, 0, np.minimum(slots, _BUCKETS - 1))
+        self.counts += np.bincount(slots, minlength=_BUCKETS)
 
     def merge(self, other: LogHistogram) -> None:
-        self.counts.update(other.counts)
-        self.zeros += other.zeros
+        self.counts += other.counts
 
     def percentiles(self) -> Percentiles:
         """p50/p90/p99 as numpy's linear method takes them: between the values of ranks ⌊r⌋ and ⌈r⌉,
         ``r = q (n - 1)``, each read as its bucket's value, so the error stays within RELATIVE_ERROR."""
-        n = self.count
-        if n == 0:
+        slots = np.flatnonzero(self.counts)
+        if slots.size == 0:
             return Percentiles(None, None, None)
-        buckets = sorted(self.counts)
-        ends = np.cumsum([self.zeros, *(self.counts[b] for b in buckets)])
-        values = [0.0, *(_value(b) for b in buckets)]
+        ends = np.cumsum(self.counts[slots])
+        values = _VALUES[slots]
 
         def at_rank(rank: int) -> float:
-            return values[int(np.searchsorted(ends, rank, side="right"))]
+            return float(values[int(np.searchsorted(ends, rank, side="right"))])
 
         out = []
         for q in metrics.PERCENTILES:
-            rank = q / 100 * (n - 1)
+            rank = q / 100 * (int(ends[-1]) - 1)
             low, high = math.floor(rank), math.ceil(rank)
             out.append(at_rank(low) + (rank - low) * (at_rank(high) - at_rank(low)))
         return Percentiles(*out)
 
-    def to_wire(self) -> list[Any]:
-        return [self.zeros, list(self.counts), list(self.counts.values())]
+    def to_wire(self) -> list[list[int]]:
+        """The occupied slots and their counts: a report carries tens of numbers, not the whole array."""
+        slots = np.flatnonzero(self.counts)
+        return [slots.tolist(), self.counts[slots].tolist()]
 
     @classmethod
-    def from_wire(cls, data: Sequence[Any]) -> LogHistogram:
+    def from_wire(cls, data: Sequence[Sequence[int]]) -> LogHistogram:
         hist = cls()
-        hist.zeros = int(data[0])
-        hist.counts = Counter(dict(zip((int(b) for b in data[1]), (int(c) for c in data[2]), strict=True)))
+        slots = np.asarray(data[0], dtype=np.int64)
+        if slots.size and (slots.min() < 0 or slots.max() >= _BUCKETS):
+            raise ValueError(f"histogram slots outside 0..{_BUCKETS - 1}")
+        np.add.at(hist.counts, slots, np.asarray(data[1], dtype=np.int64))
         return hist
 
 
