@@ -50,9 +50,12 @@ def test_a_masters_merged_figures_agree_with_the_stored_rows(tmp_path: Path) -> 
     simulator = start_simulator("vllm", port, tmp_path / "sim.log")
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--headless", "--processes", "2",
+            # With its web UI, a master that ends the run waits for its workers to stop, and their last
+            # reports to come, before it quits; headless, it quits half a second after telling them to.
+            [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--autostart", "--autoquit", "5", "--processes", "2",
+             "--web-host", "127.0.0.1", "--web-port", str(free_port()),
              "--host", f"http://127.0.0.1:{port}", "-u", "8", "-r", "8", "-t", "10s", "--warmup-s", "2",
-             "--max-tokens", "32", "--stop-timeout", "30s", "--exit-code-on-error", "0",
+             "--max-tokens", "32", "--stop-timeout", "5s", "--exit-code-on-error", "0",
              "--csv", str(tmp_path / "out"), "--json-file", str(tmp_path / "out"), "--html", str(tmp_path / "r.html"),
              "OpenAIChatUser"],
             env={"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
