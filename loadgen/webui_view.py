@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from loadgen.live import RELATIVE_ERROR, Figures, figures
+from loadgen.live import RELATIVE_ERROR, figures
 from loadgen.webui_charts import LIVE_SCRIPT
 from stampede.metrics import generator_saturated
 
@@ -54,7 +55,7 @@ def _health(samples: list[list[float]]) -> dict[str, Any]:
     cpu, lag = [s[1] for s in samples], [s[2] for s in samples]
     if not samples:
         return {"cpu_pct": None, "loop_lag_ms": None, "max_loop_lag_ms": None, "saturated": False}
-    return {"cpu_pct": sorted(cpu)[len(cpu) // 2], "loop_lag_ms": sorted(lag)[len(lag) // 2],
+    return {"cpu_pct": statistics.median(cpu), "loop_lag_ms": statistics.median(lag),
             "max_loop_lag_ms": max(lag), "saturated": generator_saturated(cpu, lag)}  # fmt: skip
 
 
@@ -105,11 +106,14 @@ def snapshot(view: LiveView, end_s: int) -> dict[str, Any]:
     current = max(view.steps) if view.steps else None
     targets = []
     for target in view.store.targets():
-        entry: dict[str, Any] = {"target": target, "window": _dict(figures(view.store.window(target, end_s), window_s))}
+        entry: dict[str, Any] = {
+            "target": target,
+            "window": asdict(figures(view.store.window(target, end_s), window_s)),
+        }
         entry["step"] = None
         if current is not None:
             measure_start, measure_end = _step_span(view, current, end_s)
-            entry["step"] = _dict(figures(view.store.step(target, current, end_s), measure_end - measure_start))
+            entry["step"] = asdict(figures(view.store.step(target, current, end_s), measure_end - measure_start))
             entry["step_health"] = _health(_samples(view, measure_start + SAMPLE_INTERVAL_S, measure_end + 1))
         targets.append(entry)
     out = {"start_s": start_s, "end_s": end_s, "step": current, "targets": targets}
@@ -122,10 +126,6 @@ def snapshot(view: LiveView, end_s: int) -> dict[str, Any]:
         out["worker_steps"] = {p: _health(_samples(view, *span, p)) for p in sorted(view.health)}
     out["rows"] = _rows(view, out)
     return out
-
-
-def _dict(f: Figures) -> dict[str, Any]:
-    return asdict(f)
 
 
 def _rows(view: LiveView, snap: dict[str, Any]) -> list[dict[str, str]]:
