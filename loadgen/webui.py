@@ -166,7 +166,10 @@ class LiveView:
         end_s = math.floor(now_s) - self.delay_s
         self.store.prune(end_s)
         webui_view.settle_health(self, end_s)
-        if not self.is_master:
+        runner = self.environment.runner
+        if isinstance(runner, MasterRunner):  # a worker that has gone has nothing in flight
+            self.in_flight = {w: n for w, n in self.in_flight.items() if w in runner.clients}
+        elif not self.is_master:
             self.in_flight = {"local": self._users_in_flight()}
         self.snapshot = webui_view.snapshot(self, end_s)
         for target in self.snapshot["targets"]:
