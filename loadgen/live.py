@@ -1,9 +1,11 @@
 """Live LLM figures: mergeable per-second summaries of finished requests, and the window arithmetic.
 
-Each finished request is added to the :class:`Summary` of its target, step, warm-up flag and the
-wall-clock second its response ended. Summaries add up: a Locust worker ships the ones it filled
-since its last report (counts and histograms, never the requests), and the master adds them into its
-own :class:`LiveFigures`, which answers for a sliding window of whole seconds and for a step so far.
+A finished request is spread over the :class:`Summary` of its target and each wall-clock second in
+which something of it happened, as a step's stored figures place it (docs/metrics.md, "Per step"):
+its output tokens by the second each chunk arrived, its TTFT by its first output, an ITL gap by its
+later chunk, and the completion (count, outcome, E2E, TPOT) by its end. Summaries add up: a Locust
+worker ships the ones it filled since its last report (counts and histograms, never the requests),
+and the master adds them into its own :class:`LiveStore`, which answers for any span of whole seconds.
 
 Latencies go into :class:`LogHistogram`, a fixed-bucket log histogram: a percentile read from it is
 within ``RELATIVE_ERROR`` (1 %) of the exact one (numpy's linear interpolation between ranks, as
@@ -13,6 +15,7 @@ it for values below that. Per-request figures are the stored record's own (:mod:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -107,19 +110,22 @@ class LogHistogram:
 
 
 _HISTOGRAMS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
-_COUNTS = ("requests", "ok", "output_tokens", "reconnects", "late_chunks")
+_COUNTS = ("requests", "ok", "reconnects", "late_chunks")
+_SUMS = ("output_tokens", "ok_tokens", "ok_e2e_ms")
 
 
 @dataclass
 class Summary:
-    """What the requests of one slice add up to; ``add`` takes a record, ``merge`` another summary."""
+    """What happened in one slice; ``merge`` adds another summary (:meth:`Slices.add` fills it)."""
 
     requests: int = 0
+    """Completions: requests that ended here, any outcome but cancelled."""
     ok: int = 0
-    output_tokens: int = 0
-    """Σ output tokens of successful requests (server count, else tokenizer, else chunks)."""
+    output_tokens: float = 0.0
+    """Σ tokens of the chunks that arrived here (any request, any outcome; :func:`metrics.chunk_token_counts`)."""
+    ok_tokens: float = 0.0
     ok_e2e_ms: float = 0.0
-    """Σ E2E of successful requests: output tokens / this is what one stream delivers."""
+    """Σ output tokens and Σ E2E of successful completions: their ratio is what one stream received."""
     reconnects: int = 0
     late_chunks: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -128,46 +134,21 @@ class Summary:
     tpot_ms: LogHistogram = field(default_factory=LogHistogram)
     e2e_ms: LogHistogram = field(default_factory=LogHistogram)
 
-    def add(self, record: RequestRecord) -> None:
-        """Count a finished request as :func:`stampede.metrics.summarize_step` counts a stored row."""
-        self.requests += 1
-        self.reconnects += record.reconnects
-        if record.outcome is not Outcome.OK:
-            self.errors[record.outcome.value] += 1
-            return
-        self.ok += 1
-        tokens, _ = metrics.output_token_count(
-            record.output_tokens, record.client_output_tokens, len(record.chunk_offsets_ns)
-        )
-        self.output_tokens += tokens
-        e2e = record.e2e_ms
-        self.ok_e2e_ms += e2e
-        self.e2e_ms.add(e2e)
-        ttft, tpot = record.ttft_ms, record.tpot_ms
-        # A request that waited for a model load is a load, not a slow TTFT (docs/metrics.md).
-        if ttft is not None and float(record.server_timings_ms.get("load_ms") or 0) < metrics.MODEL_LOAD_MIN_MS:
-            self.ttft_ms.add(ttft)
-        if tpot is not None:
-            self.tpot_ms.add(tpot)
-        self.itl_ms.extend(record.itl_ms)
-        self.late_chunks += len(record.late_chunks)
-
     def merge(self, other: Summary) -> None:
-        for name in _COUNTS:
+        for name in (*_COUNTS, *_SUMS):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.ok_e2e_ms += other.ok_e2e_ms
         self.errors.update(other.errors)
         for name in _HISTOGRAMS:
             getattr(self, name).merge(getattr(other, name))
 
     def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {name: getattr(self, name) for name in _COUNTS}
-        wire |= {"ok_e2e_ms": self.ok_e2e_ms, "errors": dict(self.errors)}
+        wire: dict[str, Any] = {name: getattr(self, name) for name in (*_COUNTS, *_SUMS)}
+        wire["errors"] = dict(self.errors)
         return wire | {name: getattr(self, name).to_wire() for name in _HISTOGRAMS}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Summary:
-        summary = cls(**{name: int(data[name]) for name in _COUNTS}, ok_e2e_ms=float(data["ok_e2e_ms"]))
+        summary = cls(**{name: int(data[name]) for name in _COUNTS}, **{name: float(data[name]) for name in _SUMS})
         summary.errors = Counter({str(k): int(v) for k, v in data["errors"].items()})
         for name in _HISTOGRAMS:
             setattr(summary, name, LogHistogram.from_wire(data[name]))
@@ -194,8 +175,8 @@ class Figures:
 
 
 def figures(summary: Summary, duration_s: float) -> Figures:
-    """``requests_per_s = successful requests / duration_s``, ``output_tokens_per_s = Σ output tokens
-    of successful requests / duration_s``; percentiles over successful requests."""
+    """``requests_per_s = successful completions / duration_s``, ``output_tokens_per_s = tokens that
+    arrived / duration_s``; percentiles over successful requests."""
     window = max(duration_s, 1e-9)
     return Figures(
         duration_s=duration_s,
@@ -203,7 +184,7 @@ def figures(summary: Summary, duration_s: float) -> Figures:
         errors=dict(summary.errors),
         requests_per_s=summary.ok / window,
         output_tokens_per_s=summary.output_tokens / window,
-        output_tokens_per_s_per_request=summary.output_tokens / (summary.ok_e2e_ms / 1000)
+        output_tokens_per_s_per_request=summary.ok_tokens / (summary.ok_e2e_ms / 1000)
         if summary.ok_e2e_ms > 0
         else None,
         ttft_ms=summary.ttft_ms.percentiles(),
@@ -215,13 +196,8 @@ def figures(summary: Summary, duration_s: float) -> Figures:
     )
 
 
-SliceKey = tuple[str, int, bool, int]
-"""(target, step index, in warm-up, wall-clock second the response ended)."""
-
-
-def slice_key(record: RequestRecord) -> SliceKey:
-    ended_s = record.started_at.timestamp() + record.end_offset_ns / 1e9
-    return record.target, record.step_index, record.in_warmup, math.floor(ended_s)
+SliceKey = tuple[str, int]
+"""(target, wall-clock second)."""
 
 
 class Slices:
@@ -230,14 +206,45 @@ class Slices:
     def __init__(self) -> None:
         self.by_key: dict[SliceKey, Summary] = {}
 
-    def add(self, record: RequestRecord) -> None:
-        self.at(slice_key(record)).add(record)
-
     def at(self, key: SliceKey) -> Summary:
         summary = self.by_key.get(key)
         if summary is None:
             summary = self.by_key[key] = Summary()
         return summary
+
+    def add(self, record: RequestRecord) -> None:
+        """Place a finished request's parts in the seconds they happened (docs/metrics.md, "Per step")."""
+        target, sent_s, offsets = record.target, record.started_at.timestamp(), record.chunk_offsets_ns
+        ok = record.outcome is Outcome.OK
+        tokens, _ = metrics.output_token_count(record.output_tokens, record.client_output_tokens, len(offsets))
+        seconds = [math.floor(sent_s + offset / 1e9) for offset in offsets]
+        shares = metrics.chunk_token_counts(len(offsets), tokens, record.chunk_tokens)
+        for second, share in zip(seconds, shares, strict=True):
+            self.at((target, second)).output_tokens += share
+        ttft = record.ttft_ms
+        # A request that waited for a model load is a load, not a slow TTFT (docs/metrics.md).
+        if ok and ttft is not None and float(record.server_timings_ms.get("load_ms") or 0) < metrics.MODEL_LOAD_MIN_MS:
+            self.at((target, seconds[0])).ttft_ms.add(ttft)
+        if ok:
+            gaps = record.itl_ms  # gap i ends with chunk i + 1
+            for second, group in itertools.groupby(range(len(gaps)), key=lambda i: seconds[i + 1]):
+                members = list(group)
+                self.at((target, second)).itl_ms.extend(gaps[members[0] : members[-1] + 1])
+        if record.outcome is Outcome.CANCELLED:
+            return  # stopped with the load: its chunks count, it is no completion
+        done = self.at((target, math.floor(sent_s + record.end_offset_ns / 1e9)))
+        done.requests += 1
+        done.reconnects += record.reconnects
+        if not ok:
+            done.errors[record.outcome.value] += 1
+            return
+        done.ok += 1
+        done.ok_tokens += tokens
+        done.ok_e2e_ms += record.e2e_ms
+        done.e2e_ms.add(record.e2e_ms)
+        if record.tpot_ms is not None:
+            done.tpot_ms.add(record.tpot_ms)
+        done.late_chunks += len(record.late_chunks)
 
     def drain(self) -> list[list[Any]]:
         """The slices as wire data, emptied: a worker's report carries each request once."""
@@ -246,11 +253,15 @@ class Slices:
         return wire
 
 
+Span = tuple[int, int | None]
+"""Whole seconds ``[from, to)``; ``to`` None while open."""
+
+
 class LiveStore:
     """The coordinator's figures: per-second slices for the sliding window, and a total per step.
 
-    Seconds that leave the window are folded into their step's total (those sent after the warm-up,
-    as the stored step figures count them), so memory stays bounded however long the run.
+    Seconds that leave the window are folded into the totals of the steps whose spans hold them, so
+    memory stays bounded however long the run.
     """
 
     def __init__(self, window_s: int) -> None:
@@ -259,51 +270,50 @@ class LiveStore:
         self.folded: dict[tuple[str, int], Summary] = {}
 
     def add(self, record: RequestRecord) -> None:
-        self.seconds.at(slice_key(record)).add(record)
-
-    def merge(self, key: SliceKey, summary: Summary) -> None:
-        self.seconds.at(key).merge(summary)
+        self.seconds.add(record)
 
     def merge_wire(self, wire: Iterable[Sequence[Any]]) -> None:
-        for target, step, warmup, second, data in wire:
-            self.merge((str(target), int(step), bool(warmup), int(second)), Summary.from_wire(data))
+        for target, second, data in wire:
+            self.seconds.at((str(target), int(second))).merge(Summary.from_wire(data))
 
-    def _sum(self, keep: Any, end_s: int) -> Summary:
+    def span(self, target: str, from_s: int, to_s: int) -> Summary:
+        """Everything of ``target`` that happened in the whole seconds ``[from_s, to_s)`` still held."""
         total = Summary()
-        for key, summary in self.seconds.by_key.items():
-            if key[3] < end_s and keep(key):
+        for (t, second), summary in self.seconds.by_key.items():
+            if t == target and from_s <= second < to_s:
                 total.merge(summary)
         return total
 
     def window(self, target: str, end_s: int) -> Summary:
-        """Every request of ``target`` whose response ended in the whole seconds ``[end_s - window_s, end_s)``."""
-        return self._sum(lambda k: k[0] == target and k[3] >= end_s - self.window_s, end_s)
+        """The sliding window: the whole seconds ``[end_s - window_s, end_s)``."""
+        return self.span(target, end_s - self.window_s, end_s)
 
-    def step(self, target: str, index: int, end_s: int) -> Summary:
-        """The requests of step ``index`` sent after its warm-up whose responses ended before ``end_s``."""
-        total = self._sum(lambda k: k[0] == target and k[1] == index and not k[2], end_s)
+    def step(self, target: str, index: int, span: Span, end_s: int) -> Summary:
+        """Step ``index`` over its span up to ``end_s``: what was folded into it and what is still held."""
+        total = self.span(target, span[0], end_s if span[1] is None else min(span[1], end_s))
         folded = self.folded.get((target, index))
         if folded is not None:
             total.merge(folded)
         return total
 
-    def steps(self) -> list[tuple[str, int]]:
-        keys = {(k[0], k[1]) for k in self.seconds.by_key if not k[2]}
-        return sorted(keys | set(self.folded))
-
-    def prune(self, end_s: int) -> None:
+    def prune(self, end_s: int, spans: dict[int, Span]) -> None:
         """Fold the seconds that have left the window ending at ``end_s`` into their steps' totals."""
         start = end_s - self.window_s
         kept: dict[SliceKey, Summary] = {}
-        for key, summary in self.seconds.by_key.items():
-            if key[3] >= start:
-                kept[key] = summary
-            elif not key[2]:
-                self.folded.setdefault((key[0], key[1]), Summary()).merge(summary)
+        for (target, second), summary in self.seconds.by_key.items():
+            if second >= start:
+                kept[(target, second)] = summary
+                continue
+            for index, (from_s, to_s) in spans.items():
+                if from_s <= second and (to_s is None or second < to_s):
+                    self.folded.setdefault((target, index), Summary()).merge(summary)
         self.seconds.by_key = kept
 
     def targets(self) -> list[str]:
-        return sorted({target for target, _ in self.steps()})
+        return sorted({target for target, _ in self.seconds.by_key} | {target for target, _ in self.folded})
+
+    def steps(self, target: str) -> list[int]:
+        return sorted(index for t, index in self.folded if t == target)
 
     def clear(self) -> None:
         self.seconds = Slices()

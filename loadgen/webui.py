@@ -164,7 +164,7 @@ class LiveView:
     def tick(self, now_s: float) -> None:
         """Recompute the table for the window ending ``delay_s`` before ``now_s``; add a chart point."""
         end_s = math.floor(now_s) - self.delay_s
-        self.store.prune(end_s)
+        self.store.prune(end_s, {index: webui_view.step_span(self, index) for index in self.steps})
         webui_view.settle_health(self, end_s)
         runner = self.environment.runner
         if isinstance(runner, MasterRunner):  # a worker that has gone has nothing in flight

@@ -22,13 +22,13 @@ if TYPE_CHECKING:
 
 TAB_STRUCTURE = [
     {"key": "metric", "title": "Metric"},
-    {"key": "window", "title": "Sliding window (requests ended in the last 30 s)"},
+    {"key": "window", "title": "Sliding window (the last 30 s)"},
     {"key": "step", "title": "Current step so far (warm-up excluded)"},
 ]
 LATENCIES = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
 STEP_COLUMNS = [
-    "target", "step", "users", "request_rate_per_s", "measured_s", "requests", "errors", "requests_per_s",
-    "output_tokens_per_s", "output_tokens_per_s_per_request",
+    "target", "step", "from_s", "to_s", "users", "request_rate_per_s", "measured_s", "requests", "errors",
+    "requests_per_s", "output_tokens_per_s", "output_tokens_per_s_per_request",
     *(f"{name}_{p}" for name in LATENCIES for p in ("p50", "p90", "p99")),
     "reconnects", "late_chunks", "generator_saturated",
 ]  # fmt: skip
@@ -70,12 +70,18 @@ def _samples(view: LiveView, start_s: float, end_s: float, process: str | None =
     return [s for p, samples in view.health.items() if process in (None, p) for s in samples if start_s <= s[0] < end_s]
 
 
-def _step_span(view: LiveView, index: int, end_s: float) -> tuple[float, float]:
-    """The step's measured window so far: from the end of its warm-up to its end, or to ``end_s``."""
+def step_span(view: LiveView, index: int) -> tuple[int, int | None]:
+    """The step's measured span in whole seconds: from the end of its warm-up to its end (None while
+    it runs). The stored figures open it once the load holds; live, that is not known yet."""
     step = view.steps[index]
-    start = step.started_at.timestamp() + step.warmup_s
-    end = min(step.ended_at.timestamp(), end_s) if step.ended_at is not None else end_s
-    return start, max(start, end)
+    start = math.ceil(step.started_at.timestamp() + step.warmup_s)
+    return start, None if step.ended_at is None else max(start, math.floor(step.ended_at.timestamp()))
+
+
+def _step_span(view: LiveView, index: int, end_s: float) -> tuple[float, float]:
+    """The step's measured span so far, up to ``end_s``."""
+    start, end = step_span(view, index)
+    return start, max(start, end_s if end is None else min(end, end_s))
 
 
 def _step_saturated(view: LiveView, index: int, end_s: float) -> bool:
@@ -113,7 +119,8 @@ def snapshot(view: LiveView, end_s: int) -> dict[str, Any]:
         entry["step"] = None
         if current is not None:
             measure_start, measure_end = _step_span(view, current, end_s)
-            entry["step"] = asdict(figures(view.store.step(target, current, end_s), measure_end - measure_start))
+            summary = view.store.step(target, current, step_span(view, current), end_s)
+            entry["step"] = asdict(figures(summary, measure_end - measure_start))
             entry["step_health"] = _health(_samples(view, measure_start + SAMPLE_INTERVAL_S, measure_end + 1))
         targets.append(entry)
     out = {"start_s": start_s, "end_s": end_s, "step": current, "targets": targets}
@@ -170,13 +177,11 @@ def step_dicts(view: LiveView) -> list[dict[str, Any]]:
     """One row per target and step: its figures over its measured window (so far, while it runs)."""
     end_s = math.floor(datetime.now(UTC).timestamp()) + 1
     out = []
-    for target, index in view.store.steps():
-        if index not in view.steps:
-            continue
+    for target, index in ((t, i) for t in view.store.targets() for i in sorted(view.steps)):
         step = view.steps[index]
         start, end = _step_span(view, index, end_s)
-        f = figures(view.store.step(target, index, end_s), end - start)
-        row: dict[str, Any] = {"target": target, "step": index, "users": step.users,
+        f = figures(view.store.step(target, index, step_span(view, index), end_s), end - start)
+        row: dict[str, Any] = {"target": target, "step": index, "from_s": start, "to_s": end, "users": step.users,
                                "request_rate_per_s": step.request_rate_per_s, "measured_s": round(end - start, 3),
                                "requests": f.requests, "errors": sum(f.errors.values()),
                                "requests_per_s": f.requests_per_s, "output_tokens_per_s": f.output_tokens_per_s,
@@ -208,7 +213,7 @@ def with_report_section(page: str, view: LiveView) -> str:
     section = (
         '<section id="stampede-llm" style="font-family:sans-serif;padding:16px;overflow-x:auto">'
         "<h2>LLM figures per step (Stampede)</h2>"
-        "<p>Over each step's measured window (warm-up excluded); percentiles from log histograms, within "
+        "<p>Over each step's span after its warm-up, by when things happened; percentiles from log histograms, within "
         f"{RELATIVE_ERROR:.0%} of exact. Charts: over a sliding {view.store.window_s} s window.</p>"
         f'<table border="1" cellspacing="0" cellpadding="4"><tr>{head}</tr>{body}</table>'
         f'<div id="stampede-llm-charts"></div><script>window.STAMPEDE_LLM = {data};</script>'

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import math
 import os
 import shutil
 import subprocess
@@ -30,8 +29,11 @@ from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
 from stampede.demo import start_simulator
+from stampede.metrics import StepSummary, summarize_step
 from stampede.processes import free_port, stop
 from stampede.schema import Request
+from stampede.stepdata import overlapping_samples
+from stampede.windows import Window
 
 CHROMIUM = Path("/usr/bin/chromium")
 LOCUSTFILE = str(Path(__file__).parents[2] / "loadgen" / "chat.py")
@@ -145,16 +147,19 @@ async def _open_llm_tab(base: str, port_file: Path, screenshot: Path) -> list[li
             return list(rows)
 
 
-def _stored_window(db_url: str, start_s: float, end_s: float) -> tuple[int, int, list[float]]:
-    """Requests, output tokens and TTFTs of the stored rows whose response ended in ``[start_s, end_s)``."""
+def _stored_window(db_url: str, start_s: float, end_s: float) -> tuple[StepSummary, list[float]]:
+    """The stored rows' figures over ``[start_s, end_s)`` by the step figures' own definitions, and the
+    TTFTs of the requests whose first output arrived in it."""
     with Session(create_engine(db_url)) as session:
-        rows = session.execute(select(Request.started_at, Request.e2e_ms, Request.output_tokens, Request.ttft_ms))
-        inside = [r for r in rows if start_s <= math.floor(_utc(r.started_at) + r.e2e_ms / 1000) < end_s]
-    return len(inside), sum(r.output_tokens or 0 for r in inside), [r.ttft_ms for r in inside if r.ttft_ms]
+        run_id, target = session.execute(select(Request.run_id, Request.target).limit(1)).one()
+        samples = overlapping_samples(session, run_id, target, _at(start_s), _at(end_s))
+    window = Window(start_s, end_s)
+    ttfts = [s.ttft_ms for s in samples if s.ok and s.ttft_ms is not None and window.holds(s.chunk_times_s()[0])]
+    return summarize_step(1, window, samples), ttfts
 
 
-def _utc(at: datetime) -> float:
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _clock_s(text: str) -> float:
@@ -192,10 +197,11 @@ def test_the_llm_tab_shows_the_stored_windows_ttft_and_tokens_per_s(
     clocks, duration = span.split(" UTC")[0].split("–"), float(span.split("(")[1].split(" s")[0])
     start_s, end_s = _clock_s(clocks[0]), _clock_s(clocks[1])
     stop(locust)  # SIGTERM: Locust quits, and its sink stores every record it holds
-    requests, tokens, ttfts = _stored_window(db_url, start_s, end_s)
-    assert requests > 20 and int(shown["Requests"][0]) == requests
+    stored, ttfts = _stored_window(db_url, start_s, end_s)
+    assert stored.requests > 20 and int(shown["Requests"][0]) == stored.requests
+    # Tokens by when their chunks arrived; the tab divides by the time the run has had, at most 30 s.
     tokens_per_s = float(shown["Output tokens/s"][0].replace(",", ""))
-    assert tokens_per_s == pytest.approx(tokens / duration, rel=0.01)
+    assert tokens_per_s * duration == pytest.approx(stored.output_tokens_per_s * stored.measured_s, rel=0.01)
     exact = np.percentile(ttfts, [50, 99])
     for label, want in zip(("TTFT p50 (ms)", "TTFT p99 (ms)"), exact, strict=True):
         assert abs(float(shown[label][0]) - want) <= RELATIVE_ERROR * want + SHOWN_MS, (label, shown[label], want)

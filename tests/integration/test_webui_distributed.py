@@ -1,12 +1,13 @@
 """A Locust master with two workers against the simulator: the LLM figures the master writes to --csv,
---json-file and --html, merged from the workers' summaries, agree with the rows stored for the step
-within the histograms' stated error, and count every stored request once."""
+--json-file and --html, merged from the workers' summaries, agree with the stored rows' figures over
+the same span (the step figures' own definitions) within the histograms' stated error."""
 
 from __future__ import annotations
 
 import csv
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,31 +17,40 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from loadgen.live import RELATIVE_ERROR, ZERO_MS
-from stampede import metrics
 from stampede.db import upgrade
 from stampede.demo import start_simulator
+from stampede.metrics import StepSummary, summarize_step
 from stampede.processes import free_port, stop
 from stampede.schema import Request
+from stampede.stepdata import overlapping_samples
+from stampede.windows import Window
 
 LOCUSTFILE = str(Path(__file__).parents[2] / "loadgen" / "chat.py")
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def _stored_step(db_url: str) -> dict[str, list[float]]:
-    """The stored step's successful, measured requests: their TTFT, E2E and TPOT, and every ITL gap."""
+def _stored_span(db_url: str, from_s: float, to_s: float) -> tuple[StepSummary, dict[str, list[float]]]:
+    """The stored rows' figures over ``[from_s, to_s)`` by the step figures' own definitions, and the
+    latencies their percentiles are taken over."""
     with Session(create_engine(db_url)) as session:
         assert len(session.scalars(select(Request.pid).distinct()).all()) == 2  # both workers sent requests
-        rows = session.execute(
-            select(Request.ttft_ms, Request.e2e_ms, Request.tpot_ms, Request.chunk_offsets_ns).where(
-                Request.in_warmup.is_(False), Request.outcome == "ok", Request.step_index == 0
-            )
-        ).all()
-    return {
-        "ttft_ms": [r.ttft_ms for r in rows if r.ttft_ms is not None],
-        "e2e_ms": [r.e2e_ms for r in rows],
-        "tpot_ms": [r.tpot_ms for r in rows if r.tpot_ms is not None],
-        "itl_ms": [gap for r in rows for gap in metrics.itl_ms(r.chunk_offsets_ns)],
-    }
+        run_id, target = session.execute(select(Request.run_id, Request.target).limit(1)).one()
+        samples = overlapping_samples(session, run_id, target, _at(from_s), _at(to_s))
+    window = Window(from_s, to_s)
+    ok = [s for s in samples if s.ok and not s.cancelled and window.holds(s.ended_s)]
+    values = {
+        "ttft_ms": [s.ttft_ms for s in samples
+                    if s.ok and s.ttft_ms is not None and window.holds(s.chunk_times_s()[0])],
+        "itl_ms": [g for s in samples if s.ok for at, g in zip(s.chunk_times_s()[1:], s.itl_ms, strict=False)
+                   if window.holds(at)],
+        "tpot_ms": [s.tpot_ms for s in ok if s.tpot_ms is not None],
+        "e2e_ms": [s.e2e_ms for s in ok],
+    }  # fmt: skip
+    return summarize_step(1, window, samples), values
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def test_a_masters_merged_figures_agree_with_the_stored_rows(tmp_path: Path) -> None:
@@ -67,9 +77,10 @@ def test_a_masters_merged_figures_agree_with_the_stored_rows(tmp_path: Path) -> 
     [step] = orjson.loads((tmp_path / "out_llm.json").read_bytes())
     with (tmp_path / "out_llm.csv").open() as f:
         assert [row["requests"] for row in csv.DictReader(f)] == [str(step["requests"])]
-    stored = _stored_step(db_url)
     assert step["step"] == 0 and step["errors"] == 0
-    assert step["requests"] == len(stored["e2e_ms"]) > 40  # every measured request, counted once
+    summary, stored = _stored_span(db_url, step["from_s"], step["to_s"])
+    assert step["requests"] == summary.requests > 40  # every completion in the span, counted once
+    assert step["output_tokens_per_s"] == pytest.approx(summary.output_tokens_per_s)  # by each chunk's arrival
     for name, values in stored.items():
         for p in ("p50", "p99"):
             exact = float(np.percentile(values, int(p[1:])))

@@ -1,5 +1,6 @@
-"""The live figures' arithmetic: histogram percentiles within their stated error, summaries that add
-up as the stored step figures do, merges of worker slices, and the sliding window's bounds."""
+"""The live figures' arithmetic: histogram percentiles within their stated error, a span's figures as
+the stored step figures count them (by when each part of a request happened), merges of worker
+slices, and the sliding window's bounds."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import msgpack
 import numpy as np
 import pytest
 
-from loadgen.live import RELATIVE_ERROR, ZERO_MS, LiveStore, LogHistogram, Slices, Summary, figures
+from loadgen.live import RELATIVE_ERROR, ZERO_MS, LiveStore, LogHistogram, Slices, figures
+from stampede import metrics
 from stampede.metrics import Percentiles, RequestSample, summarize_step
 from stampede.records import Api, Outcome, RequestRecord
+from stampede.windows import Window
 
 RUN = uuid.uuid4()
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -43,11 +46,13 @@ def record(
 
 
 def sample(r: RequestRecord) -> RequestSample:
-    """The stored row's view of a record, as stampede.report builds it."""
-    tokens = r.output_tokens or 0
+    """The stored row's view of a record, as stampede.stepdata builds it."""
+    tokens, _ = metrics.output_token_count(r.output_tokens, r.client_output_tokens, len(r.chunk_offsets_ns))
     return RequestSample(ok=r.outcome is Outcome.OK, ttft_ms=r.ttft_ms, e2e_ms=r.e2e_ms, tpot_ms=r.tpot_ms,
                          output_tokens=tokens, itl_ms=r.itl_ms, late_chunks=len(r.late_chunks),
-                         reconnects=r.reconnects)  # fmt: skip
+                         reconnects=r.reconnects, sent_s=r.started_at.timestamp(), chunk_offsets_ns=r.chunk_offsets_ns,
+                         chunk_tokens=metrics.chunk_token_counts(len(r.chunk_offsets_ns), tokens, r.chunk_tokens),
+                         cancelled=r.outcome is Outcome.CANCELLED)  # fmt: skip
 
 
 def assert_within_error(live: Percentiles, exact: Percentiles) -> None:
@@ -81,38 +86,52 @@ def test_an_empty_histogram_has_no_percentiles() -> None:
     assert LogHistogram().percentiles() == Percentiles(None, None, None)
 
 
-def test_a_summary_counts_as_the_stored_step_figures_do() -> None:
-    records = [record(i * 0.5, ttft_ms=80 + 10 * i, gap_ms=15 + i, tokens=3 + i % 4) for i in range(20)]
+def test_a_span_counts_as_the_stored_step_figures_do_by_when_things_happened() -> None:
+    # Requests of ~1 s (50 chunks 20 ms apart) sent every 0.4 s: many straddle the span's edges.
+    records = [record(i * 0.4, ttft_ms=80 + 10 * (i % 7), gap_ms=18 + i % 5, tokens=50) for i in range(40)]
     records += [record(3, outcome=Outcome.TIMEOUT), record(4, outcome=Outcome.HTTP_ERROR, reconnects=1)]
     records += [record(5, outcome=Outcome.TIMEOUT), record(6, late=2)]
-    summary = Summary()
+    records += [record(15.5, tokens=50).model_copy(update={"outcome": Outcome.CANCELLED})]
+    store = LiveStore(window_s=60)
     for r in records:
-        summary.add(r)
-    live = figures(summary, 10.0)
-    stored = summarize_step(1, 10.0, [sample(r) for r in records])
-    assert live.requests == stored.requests == 24
-    assert sum(live.errors.values()) == stored.errors == 3
-    assert live.errors == {"timeout": 2, "http_error": 1}
+        store.add(r)
+    base = int(T0.timestamp())
+    live = figures(store.span("sim", base + 4, base + 14), 10.0)
+    stored = summarize_step(1, Window(base + 4, base + 14), [sample(r) for r in records])
+    assert live.requests == stored.requests and sum(live.errors.values()) == stored.errors == 2
+    assert live.errors == {"timeout": 1, "http_error": 1}  # the first timeout ended before the span
     assert live.requests_per_s == pytest.approx(stored.requests_per_s)
-    assert live.output_tokens_per_s == pytest.approx(stored.output_tokens_per_s)
+    assert live.output_tokens_per_s == pytest.approx(stored.output_tokens_per_s)  # tokens by their chunk's arrival
     assert live.reconnects == stored.reconnects == 1
     assert live.late_chunks == stored.late_chunks == 2
     for name in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
         assert_within_error(getattr(live, name), getattr(stored, name))
+    # The cancelled request's chunks count in the last seconds; it is no completion.
+    tail = figures(store.span("sim", base + 15, base + 18), 3.0)
+    assert tail.requests == sum(
+        1
+        for r in records
+        if r.outcome is not Outcome.CANCELLED and r.e2e_ms / 1000 + (r.started_at - T0).total_seconds() >= 15
+    )
+    assert tail.output_tokens_per_s * 3 == pytest.approx(
+        summarize_step(1, Window(base + 15, base + 18), [sample(r) for r in records]).output_tokens_per_s * 3
+    )
     ok = [r for r in records if r.outcome is Outcome.OK]
+    whole = figures(store.span("sim", base, base + 60), 60.0)
     expected = sum(r.output_tokens or 0 for r in ok) / sum(r.e2e_ms / 1000 for r in ok)
-    assert live.output_tokens_per_s_per_request == pytest.approx(expected)
+    assert whole.output_tokens_per_s_per_request == pytest.approx(expected)
 
 
 def test_a_model_load_is_left_out_of_ttft() -> None:
-    summary = Summary()
-    summary.add(record(0, ttft_ms=100))
-    summary.add(record(0, ttft_ms=5000).model_copy(update={"server_timings_ms": {"load_ms": 4800.0}}))
+    store = LiveStore(window_s=30)
+    store.add(record(0, ttft_ms=100))
+    store.add(record(0, ttft_ms=500).model_copy(update={"server_timings_ms": {"load_ms": 400.0}}))
+    summary = store.window("sim", int(T0.timestamp()) + 30)
     assert summary.ttft_ms.count == 1 and summary.e2e_ms.count == 2
 
 
 def test_worker_slices_merged_on_the_master_equal_one_process_seeing_every_request() -> None:
-    records = [record(i * 0.3, ttft_ms=50 + (i * 37) % 200, step=i // 10, warmup=i % 10 < 2) for i in range(40)]
+    records = [record(i * 0.3, ttft_ms=50 + (i * 37) % 200, tokens=20) for i in range(40)]
     alone = LiveStore(window_s=30)
     for r in records:
         alone.add(r)
@@ -124,33 +143,24 @@ def test_worker_slices_merged_on_the_master_equal_one_process_seeing_every_reque
         # Locust sends worker reports with msgpack: the slices must survive it.
         master.merge_wire(msgpack.loads(msgpack.dumps(worker.drain()), strict_map_key=False))
         assert worker.by_key == {}  # a report carries each request once
-    end = int(T0.timestamp()) + 60
-    for index in range(4):
-        assert figures(master.step("sim", index, end), 1.0) == figures(alone.step("sim", index, end), 1.0)
-        assert master.step("sim", index, end).requests == 8  # two of each step's ten were in warm-up
+    end = int(T0.timestamp()) + 20
     assert figures(master.window("sim", end), 30.0) == figures(alone.window("sim", end), 30.0)
+    assert master.window("sim", end).requests == 40
 
 
-def test_the_window_holds_the_whole_seconds_before_its_end_and_prune_forgets_older_ones() -> None:
+def test_the_window_holds_the_whole_seconds_before_its_end_and_steps_keep_what_leaves_it() -> None:
     store = LiveStore(window_s=10)
     for sent in (0.0, 4.5, 9.0, 12.0, 19.5):  # responses end about 0.2 s after sending
         store.add(record(sent, ttft_ms=100, gap_ms=20, tokens=5))
     base = int(T0.timestamp())
     assert store.window("sim", base + 10).requests == 3  # ended in seconds 0, 4, 9
     assert store.window("sim", base + 20).requests == 2  # ended in seconds 12, 19
-    assert store.window("sim", base + 20).requests == figures(store.window("sim", base + 20), 10).requests
-    assert store.step("sim", 0, base + 10).requests == 3  # a step's total ends where the window does
-    store.prune(base + 20)
+    spans = {0: (base, base + 10), 1: (base + 10, None)}
+    assert store.step("sim", 0, spans[0], base + 20).requests == 3
+    store.prune(base + 20, spans)
     assert store.window("sim", base + 10).requests == 0
-    assert store.step("sim", 0, base + 20).requests == 5  # folded in: the step total outlives the window
-
-
-def test_warm_up_requests_count_in_the_window_but_not_in_the_step() -> None:
-    store = LiveStore(window_s=30)
-    store.add(record(1, warmup=True))
-    store.add(record(2))
-    assert store.window("sim", int(T0.timestamp()) + 30).requests == 2
-    assert store.step("sim", 0, int(T0.timestamp()) + 30).requests == 1
+    assert store.step("sim", 0, spans[0], base + 20).requests == 3  # folded in: it outlives the window
+    assert store.step("sim", 1, spans[1], base + 20).requests == 2
 
 
 def test_targets_are_kept_apart() -> None:
