@@ -15,7 +15,7 @@ it for values below that. Per-request figures are the stored record's own (:mod:
 
 from __future__ import annotations
 
-import itertools
+import bisect
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -35,6 +35,7 @@ ZERO_MS = 0.001
 """Values below this (1 µs) share one bucket read as 0: their percentiles are exact to within it."""
 MAX_MS = 1e7
 """Values above this (2.8 h) share the top bucket."""
+_VECTOR_MIN = 16  # from this many values numpy bins them faster than a loop
 _LOW = math.ceil(math.log(ZERO_MS) * _INV_LOG_GAMMA)
 _BUCKETS = math.ceil(math.log(MAX_MS) * _INV_LOG_GAMMA) - _LOW + 2  # slot 0 holds the values below ZERO_MS
 # Slot j >= 1 holds bucket i = j - 1 + _LOW, the values in (γ^(i-1), γ^i]; it reads as 2γ^i / (γ + 1), within
@@ -65,7 +66,9 @@ class LogHistogram:
         self.counts[_slot(value)] += 1
 
     def extend(self, values: Sequence[float]) -> None:
-        if not values:
+        if len(values) < _VECTOR_MIN:
+            for value in values:
+                self.counts[_slot(value)] += 1
             return
         arr = np.asarray(values, dtype=float)
         slots = np.ceil(np.log(np.maximum(arr, ZERO_MS)) * _INV_LOG_GAMMA).astype(np.int64) - (_LOW - 1)
@@ -217,19 +220,26 @@ class Slices:
         target, sent_s, offsets = record.target, record.started_at.timestamp(), record.chunk_offsets_ns
         ok = record.outcome is Outcome.OK
         tokens, _ = metrics.output_token_count(record.output_tokens, record.client_output_tokens, len(offsets))
-        seconds = [math.floor(sent_s + offset / 1e9) for offset in offsets]
         shares = metrics.chunk_token_counts(len(offsets), tokens, record.chunk_tokens)
-        for second, share in zip(seconds, shares, strict=True):
-            self.at((target, second)).output_tokens += share
+        gaps = record.itl_ms if ok else []  # gap i ends with chunk i + 1
+        first = 0
+        while first < len(offsets):  # chunks arrive in order: a second's chunks are one run of them
+            second = math.floor(sent_s + offsets[first] / 1e9)
+            end = bisect.bisect_left(offsets, (second + 1 - sent_s) * 1e9, first + 1)
+            # The stored figures place a chunk by floor(sent + offset): where rounding moves the bound, it wins.
+            while end > first + 1 and math.floor(sent_s + offsets[end - 1] / 1e9) > second:
+                end -= 1
+            while end < len(offsets) and math.floor(sent_s + offsets[end] / 1e9) == second:
+                end += 1
+            summary = self.at((target, second))
+            summary.output_tokens += sum(shares[first:end])
+            if gaps:
+                summary.itl_ms.extend(gaps[max(first, 1) - 1 : end - 1])
+            first = end
         ttft = record.ttft_ms
         # A request that waited for a model load is a load, not a slow TTFT (docs/metrics.md).
         if ok and ttft is not None and float(record.server_timings_ms.get("load_ms") or 0) < metrics.MODEL_LOAD_MIN_MS:
-            self.at((target, seconds[0])).ttft_ms.add(ttft)
-        if ok:
-            gaps = record.itl_ms  # gap i ends with chunk i + 1
-            for second, group in itertools.groupby(range(len(gaps)), key=lambda i: seconds[i + 1]):
-                members = list(group)
-                self.at((target, second)).itl_ms.extend(gaps[members[0] : members[-1] + 1])
+            self.at((target, math.floor(sent_s + offsets[0] / 1e9))).ttft_ms.add(ttft)
         if record.outcome is Outcome.CANCELLED:
             return  # stopped with the load: its chunks count, it is no completion
         done = self.at((target, math.floor(sent_s + record.end_offset_ns / 1e9)))
