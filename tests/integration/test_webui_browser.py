@@ -1,6 +1,7 @@
 """Locust's own web UI in a real browser: during a run against the simulator, headless Chromium opens
-the page Locust prints, clicks the LLM tab, and finds TTFT and output tokens/s whose numbers agree
-with the rows stored for the window the tab names.
+the page Locust prints and clicks the LLM tab; once the load is stopped with Locust's Stop button (a
+request counts when it has ended), the tab's TTFT and output tokens/s agree with the stored rows'
+figures over the window it names.
 
 The screenshot it takes is the README's (set STAMPEDE_SCREENSHOT to a path to keep it).
 """
@@ -27,6 +28,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from loadgen.webui import TICK_S
 from stampede.db import upgrade
 from stampede.demo import start_simulator
 from stampede.metrics import StepSummary, summarize_step
@@ -118,6 +120,7 @@ class DevTools:
 CHARTS_TAB_JS = """(() => { const p = document.getElementById('stampede-llm-charts');
     return !!p && p.style.display !== 'none' && p.querySelectorAll('svg').length >= 2
         && document.querySelectorAll('main canvas').length > 0; })()"""
+STOP_JS = "[...document.querySelectorAll('button')].find(b => b.textContent.trim().toLowerCase() === 'stop').click()"
 ROWS_JS = """[...document.querySelectorAll('main table tbody tr')].map(tr =>
     [...tr.querySelectorAll('td')].map(td => td.textContent))"""
 
@@ -135,7 +138,7 @@ async def _open_llm_tab(base: str, port_file: Path, screenshot: Path) -> list[li
             await tools.js("[...document.querySelectorAll('[role=tab]')].find(t => t.textContent === 'LLM').click()")
             await tools.wait_for("document.body.innerText.includes('TTFT p99 (ms)')")
             await tools.wait_for("document.querySelectorAll('#stampede-llm-charts svg polyline').length >= 3")
-            rows = await tools.js(ROWS_JS)
+            assert (await tools.js(ROWS_JS))[0][0] == "Target"  # the tab shows its table while the load runs
             height = await tools.js("document.documentElement.scrollHeight")
             await tools("Emulation.setDeviceMetricsOverride", width=1280, height=height, deviceScaleFactor=1,
                         mobile=False)  # fmt: skip
@@ -144,7 +147,14 @@ async def _open_llm_tab(base: str, port_file: Path, screenshot: Path) -> list[li
             # Beside Locust's own charts too: the same panel under the Charts tab's canvases.
             await tools.js("[...document.querySelectorAll('[role=tab]')].find(t => t.textContent === 'Charts').click()")
             await tools.wait_for(CHARTS_TAB_JS)
-            return list(rows)
+            # A request counts once it has ended: stop the load (Locust's Stop button), so that every request
+            # with a part in the window has, and open the tab again on the figures computed after that.
+            await tools.js(STOP_JS)
+            await tools.wait_for("document.body.innerText.toUpperCase().includes('STOPPED')")
+            await asyncio.sleep(TICK_S + 1.5)
+            await tools("Page.navigate", url=f"{base}/?tab=llm")
+            await tools.wait_for("document.body.innerText.includes('TTFT p99 (ms)')")
+            return list(await tools.js(ROWS_JS))
 
 
 def _stored_window(db_url: str, start_s: float, end_s: float) -> tuple[StepSummary, list[float]]:
