@@ -56,14 +56,15 @@ def _at(seconds: float) -> datetime:
 def test_a_masters_merged_figures_agree_with_the_stored_rows(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'results.db'}"
     upgrade(db_url)
-    port = free_port()
+    port, master_port = free_port(), free_port()  # not Locust's 5557: other runs on this host may hold it
     simulator = start_simulator("vllm", port, tmp_path / "sim.log")
     try:
         result = subprocess.run(
             # With its web UI, a master that ends the run waits for its workers to stop, and their last
             # reports to come, before it quits; headless, it quits half a second after telling them to.
             [sys.executable, "-m", "locust", "-f", LOCUSTFILE, "--autostart", "--autoquit", "5", "--processes", "2",
-             "--web-host", "127.0.0.1", "--web-port", str(free_port()),
+             "--web-host", "127.0.0.1", "--web-port", str(free_port()), "--master-bind-port", str(master_port),
+             "--master-port", str(master_port),
              "--host", f"http://127.0.0.1:{port}", "-u", "8", "-r", "8", "-t", "10s", "--warmup-s", "2",
              "--max-tokens", "32", "--stop-timeout", "5s", "--exit-code-on-error", "0",
              "--csv", str(tmp_path / "out"), "--json-file", str(tmp_path / "out"), "--html", str(tmp_path / "r.html"),
