@@ -34,6 +34,7 @@ from loadgen.prompts import PromptPicker
 from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
 from loadgen.rxstamps import StampedHTTPClient
 from loadgen.sinks import make_sink
+from loadgen.webui import live_view
 from stampede.preflight import StoreUnavailable, check_stores, database_named
 from stampede.records import Api, Outcome, RequestRecord, utc_now
 from stampede.settings import get_settings
@@ -60,7 +61,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
     settings = get_settings()
     # The context and the step message first: a Locust worker is already connected to its master,
     # which may start users and send the step while the checks below wait on the network.
-    context = RunContext(environment, make_sink(settings))
+    context = RunContext(environment, live_view(environment, make_sink(settings)))
     environment.stampede = context  # type: ignore[attr-defined]
     if environment.runner is not None:
         environment.runner.register_message(STEP_MESSAGE, lambda msg, **_: context.on_step(msg.data))

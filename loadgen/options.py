@@ -30,6 +30,11 @@ def add_chat_arguments(parser: Any) -> None:
         default="",
         help="Count tokens on the client too: a tokenizer.json path or folder, or tiktoken:NAME (installed locally).",
     )
+    group.add_argument(
+        "--no-live-figures",
+        action="store_true",
+        help="Leave the LLM tab out of Locust's web UI, and its table out of --html, --csv and --json-file.",
+    )
     group.add_argument("--target-name", default="", help="Label of the target in reports (default: host:port).")
     group.add_argument("--run-id", default="", help="Run id shared by all processes (default: a new one).")
     group.add_argument("--run-name", default="", help="Human label for the run.")
