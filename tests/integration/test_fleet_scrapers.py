@@ -62,6 +62,7 @@ def test_scrape_once_reads_each_runtime_over_http(runtime_url: str) -> None:
         "vllm:num_requests_running",
         "vllm:num_requests_waiting",
         "vllm:kv_cache_usage_perc",
+        "vllm:generation_tokens_total",
         "vllm:num_preemptions_total",
         "vllm:prefix_cache_queries_total",
         "vllm:prefix_cache_hits_total",
@@ -106,4 +107,4 @@ def test_agent_says_once_that_a_runtime_is_away(runtime_url: str, pg_store: str,
     ]
     with psycopg.connect(pg_store.replace("+psycopg", "")) as connection:
         targets = connection.execute("SELECT target, count(*) FROM runtime_samples GROUP BY 1").fetchall()
-    assert targets == [("here", 18)]  # 3 readings of 6 values
+    assert targets == [("here", 21)]  # 3 readings of 7 values
