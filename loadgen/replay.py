@@ -8,6 +8,10 @@ RQ workers when STAMPEDE_REDIS_URL is set, else straight to the database. Withou
 takes, from the temporary directory, the files whose writer is gone (a sink holds a lock file while
 it lives). Stores ignore records they already hold, so replaying a file twice stores nothing twice.
 A file is removed once all of it is delivered.
+
+``--failed`` puts back on the queue the record jobs RQ gave up on (its failed-job registry: their
+retries ran out while the store was away, before workers held jobs during an outage), for the
+workers to store once the store is back.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import tempfile
 from pathlib import Path
 
 import orjson
+from redis.exceptions import RedisError
 
 from loadgen.journal import SUFFIX, abandoned, owner_gone, owner_of, read_segment
+from loadgen.rq_sink import requeue_failed
 from loadgen.sinks import STORE_REQUESTS, Sink, make_sink
 from stampede.rows import row_batch
 from stampede.settings import get_settings
@@ -80,6 +86,22 @@ def remove_stale_locks(directory: Path) -> None:
             lock.unlink(missing_ok=True)
 
 
+def _requeue_failed() -> int:
+    settings = get_settings()
+    if settings.redis_url is None:
+        print("stampede replay --failed: STAMPEDE_REDIS_URL is not set; failed jobs live in Redis", file=sys.stderr)
+        return 2
+    try:
+        count = requeue_failed(settings.redis_url.get_secret_value(), settings.queue_name)
+    except RedisError as exc:
+        print(f"stampede replay --failed: Redis unreachable ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    print(
+        f"{count} failed jobs put back on queue {settings.queue_name}; the workers store them (duplicates are ignored)"
+    )
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="stampede replay", description=__doc__)
     parser.add_argument(
@@ -89,8 +111,16 @@ def main(argv: list[str]) -> int:
         help="spill files (stampede-spill-*.jsonl) and journal segments (stampede-journal-*.rows); "
         "default: those whose writer is gone, in the temporary directory",
     )
+    parser.add_argument(
+        "--failed",
+        action="store_true",
+        help="instead, put the jobs RQ gave up on (its failed-job registry of STAMPEDE_QUEUE_NAME) back on "
+        "the queue, for the workers to store",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.failed:
+        return _requeue_failed()
     directory = Path(tempfile.gettempdir())
     files = args.files or orphans(directory)
     if not files:

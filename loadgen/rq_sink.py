@@ -63,3 +63,15 @@ class RQSink(Sink):
             # Every Redis key of a job then names its queue, so one queue's keys can be found and removed.
             job_id=f"{self.queue.name}-{uuid.uuid4().hex}",
         )
+
+
+def requeue_failed(redis_url: str, queue_name: str) -> int:
+    """Put every job RQ gave up on (the queue's failed-job registry) back on the queue, for a worker to
+    run again once its store is back; returns how many. Stores ignore rows they already hold, so a job
+    that had partly reached the store, or one requeued twice, adds nothing twice."""
+    connection = Redis.from_url(redis_url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S)
+    registry = Queue(queue_name, connection=connection, serializer=JSONSerializer).failed_job_registry
+    job_ids = registry.get_job_ids()
+    for job_id in job_ids:
+        registry.requeue(job_id)
+    return len(job_ids)
