@@ -19,14 +19,14 @@ from sqlalchemy.orm import Session
 from stampede import report
 from stampede.db import get_engine
 from stampede.records import Outcome
-from stampede.schema import GpuSample, LoadgenSample, Request, Run, RuntimeSample, Step
+from stampede.schema import GpuSample, LoadgenCount, LoadgenSample, Request, Run, RuntimeSample, Step
 from stampede.settings import get_settings
 
 # Short enough that a running sweep shows its new steps on the next refresh.
 TTL_S = 5
 RUN_COLUMNS = [
     "id", "name", "status", "started_at", "ended_at", "targets", "models", "steps", "hosts",
-    "accepted", "regression", "baseline_run_id",
+    "stored_requests", "produced_requests", "accepted", "regression", "baseline_run_id",
 ]  # fmt: skip
 
 
@@ -67,6 +67,11 @@ def runs(url: str) -> pd.DataFrame:
         targets.setdefault(run_id, set()).add(target)
         models.setdefault(run_id, set()).add(model)
         step_counts[run_id] = step_counts.get(run_id, 0) + 1
+        # Rows per run come from the (run_id, ...) index; the counts from the small loadgen_counts table.
+        stored = dict(session.execute(select(Request.run_id, func.count()).group_by(Request.run_id)).all())
+        produced = dict(
+            session.execute(select(LoadgenCount.run_id, func.sum(LoadgenCount.requests)).group_by(LoadgenCount.run_id))
+        )
     hosts = dict(host_rows)
     frame = pd.DataFrame(
         [
@@ -80,6 +85,8 @@ def runs(url: str) -> pd.DataFrame:
                 "models": ", ".join(sorted(models.get(r.id, ()))),
                 "steps": step_counts.get(r.id, 0),
                 "hosts": int(hosts.get(r.id, 0)),
+                "stored_requests": int(stored.get(r.id, 0)),
+                "produced_requests": None if r.id not in produced else int(produced[r.id]),
                 "accepted": bool(r.accepted),
                 "regression": r.regression,
                 "baseline_run_id": None if r.baseline_run_id is None else str(r.baseline_run_id),

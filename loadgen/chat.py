@@ -91,6 +91,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     context: RunContext = environment.stampede  # type: ignore[attr-defined]
     if not isinstance(environment.runner, MasterRunner):
         context.health.start()  # the processes that send requests watch themselves
+        context.tally.start()
         # A full collection walks every object Locust, gevent and the imports made: 40 to 60 ms with the
         # loop stopped, longer than a decode step. Frozen, they are left out of it (CPython's gc.freeze).
         gc.collect()
@@ -110,6 +111,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     context: RunContext = environment.stampede  # type: ignore[attr-defined]
     context.health.stop()
+    context.tally.stop()  # the final counts, queued after the last records
     context.stop_pacing()
     if context.is_coordinator:
         context.end_run()
@@ -250,6 +252,7 @@ class ChatUser(User):
             reconnects=m.reconnects,
         )
         context.sink.add_request(record)
+        context.tally.add(record)
         if m.outcome is Outcome.CANCELLED:
             return
         self.environment.events.request.fire(

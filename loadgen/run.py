@@ -28,6 +28,7 @@ from loadgen.clients import APIS, ChatApi
 from loadgen.health import HealthMonitor
 from loadgen.prompts import Prompt, get_prompt_set
 from loadgen.sinks import Sink
+from loadgen.tally import RequestTally
 from loadgen.tokenizers import TokenCounter, load_tokenizer
 from stampede.records import Api, RunRecord, RunStatus, StepRecord, utc_now
 
@@ -67,6 +68,7 @@ class RunContext:
         self._rate_changed = gevent.event.Event()
         self._arrivals: tuple[str, float, int] | None = None
         self.health = HealthMonitor(sink.add_loadgen_sample, self._describe, HOSTNAME)
+        self.tally = RequestTally(sink, HOSTNAME)
         self._users = itertools.count()
         self._prompts: dict[str, tuple[Prompt, ...]] = {}
         self._tokenizers: dict[str, TokenCounter] = {}

@@ -38,7 +38,7 @@ from gevent.threadpool import ThreadPool
 
 from loadgen.journal import Journal, hold_lock, lock_path
 from loadgen.redaction import known_secrets, redact
-from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
+from stampede.records import LoadgenCountRecord, LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.rows import encode_request, row_batch
 from stampede.settings import Settings
 
@@ -46,6 +46,7 @@ STORE_REQUESTS = "workers.jobs.store_request_rows"
 STORE_RUN = "workers.jobs.store_run"
 STORE_STEP = "workers.jobs.store_step"
 STORE_LOADGEN_SAMPLES = "workers.jobs.store_loadgen_samples"
+STORE_LOADGEN_COUNTS = "workers.jobs.store_loadgen_counts"
 
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,10 @@ class Sink(ABC):
     def add_loadgen_sample(self, sample: LoadgenSampleRecord) -> None:
         """Queue one health sample of this load-generating process."""
         self._put(STORE_LOADGEN_SAMPLES, [sample.to_job_arg()])
+
+    def add_loadgen_counts(self, counts: list[LoadgenCountRecord]) -> None:
+        """Queue this process's request counts per step (after the records they count)."""
+        self._put(STORE_LOADGEN_COUNTS, [count.to_job_arg() for count in counts])
 
     def resend(self, job: str, arg: Any) -> None:
         """Queue a job as it was written to a spill file (see :mod:`loadgen.replay`)."""

@@ -38,12 +38,22 @@ def find_baseline(session: Session, run: Run, target: str) -> Run | None:
     return next((c for c in candidates if sweep_name(c) == name), None)
 
 
+class IncompleteRun(ValueError):
+    """A run whose store lacks requests its load generators made: its figures are not yet its own."""
+
+
 def check_run(session: Session, run_id: uuid.UUID, spec: RegressionSpec) -> list[Finding]:
     """Compare a finished run with its baselines and record the verdict on the run row."""
     run = session.get(Run, run_id)
     if run is None:
         raise ValueError(f"no run {run_id}")
     current = step_summaries(session, run_id)
+    if any(step.incomplete for step in current):
+        raise IncompleteRun(
+            f"run {run_id} is incomplete (" + ", ".join(f"{s.target} step {s.index}: {s.stored} of {s.produced}"
+            for s in current if s.incomplete) + " requests stored): not compared with its baseline; store the"
+            " rest (`stampede replay`, `stampede replay --failed`) and check again"
+        )  # fmt: skip
     findings: list[Finding] = []
     baseline_ids = []
     for target in sorted({s.target for s in current}):

@@ -201,7 +201,10 @@ def _sweep(plan: SweepPlan, check: bool = False) -> None:
         raise SweepError(f"every request to {', '.join(failed_targets)} failed: nothing was measured (see above)")
     if check:
         with Session(engine) as session, session.begin():
-            findings = baseline.check_run(session, plan.run_id, plan.spec.regression)
+            try:
+                findings = baseline.check_run(session, plan.run_id, plan.spec.regression)
+            except baseline.IncompleteRun as exc:
+                raise SweepError(str(exc)) from None
         for finding in findings:
             typer.echo(f"regression: {finding.describe()}", err=True)
         if findings:

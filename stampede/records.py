@@ -214,6 +214,17 @@ class LoadgenSampleRecord(_Record):
     loop_lag_ms: float = Field(ge=0, description="Largest event-loop lag seen in the interval, ms.")
 
 
+class LoadgenCountRecord(_Record):
+    """How many request records one load-generating process made for one step: what the store must hold."""
+
+    run_id: uuid.UUID = Field(description="Run the requests belong to.")
+    target: str = Field(description="Label of the target runtime.")
+    step_index: int = Field(ge=0, description="Step the requests were sent in.")
+    host: str = Field(description="Hostname of the process.")
+    pid: int = Field(description="Process id.")
+    requests: int = Field(ge=0, description="Request records made so far, of any outcome.")
+
+
 def utc_now() -> datetime:
     """Timezone-aware UTC now."""
     return datetime.now(UTC)

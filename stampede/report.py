@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from stampede import metrics, stepdata
 from stampede.metrics import PERCENTILES, Percentiles, Slo, StepSummary
 from stampede.records import utc_now
-from stampede.schema import LoadgenSample, Request, Run, RuntimeSample, Step, StepStats
+from stampede.schema import LoadgenCount, LoadgenSample, Request, Run, RuntimeSample, Step, StepStats
 from stampede.windows import Window
 
 LATENCIES = ("ttft", "itl", "tpot", "e2e", "response", "network_and_queue")
@@ -55,6 +55,8 @@ ROW_COLUMNS = (
     "saturated",
     "lost_workers",
     "users_left",
+    "stored_requests",
+    "produced_requests",
     *(f"{name}_p{p}_ms" for name in LATENCIES for p in PERCENTILES),
 )
 # Bumped whenever the cached form of a summary changes, so older cache rows are recomputed.
@@ -112,6 +114,16 @@ class TargetStep:
     """Seconds from the step's start to the first loss."""
     users_left: int | None = None
     """Users the workers still reporting ran after the last loss."""
+    stored: int = 0
+    """Request rows stored of those sent in this step."""
+    produced: int | None = None
+    """Request records the load generators made for this step, as they counted them; None where no count
+    reached the store (a run of an older version)."""
+
+    @property
+    def incomplete(self) -> bool:
+        """The store holds fewer of the step's requests than its load generators made."""
+        return self.produced is not None and self.stored < self.produced
 
     @property
     def load(self) -> float:
@@ -150,6 +162,8 @@ class TargetStep:
             "saturated": self.saturated,
             "lost_workers": self.lost_workers,
             "users_left": self.users_left,
+            "stored_requests": self.stored,
+            "produced_requests": self.produced,
         }
         for name in LATENCIES:
             pcts: Percentiles = getattr(s, f"{name}_ms")
@@ -219,6 +233,34 @@ def _saturated(window: Window, samples: list[tuple[datetime, float, float]]) -> 
     return metrics.generator_saturated([cpu for cpu, _ in inside], [lag for _, lag in inside])
 
 
+def completeness(session: Session, run_id: uuid.UUID) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    """Per (target, step sent in): request rows stored, and request records the load generators made
+    (their counts, sent through the same sinks after the records they count)."""
+    stored = {
+        (t, i): n
+        for t, i, n in session.execute(
+            select(Request.target, Request.step_index, func.count())
+            .where(Request.run_id == run_id)
+            .group_by(Request.target, Request.step_index)
+        )
+    }
+    produced = {
+        (t, i): int(n)
+        for t, i, n in session.execute(
+            select(LoadgenCount.target, LoadgenCount.step_index, func.sum(LoadgenCount.requests))
+            .where(LoadgenCount.run_id == run_id)
+            .group_by(LoadgenCount.target, LoadgenCount.step_index)
+        )
+    }
+    return stored, produced
+
+
+def incomplete_steps(session: Session, run_id: uuid.UUID) -> list[tuple[str, int, int, int]]:
+    """``(target, step, stored, produced)`` of each step whose requests the store does not all hold yet."""
+    stored, produced = completeness(session, run_id)
+    return [(t, i, stored.get((t, i), 0), n) for (t, i), n in sorted(produced.items()) if stored.get((t, i), 0) < n]
+
+
 def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
     """Summaries of every ended step of a run, ordered by target then step.
 
@@ -258,6 +300,7 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
             )
         )
     }
+    stored, produced = completeness(session, run_id)
     health: dict[tuple[str, int], list[tuple[datetime, float, float]]] = {}
     for t, i, at, cpu, lag in session.execute(
         select(
@@ -306,6 +349,8 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
                 step.lost_workers,
                 lost_after_s,
                 step.users_left,
+                stored.get((step.target, step.index), 0),
+                produced.get((step.target, step.index)),
             )
         )
     return out

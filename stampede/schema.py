@@ -163,6 +163,21 @@ class RuntimeSample(Base):
     value: Mapped[float]
 
 
+class LoadgenCount(Base):
+    """Request records a load-generating process made for a step: a step holding fewer rows is incomplete."""
+
+    __tablename__ = "loadgen_counts"
+    __table_args__ = (UniqueConstraint("run_id", "target", "step_index", "host", "pid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    target: Mapped[str] = mapped_column(String(200))
+    step_index: Mapped[int]
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    requests: Mapped[int]
+
+
 class LoadgenSample(Base):
     """One reading of a load-generating process's own health (CPU, event-loop lag)."""
 

@@ -23,10 +23,18 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, RunStatus, StepRecord, utc_now
+from stampede.records import (
+    LoadgenCountRecord,
+    LoadgenSampleRecord,
+    RequestRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    utc_now,
+)
 from stampede.rows import RowBatch, check_batch, decode_rows, encode_batch
 from stampede.samples import GpuSampleRecord, RuntimeSampleRecord
-from stampede.schema import Base, GpuSample, LoadgenSample, Request, Run, RuntimeSample, Step
+from stampede.schema import Base, GpuSample, LoadgenCount, LoadgenSample, Request, Run, RuntimeSample, Step
 
 # Emptied at each commit, so a batch never sees rows of another, even one that was rolled back.
 _INCOMING_REQUESTS = "stampede_incoming_requests"
@@ -153,6 +161,20 @@ def insert_runtime_samples(session: Session, samples: Sequence[RuntimeSampleReco
         return 0
     session.execute(_insert(session, RuntimeSample).values([s.model_dump() for s in samples]))
     return len(samples)
+
+
+def upsert_loadgen_counts(session: Session, counts: Sequence[LoadgenCountRecord]) -> None:
+    """Record each process's request count per step; a count never goes down (a late, replayed or
+    retried job with an older count leaves the newer one)."""
+    # SQLite's two-argument max() is PostgreSQL's greatest().
+    larger = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
+    for count in counts:
+        stmt = _insert(session, LoadgenCount).values(count.model_dump())
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id", "target", "step_index", "host", "pid"],
+            set_={"requests": larger(LoadgenCount.requests, stmt.excluded.requests)},
+        )
+        session.execute(stmt)
 
 
 def insert_loadgen_samples(session: Session, samples: Sequence[LoadgenSampleRecord]) -> int:

@@ -21,6 +21,7 @@ LITTLE = "in flight ≠ completions/s × E2E"
 NOT_REACHED = "planned load never held"
 SERVER_DIFFERS = "differs from the server's count"
 LOST = "lost"
+INCOMPLETE = "incomplete"
 
 
 def _ms(value: float | None) -> str:
@@ -46,6 +47,8 @@ def _notes(item: TargetStep) -> list[str]:
         notes.append(NOT_REACHED)
     if s.server_disagrees:
         notes.append(SERVER_DIFFERS)
+    if item.incomplete:
+        notes.append(f"{INCOMPLETE}: {item.stored:,} of {item.produced:,} requests stored")
     if item.lost_workers:
         left = "" if item.users_left is None else f": {item.users_left} of {s.users} users left"
         notes.append(f"{LOST} {item.lost_workers} Locust worker(s) {item.lost_after_s or 0:.0f} s in{left}")
@@ -118,6 +121,10 @@ def format_summary(steps: Sequence[TargetStep]) -> str:
         lines.append(f"{NOT_REACHED}: the planned requests were never all in flight; the window opened by the clock")
     if SERVER_DIFFERS in notes:
         lines.append(f"{SERVER_DIFFERS}: client and runtime token counts over the window are over 5 % apart")
+    if any(step.incomplete for step in steps):
+        lines.append(f"{INCOMPLETE}: the load generators made more request records than the store holds yet: queued"
+                     " for the workers, kept in a file by a Locust process (`stampede replay`), or given up on by"
+                     " RQ (`stampede replay --failed`); the step's figures lack them")  # fmt: skip
     if any(step.lost_workers for step in steps):
         lines.append(f"{LOST} ... Locust worker(s): workers stopped reporting to the master during the step, which"
                      " carried on with the users left; the step's figures are for that smaller load")  # fmt: skip

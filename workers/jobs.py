@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from stampede import store
 from stampede.db import get_engine
-from stampede.records import LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
+from stampede.records import LoadgenCountRecord, LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.rows import RowBatch
 from stampede.settings import get_settings
 
@@ -48,6 +48,13 @@ def store_step(step: dict[str, Any]) -> None:
     parsed = StepRecord.model_validate(step)
     with _session() as session, session.begin():
         store.upsert_step(session, parsed)
+
+
+def store_loadgen_counts(counts: list[dict[str, Any]]) -> None:
+    """Validate and record load-generating processes' request counts per step (a count never goes down)."""
+    parsed = [LoadgenCountRecord.model_validate(c) for c in counts]
+    with _session() as session, session.begin():
+        store.upsert_loadgen_counts(session, parsed)
 
 
 def store_loadgen_samples(samples: list[dict[str, Any]]) -> int:

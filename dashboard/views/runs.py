@@ -32,6 +32,12 @@ tables.show(
     },
 )
 st.caption(f"{len(shown)} of {len(runs)} runs")
+incomplete = shown[shown["produced_requests"].notna() & (shown["stored_requests"] < shown["produced_requests"])]
+if len(incomplete):
+    where = ", ".join(f"{r.name} ({r.stored_requests:,} of {int(r.produced_requests):,} requests stored)"
+                      for r in incomplete.itertuples())  # fmt: skip
+    st.warning(f"Incomplete: {where}. The rest are queued for the workers, kept in a file by a Locust process "
+               "(`stampede replay`) or given up on by RQ (`stampede replay --failed`).")  # fmt: skip
 widgets.download_csv(shown, "runs")
 
 if len(shown):

@@ -49,6 +49,12 @@ def page() -> None:
         where = ", ".join(f"{r.target} step {r.step}" for r in little.itertuples())
         st.warning(f"In flight ≠ completions/s × E2E (Little's law, over 10 % apart) in {where}: too few completions "
                    "to describe the load (columns mean_in_flight, little_in_flight).")  # fmt: skip
+    incomplete = [s for s in summaries if s.incomplete]
+    if incomplete:
+        where = ", ".join(f"{s.target} step {s.index} ({s.stored:,} of {s.produced:,})" for s in incomplete)
+        st.warning(f"Incomplete: the store holds fewer requests than the load generators made in {where}. The rest "
+                   "are queued for the workers, kept in a file by a Locust process (`stampede replay`) or given up "
+                   "on by RQ (`stampede replay --failed`); these figures lack them.")  # fmt: skip
     lost = [s for s in summaries if s.lost_workers]
     if lost:
         where = ", ".join(f"{s.target} step {s.index} ({s.lost_workers} lost {s.lost_after_s or 0:.0f} s in, "

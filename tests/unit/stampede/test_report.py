@@ -11,13 +11,23 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from stampede import store
+from stampede import baseline, store
 from stampede.db import make_engine, upgrade
 from stampede.metrics import Percentiles, StepSummary
-from stampede.records import Api, LoadgenSampleRecord, Outcome, RequestRecord, RunRecord, RunStatus, StepRecord
+from stampede.records import (
+    Api,
+    LoadgenCountRecord,
+    LoadgenSampleRecord,
+    Outcome,
+    RequestRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+)
 from stampede.report import SloLimits, TargetStep, knees, step_summaries
 from stampede.samples import RuntimeSampleRecord
 from stampede.schema import Step, StepStats
+from stampede.sweepfile import RegressionSpec
 from tests.builders import request_record
 
 MS = 1_000_000
@@ -256,3 +266,36 @@ def test_the_runtimes_counter_over_the_window_stands_beside_the_clients_count(se
     assert s.server_output_tokens_per_s == pytest.approx((60 + 20) / 8)
     assert s.checked_output_tokens_per_s == pytest.approx(10.0)  # 80 tokens arrived between 3 and 11 s
     assert s.server_difference_pct == pytest.approx(0.0) and not s.server_disagrees
+
+
+def counts(run_id: uuid.UUID, *per_process: int) -> list[LoadgenCountRecord]:
+    return [
+        LoadgenCountRecord(run_id=run_id, target="t", step_index=0, host="h", pid=pid, requests=n)
+        for pid, n in enumerate(per_process)
+    ]
+
+
+def test_a_step_holding_fewer_rows_than_its_load_generators_made_is_incomplete(session: Session) -> None:
+    run_id = uuid.uuid4()
+    seed(session, [request(run_id) for _ in range(3)])
+    store.upsert_loadgen_counts(session, counts(run_id, 2, 2))
+    step = only_step(session, run_id)
+    assert (step.stored, step.produced, step.incomplete) == (3, 4, True)
+    assert step.as_row()["stored_requests"] == 3 and step.as_row()["produced_requests"] == 4
+    with pytest.raises(baseline.IncompleteRun, match="t step 0: 3 of 4"):
+        baseline.check_run(session, run_id, RegressionSpec())
+
+
+def test_counts_that_match_the_rows_make_a_complete_step_and_never_go_down(session: Session) -> None:
+    run_id = uuid.uuid4()
+    seed(session, [request(run_id) for _ in range(3)])
+    store.upsert_loadgen_counts(session, counts(run_id, 3))
+    store.upsert_loadgen_counts(session, counts(run_id, 1))  # a late or replayed job with an older count
+    step = only_step(session, run_id)
+    assert (step.stored, step.produced, step.incomplete) == (3, 3, False)
+
+
+def test_a_run_without_counts_is_not_called_incomplete(session: Session) -> None:
+    run_id = uuid.uuid4()
+    step = only_step(session, seed(session, [request(run_id)]))
+    assert (step.produced, step.incomplete) == (None, False)
