@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 from stampede.report import step_summaries  # noqa: E402
 from tests.realservers import llamacpp  # noqa: E402
-from tests.realservers.servers import MODEL_NAME, MODEL_OPTIONS, serve_llama_server  # noqa: E402
+from tests.realservers.servers import MODEL_NAME, MODEL_OPTIONS, prometheus_counters, serve_llama_server  # noqa: E402
 
 AIPERF = "aiperf==0.13.0"
 SERVER_CORE = "0"
@@ -65,6 +65,11 @@ def run(command: list[str], **kwargs: object) -> None:
     result = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
     if result.returncode != 0:
         sys.exit(f"{Path(command[3]).name} failed ({result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
+
+
+def predicted_tokens(url: str) -> float:
+    """llama-server's own count of the output tokens it made so far."""
+    return prometheus_counters(url)["llamacpp:tokens_predicted_total"]
 
 
 def run_stampede(url: str, prompts: Path, users: int, duration_s: float, workdir: Path) -> float:
@@ -117,11 +122,18 @@ def main() -> None:
             started = time.monotonic()
             run_stampede(server.url, ours, args.users, args.warmup_s, workdir)
             run_aiperf(server.url, theirs, tokenizer, args.users, args.warmup_s, workdir)
+            made = {}
+            before = predicted_tokens(server.url)
             stampede = run_stampede(server.url, ours, args.users, args.duration_s, workdir)
+            made["stampede"], before = predicted_tokens(server.url) - before, predicted_tokens(server.url)
             aiperf = run_aiperf(server.url, theirs, tokenizer, args.users, args.duration_s, workdir)
+            made["aiperf"] = predicted_tokens(server.url) - before
         print(f"llama-server, {args.users} streams, {args.output_tokens} output tokens, {args.duration_s:g} s each")
-        print(f"stampede: {stampede:8.1f} output tokens/s")
-        print(f"aiperf:   {aiperf:8.1f} output tokens/s")
+        # The server's count over each tool's whole run (its ramp and drain too) per second of its duration:
+        # an upper bound of what the server made for that tool's load, to tell a tool's measurement from its load.
+        for name, value in (("stampede", stampede), ("aiperf", aiperf)):
+            server = made[name] / args.duration_s
+            print(f"{name + ':':10}{value:8.1f} output tokens/s measured; server made {server:8.1f} per s of it")
         print(f"ratio:    {stampede / aiperf:8.3f}  (took {time.monotonic() - started:.0f} s)")
 
 
