@@ -60,6 +60,13 @@ def runs(url: str) -> pd.DataFrame:
         host_rows = session.execute(
             select(LoadgenSample.run_id, func.count(func.distinct(LoadgenSample.host))).group_by(LoadgenSample.run_id)
         ).all()
+        # Rows per run come from the (run_id, ...) index; the counts from the small loadgen_counts table.
+        stored = dict(session.execute(select(Request.run_id, func.count()).group_by(Request.run_id)).all())
+        produced = dict(
+            session.execute(
+                select(LoadgenCount.run_id, func.sum(LoadgenCount.requests)).group_by(LoadgenCount.run_id)
+            ).all()
+        )
     targets: dict[uuid.UUID, set[str]] = {}
     models: dict[uuid.UUID, set[str]] = {}
     step_counts: dict[uuid.UUID, int] = {}
@@ -67,11 +74,6 @@ def runs(url: str) -> pd.DataFrame:
         targets.setdefault(run_id, set()).add(target)
         models.setdefault(run_id, set()).add(model)
         step_counts[run_id] = step_counts.get(run_id, 0) + 1
-        # Rows per run come from the (run_id, ...) index; the counts from the small loadgen_counts table.
-        stored = dict(session.execute(select(Request.run_id, func.count()).group_by(Request.run_id)).all())
-        produced = dict(
-            session.execute(select(LoadgenCount.run_id, func.sum(LoadgenCount.requests)).group_by(LoadgenCount.run_id))
-        )
     hosts = dict(host_rows)
     frame = pd.DataFrame(
         [

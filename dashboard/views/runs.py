@@ -1,6 +1,7 @@
 """Runs: every stored run with its targets, model, steps, dates, status, hosts and regression verdict;
 filter them and open one in the Sweep page."""
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import queries, tables, widgets
@@ -32,7 +33,8 @@ tables.show(
     },
 )
 st.caption(f"{len(shown)} of {len(runs)} runs")
-incomplete = shown[shown["produced_requests"].notna() & (shown["stored_requests"] < shown["produced_requests"])]
+produced = pd.to_numeric(shown["produced_requests"])  # None (a run without counts) becomes NaN: never short
+incomplete = shown[shown["stored_requests"] < produced]
 if len(incomplete):
     where = ", ".join(f"{r.name} ({r.stored_requests:,} of {int(r.produced_requests):,} requests stored)"
                       for r in incomplete.itertuples())  # fmt: skip
