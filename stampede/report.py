@@ -16,13 +16,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from stampede import metrics, stepdata
 from stampede.metrics import PERCENTILES, Percentiles, Slo, StepSummary
 from stampede.records import utc_now
 from stampede.schema import LoadgenCount, LoadgenSample, Request, Run, RuntimeSample, Step, StepStats
+from stampede.store import dialect_insert
 from stampede.windows import Window
 
 LATENCIES = ("ttft", "itl", "tpot", "e2e", "response", "network_and_queue")
@@ -213,8 +213,7 @@ def _store_cache(
         "computed_at": utc_now(),
         "summary": key | {"summary": asdict(s)},
     }
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(StepStats).values(values)
+    stmt = dialect_insert(session, StepStats).values(values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["run_id", "target", "step_index"],
         set_={c: stmt.excluded[c] for c in ("request_rows", "computed_at", "summary")},

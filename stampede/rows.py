@@ -17,46 +17,66 @@ import re
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from enum import Enum
+from operator import attrgetter
 from typing import Any, TypedDict
 
 import orjson
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Uuid
+from sqlalchemy.sql.elements import KeyedColumnElement
+from sqlalchemy.types import TypeEngine
 
 from stampede import metrics
 from stampede.records import RequestRecord
+from stampede.schema import Request
 
-# The ``requests`` columns and their PostgreSQL types, in table order.
-REQUEST_COLUMNS = {
-    "id": "uuid",
-    "run_id": "uuid",
-    "target": "text",
-    "step_index": "int4",
-    "in_warmup": "bool",
-    "host": "text",
-    "pid": "int4",
-    "api": "text",
-    "model": "text",
-    "prompt_id": "text",
-    "outcome": "text",
-    "http_status": "int4",
-    "server_request_id": "text",
-    "error": "text",
-    "started_at": "timestamptz",
-    "ttft_ms": "float8",
-    "e2e_ms": "float8",
-    "tpot_ms": "float8",
-    "prompt_tokens": "int4",
-    "output_tokens": "int4",
-    "output_chunks": "int4",
-    "chunk_offsets_ns": "json",
-    "chunk_tokens": "json",
-    "client_output_tokens": "int4",
-    "server_timings_ms": "json",
-    "send_delay_ms": "float8",
-    "response_ms": "float8",
-    "tokens_disagree": "bool",
-    "late_chunks": "json",
-    "reconnects": "int4",
+# PostgreSQL's name for each column type of the ``requests`` table, as COPY and the SQLite decoder
+# read it. Checked in this order: BigInteger is an Integer, and JSON is no String.
+_TYPE_NAMES: list[tuple[type[TypeEngine[Any]], str]] = [
+    (Uuid, "uuid"),
+    (Boolean, "bool"),
+    (BigInteger, "int8"),
+    (Integer, "int4"),
+    (DateTime, "timestamptz"),
+    (Float, "float8"),
+    (JSON, "json"),
+    (String, "text"),
+]
+
+
+def _type_name(column: KeyedColumnElement[Any]) -> str:
+    for kind, name in _TYPE_NAMES:
+        if isinstance(column.type, kind):
+            return name
+    raise TypeError(f"requests.{column.key}: no COPY type for {column.type!r}")
+
+
+REQUEST_COLUMNS: dict[str, str] = {column.name: _type_name(column) for column in Request.__table__.columns}
+"""The ``requests`` columns and their PostgreSQL types, in table order: read from the table itself."""
+
+# Columns whose value is not the record's field (or computed field) of the same name.
+DERIVED_COLUMNS: dict[str, Callable[[RequestRecord], Any]] = {
+    "output_chunks": lambda record: len(record.chunk_offsets_ns),
+    "send_delay_ms": lambda record: record.send_delay_ns / metrics.NS_PER_MS,
 }
+UNSTORED_FIELDS = frozenset({"end_offset_ns", "send_delay_ns", "itl_ms"})
+"""Record fields with no column of their own: stored through the derived values above (``e2e_ms``,
+``send_delay_ms``), or recomputed from stored ones (``itl_ms`` from the chunk offsets)."""
+
+
+def _getter(column: str) -> Callable[[RequestRecord], Any]:
+    if column in DERIVED_COLUMNS:
+        return DERIVED_COLUMNS[column]
+    field = RequestRecord.model_fields.get(column)
+    if field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, Enum):
+        return lambda record: getattr(record, column).value
+    if field is not None or column in RequestRecord.model_computed_fields:
+        return attrgetter(column)
+    raise TypeError(f"requests.{column} is neither a RequestRecord field nor one of DERIVED_COLUMNS")
+
+
+# Built once, at import: a column no record can fill fails here, not on the first batch of a run.
+_GETTERS = [(column, _getter(column)) for column in REQUEST_COLUMNS]
 NULL = "\\N"
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\ufffd"})
@@ -76,41 +96,10 @@ class InvalidRows(ValueError):
     """A batch that cannot be stored as it is; the message says which line and column."""
 
 
-def request_values(record: RequestRecord) -> tuple[Any, ...]:
-    """The ``requests`` row of a record in :data:`REQUEST_COLUMNS` order, as Python values: raw
-    fields plus the derived values used in SQL, as the record computes them."""
-    return (
-        record.id,
-        record.run_id,
-        record.target,
-        record.step_index,
-        record.in_warmup,
-        record.host,
-        record.pid,
-        record.api.value,
-        record.model,
-        record.prompt_id,
-        record.outcome.value,
-        record.http_status,
-        record.server_request_id,
-        record.error,
-        record.started_at,
-        record.ttft_ms,
-        record.e2e_ms,
-        record.tpot_ms,
-        record.prompt_tokens,
-        record.output_tokens,
-        len(record.chunk_offsets_ns),
-        record.chunk_offsets_ns,
-        record.chunk_tokens,
-        record.client_output_tokens,
-        record.server_timings_ms,
-        record.send_delay_ns / metrics.NS_PER_MS,
-        record.response_ms,
-        record.tokens_disagree,
-        record.late_chunks,
-        record.reconnects,
-    )
+def request_values(record: RequestRecord) -> dict[str, Any]:
+    """The ``requests`` row of a record, by column in :data:`REQUEST_COLUMNS` order, as Python
+    values: raw fields plus the derived values used in SQL, as the record computes them."""
+    return {column: get(record) for column, get in _GETTERS}
 
 
 def _field(value: Any) -> str:
@@ -132,7 +121,7 @@ def _field(value: Any) -> str:
 
 def encode_request(record: RequestRecord) -> str:
     """One record's row as a line of COPY text, newline included."""
-    return "\t".join(map(_field, request_values(record))) + "\n"
+    return "\t".join([_field(get(record)) for _, get in _GETTERS]) + "\n"
 
 
 def row_batch(lines: list[str], columns: list[str] | None = None) -> RowBatch:
@@ -183,6 +172,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "uuid": uuid.UUID,
     "text": _unescape,
     "int4": int,
+    "int8": int,
     "bool": _parse_bool,
     "timestamptz": datetime.fromisoformat,
     "float8": float,

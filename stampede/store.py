@@ -40,7 +40,9 @@ from stampede.schema import Base, GpuSample, LoadgenCount, LoadgenSample, Reques
 _INCOMING_REQUESTS = "stampede_incoming_requests"
 
 
-def _insert(session: Session, table: type[Base]) -> Any:
+def dialect_insert(session: Session, table: type[Base]) -> Any:
+    """An ``INSERT`` into ``table`` in the session's dialect, which alone offers ``ON CONFLICT``
+    (PostgreSQL's or SQLite's); the one place that picks it, for every upsert of the package."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
@@ -61,7 +63,7 @@ def insert_request_rows(session: Session, batch: RowBatch) -> int:
     rows = decode_rows(batch)
     if not rows:
         return 0
-    stmt = _insert(session, Request).on_conflict_do_nothing(index_elements=["id"])  # refuses other databases
+    stmt = dialect_insert(session, Request).on_conflict_do_nothing(index_elements=["id"])  # refuses other databases
     result: CursorResult[Any] = session.connection().execute(stmt, rows)
     return result.rowcount
 
@@ -110,7 +112,7 @@ def upsert_run(session: Session, run: RunRecord) -> None:
     """Create the run row or update its status, end time and config."""
     values = run.model_dump(exclude_computed_fields=True)
     values["status"] = run.status.value
-    stmt = _insert(session, Run).values(values)
+    stmt = dialect_insert(session, Run).values(values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["id"],
         set_={
@@ -138,7 +140,7 @@ def upsert_step(session: Session, step: StepRecord) -> None:
     """Create the step row or record its end."""
     values = step.model_dump(exclude_computed_fields=True)
     values["api"] = step.api.value
-    stmt = _insert(session, Step).values(values)
+    stmt = dialect_insert(session, Step).values(values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["run_id", "target", "index"],
         set_={c: stmt.excluded[c] for c in ("users", "ended_at", "lost_workers", "lost_at", "users_left")},
@@ -151,7 +153,7 @@ def insert_gpu_samples(session: Session, samples: Sequence[GpuSampleRecord]) -> 
     if not samples:
         return 0
     rows = [s.model_dump() | {"processes": [p.model_dump() for p in s.processes]} for s in samples]
-    session.execute(_insert(session, GpuSample).values(rows))
+    session.execute(dialect_insert(session, GpuSample).values(rows))
     return len(rows)
 
 
@@ -159,7 +161,7 @@ def insert_runtime_samples(session: Session, samples: Sequence[RuntimeSampleReco
     """Insert scraped runtime values in one multi-row statement; returns how many rows were written."""
     if not samples:
         return 0
-    session.execute(_insert(session, RuntimeSample).values([s.model_dump() for s in samples]))
+    session.execute(dialect_insert(session, RuntimeSample).values([s.model_dump() for s in samples]))
     return len(samples)
 
 
@@ -169,7 +171,7 @@ def upsert_loadgen_counts(session: Session, counts: Sequence[LoadgenCountRecord]
     # SQLite's two-argument max() is PostgreSQL's greatest().
     larger = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
     for count in counts:
-        stmt = _insert(session, LoadgenCount).values(count.model_dump())
+        stmt = dialect_insert(session, LoadgenCount).values(count.model_dump())
         stmt = stmt.on_conflict_do_update(
             index_elements=["run_id", "target", "step_index", "host", "pid"],
             set_={"requests": larger(LoadgenCount.requests, stmt.excluded.requests)},
@@ -182,6 +184,6 @@ def insert_loadgen_samples(session: Session, samples: Sequence[LoadgenSampleReco
     if not samples:
         return 0
     rows = [sample.model_dump() for sample in samples]
-    stmt = _insert(session, LoadgenSample).values(rows).on_conflict_do_nothing(index_elements=["id"])
+    stmt = dialect_insert(session, LoadgenSample).values(rows).on_conflict_do_nothing(index_elements=["id"])
     result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
     return result.rowcount

@@ -5,10 +5,62 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from pydantic import BaseModel
 
 from stampede import rows
-from stampede.records import Outcome
+from stampede.records import (
+    LoadgenCountRecord,
+    LoadgenSampleRecord,
+    Outcome,
+    RequestRecord,
+    RunRecord,
+    StepRecord,
+)
+from stampede.samples import GpuSampleRecord, RuntimeSampleRecord
+from stampede.schema import Base, GpuSample, LoadgenCount, LoadgenSample, Request, Run, RuntimeSample, Step
 from tests.builders import request_record
+
+
+def test_record_fields_table_columns_and_the_row_encoding_agree() -> None:
+    """The request's shape has one definition, the ``requests`` table: a field added to the record or a
+    column added to the table alone shows here (a column no record can fill already fails the import)."""
+    columns = [c.name for c in Request.__table__.columns]
+    assert list(rows.REQUEST_COLUMNS) == columns
+    fields = set(RequestRecord.model_fields) | set(RequestRecord.model_computed_fields)
+    assert fields - set(columns) == rows.UNSTORED_FIELDS
+    assert set(columns) - fields == set(rows.DERIVED_COLUMNS)
+    record = request_record(chunk_tokens=[1, 2, 1], send_delay_ns=2_500_000, late_chunks=[1])
+    values = rows.request_values(record)
+    assert list(values) == columns
+    assert values["api"] == record.api.value and values["send_delay_ms"] == 2.5 and values["output_chunks"] == 3
+    line = rows.encode_request(record)
+    by_name = dict(zip(columns, line[:-1].split("\t"), strict=True))
+    assert (by_name["id"], by_name["late_chunks"], by_name["reconnects"]) == (str(record.id), "[1]", "0")
+    (decoded,) = rows.decode_rows(rows.check_batch(rows.row_batch([line])))
+    assert decoded == values
+
+
+@pytest.mark.parametrize(
+    ("record", "table"),
+    [
+        (RunRecord, Run),
+        (StepRecord, Step),
+        (LoadgenCountRecord, LoadgenCount),
+        (LoadgenSampleRecord, LoadgenSample),
+        (GpuSampleRecord, GpuSample),
+        (RuntimeSampleRecord, RuntimeSample),
+    ],
+)
+def test_every_field_of_the_other_records_is_a_column_and_every_other_column_fills_itself(
+    record: type[BaseModel], table: type[Base]
+) -> None:
+    # These records are stored by field name (model_dump), so a field needs a column of its name, and a
+    # column no record fills needs a default, NULL or an autoincrement.
+    columns = table.__table__.columns
+    assert set(record.model_fields) <= set(columns.keys())
+    for column in columns:
+        if column.name not in record.model_fields:
+            assert column.nullable or column.server_default is not None or column.autoincrement is True, column.name
 
 
 def test_decoding_gives_back_every_column_value() -> None:
@@ -21,8 +73,7 @@ def test_decoding_gives_back_every_column_value() -> None:
         client_output_tokens=4,
     )
     (decoded,) = rows.decode_rows(rows.check_batch(rows.encode_batch([record])))
-    expected = dict(zip(rows.REQUEST_COLUMNS, rows.request_values(record), strict=True))
-    assert decoded == expected
+    assert decoded == rows.request_values(record)
     assert decoded["prompt_tokens"] is None and decoded["tokens_disagree"] is True
     assert decoded["error"] == "line one\nline\ttwo \\ three\r"
 
