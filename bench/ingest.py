@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from loadgen.journal import Journal
 from loadgen.rq_sink import RQSink
+from loadgen.sinkfiles import SinkFiles
 from stampede.db import make_engine, upgrade
 from stampede.records import Api, Outcome, RequestRecord
 from stampede.rows import RowBatch, encode_batch, encode_request, row_batch
@@ -99,7 +100,7 @@ def bench_journal(records: list[RequestRecord], batch_size: int) -> float:
     of each row, and a segment opened, sealed and removed per batch."""
     rows = [encode_request(r) for r in records]
     with tempfile.TemporaryDirectory() as directory:
-        journal = Journal(Path(directory), "stampede-journal-0-bench")
+        journal = Journal(SinkFiles("0-bench", Path(directory) / "spill.jsonl").segment)
         started = time.perf_counter()
         for i, row in enumerate(rows, start=1):
             journal.append(row)

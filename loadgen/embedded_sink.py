@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadgen.sinks import STORE_REQUESTS, Sink
+from loadgen.sinks import Sink
 from loadgen.store_process import StoreProcess
+from loadgen.storejobs import STORE_REQUESTS
 from stampede.rows import row_batch
 
 

@@ -12,9 +12,8 @@ batch was delivered just before the kill stores nothing twice.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -22,17 +21,15 @@ from stampede.rows import REQUEST_COLUMNS
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".rows"
 # A segment's first line names its columns; no row starts with "#" (rows start with a UUID).
 COLUMNS_HEADER = "#columns "
 
 
 class Journal:
-    """Segments of one sink, in ``directory``."""
+    """Segments of one sink, named by ``segment_path`` from their number (see :mod:`loadgen.sinkfiles`)."""
 
-    def __init__(self, directory: Path, name: str) -> None:
-        self.directory = directory
-        self.name = name
+    def __init__(self, segment_path: Callable[[int], Path]) -> None:
+        self._segment_path = segment_path
         self._number = 0
         self._segment: IO[bytes] | None = None
         self._path: Path | None = None
@@ -47,7 +44,7 @@ class Journal:
         try:
             if self._segment is None:
                 self._number += 1
-                self._path = self.directory / f"{self.name}-{self._number}{SUFFIX}"
+                self._path = self._segment_path(self._number)
                 self._segment = self._path.open("ab", buffering=0)
                 self._segment.write(f"{COLUMNS_HEADER}{','.join(REQUEST_COLUMNS)}\n".encode())
             data = line.encode()
@@ -85,55 +82,3 @@ def read_segment(path: Path) -> tuple[list[str], list[str]]:
     if rows and rows[0].startswith(COLUMNS_HEADER):
         return rows[0].removeprefix(COLUMNS_HEADER).rstrip("\n").split(","), rows[1:]
     return list(REQUEST_COLUMNS), rows
-
-
-def owner_of(path: Path) -> str | None:
-    """The owner in a journal or spill file's name (``stampede-journal-PID-TOKEN-N.rows``,
-    ``stampede-spill-PID-TOKEN[.drained-N].jsonl``): ``PID-TOKEN``, if the name has one."""
-    parts = path.name.split(".")[0].split("-")
-    if len(parts) > 3 and parts[2].isdigit() and parts[3]:
-        return f"{parts[2]}-{parts[3]}"
-    return None
-
-
-def lock_path(directory: Path, owner: str) -> Path:
-    """The file a sink keeps locked while it lives, so replay can tell its files from a dead one's."""
-    return directory / f"stampede-owner-{owner}.lock"
-
-
-def hold_lock(path: Path) -> IO[bytes]:
-    """Create and lock ``path``; the lock lasts until the returned file is closed or the process ends."""
-    held = path.open("ab")
-    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return held
-
-
-def owner_gone(directory: Path, owner: str) -> bool:
-    """Whether the sink ``owner`` (``PID-TOKEN``) is gone: its lock file is held by no process (a
-    process id alone can be reused, as a container's first process always is). Without a lock file,
-    whether no process on this host has that id."""
-    try:
-        with lock_path(directory, owner).open("rb") as probe:
-            try:
-                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
-    except FileNotFoundError:
-        return not _alive(int(owner.split("-")[0]))
-
-
-def abandoned(path: Path) -> bool:
-    """Whether a journal or spill file's writer is gone."""
-    owner = owner_of(path)
-    return owner is not None and owner_gone(path.parent, owner)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

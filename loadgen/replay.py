@@ -25,9 +25,11 @@ from pathlib import Path
 import orjson
 from redis.exceptions import RedisError
 
-from loadgen.journal import SUFFIX, abandoned, owner_gone, owner_of, read_segment
+from loadgen.journal import read_segment
 from loadgen.rq_sink import requeue_failed
-from loadgen.sinks import STORE_REQUESTS, Sink, make_sink
+from loadgen.sinkfiles import abandoned, is_segment, left_behind, remove_stale_locks
+from loadgen.sinks import Sink, make_sink
+from loadgen.storejobs import STORE_REQUESTS
 from stampede.rows import row_batch
 from stampede.settings import get_settings
 
@@ -62,7 +64,7 @@ def replay(path: Path) -> tuple[int, bool]:
     settings = get_settings()
     sink = make_sink(settings)
     try:
-        jobs = _resend_segment(sink, path) if path.suffix == SUFFIX else _resend_spill(sink, path)
+        jobs = _resend_segment(sink, path) if is_segment(path) else _resend_spill(sink, path)
     except ValueError:
         sink.close(timeout_s=0, keep=False)
         raise
@@ -73,17 +75,7 @@ def replay(path: Path) -> tuple[int, bool]:
 
 def orphans(directory: Path) -> list[Path]:
     """Spill files and journal segments in ``directory`` whose writer is gone, oldest first."""
-    found = [*directory.glob("stampede-spill-*.jsonl"), *directory.glob(f"stampede-journal-*{SUFFIX}")]
-    return sorted((p for p in found if abandoned(p)), key=lambda p: p.stat().st_mtime)
-
-
-def remove_stale_locks(directory: Path) -> None:
-    """Remove the lock files of owners that are gone and left nothing behind."""
-    left = {owner_of(p) for p in [*directory.glob("stampede-spill-*"), *directory.glob("stampede-journal-*")]}
-    for lock in directory.glob("stampede-owner-*.lock"):
-        owner = lock.name.removeprefix("stampede-owner-").removesuffix(".lock")
-        if owner not in left and owner_gone(directory, owner):
-            lock.unlink(missing_ok=True)
+    return sorted((p for p in left_behind(directory) if abandoned(p)), key=lambda p: p.stat().st_mtime)
 
 
 def _requeue_failed() -> int:

@@ -16,7 +16,8 @@ from redis import Redis
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
-from loadgen.sinks import STORE_REQUESTS, Sink
+from loadgen.sinks import Sink
+from loadgen.storejobs import records_in
 
 # A 5,000-record batch stores in tens of milliseconds; 30 s covers a slow, busy database, and bounds how
 # long a batch a dead worker held waits before it is retried (workers/worker_classes.py).
@@ -50,7 +51,7 @@ class RQSink(Sink):
         """Nothing to cut: a delivery under way ends within the socket timeout."""
 
     def _deliver(self, job: str, arg: Any) -> None:
-        size = f"{arg['count']} records" if job == STORE_REQUESTS else "1 record"
+        records = records_in(job, arg)
         self.queue.enqueue(
             job,
             arg,
@@ -59,7 +60,7 @@ class RQSink(Sink):
             result_ttl=RESULT_TTL_S,
             failure_ttl=FAILURE_TTL_S,
             # Workers log the description; the default one would print the whole batch.
-            description=f"{job} ({size})",
+            description=f"{job} ({records} record{'' if records == 1 else 's'})",
             # Every Redis key of a job then names its queue, so one queue's keys can be found and removed.
             job_id=f"{self.queue.name}-{uuid.uuid4().hex}",
         )

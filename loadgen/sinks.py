@@ -9,8 +9,8 @@ child process that runs the very function an RQ worker would (:mod:`loadgen.embe
 
 While deliveries fail, records wait in memory up to ``max_buffered_records``; past that, new jobs
 are appended to a local JSONL spill file, and replayed from it in order once deliveries succeed
-again. Jobs leave in the order they were added, so a run's final status is never overwritten by
-an earlier one replayed late.
+again (:mod:`loadgen.jobqueue`). Its files are named in :mod:`loadgen.sinkfiles`, its account of
+an outage is :mod:`loadgen.outages`.
 
 At the end of a run the sink waits for its store only while deliveries make progress: once none has
 succeeded for a few seconds (``drain``), or at SIGTERM (``give_up``), it stops, writes every job it
@@ -22,32 +22,30 @@ command that delivers them.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import gevent
-import orjson
 from gevent.event import Event
 from gevent.threadpool import ThreadPool
 
-from loadgen.journal import Journal, hold_lock, lock_path
-from loadgen.redaction import known_secrets, redact
+from loadgen.jobqueue import JobQueue, QueuedJob
+from loadgen.journal import Journal
+from loadgen.outages import OutageLog
+from loadgen.sinkfiles import SinkFiles, SpillFile, hold_lock, write_kept
+from loadgen.storejobs import (
+    STORE_LOADGEN_COUNTS,
+    STORE_LOADGEN_SAMPLES,
+    STORE_REQUESTS,
+    STORE_RUN,
+    STORE_STEP,
+    records_in,
+)
 from stampede.records import LoadgenCountRecord, LoadgenSampleRecord, RequestRecord, RunRecord, StepRecord
 from stampede.rows import encode_request, row_batch
-from stampede.settings import Settings
-
-STORE_REQUESTS = "workers.jobs.store_request_rows"
-STORE_RUN = "workers.jobs.store_run"
-STORE_STEP = "workers.jobs.store_step"
-STORE_LOADGEN_SAMPLES = "workers.jobs.store_loadgen_samples"
-STORE_LOADGEN_COUNTS = "workers.jobs.store_loadgen_counts"
-
+from stampede.settings import Settings, known_secrets, redact
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +55,6 @@ MAX_BACKOFF_S = 5.0
 # How long a sink that gives up waits for the delivery under way: Redis's socket timeout (see
 # loadgen.rq_sink) and a margin; the embedded store's child is killed, which ends its delivery at once.
 STOP_DELIVERY_S = 7.0
-
-
-def _records_in(job: str, arg: Any) -> int:
-    return int(arg["count"]) if job == STORE_REQUESTS else 1
 
 
 class Sink(ABC):
@@ -75,29 +69,18 @@ class Sink(ABC):
     ) -> None:
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
-        self.max_buffered_records = max_buffered_records
-        # Names unique to this sink even where process ids repeat (a container's first process).
-        owner = f"{os.getpid()}-{secrets.token_hex(6)}"
-        self.spill_path = spill_path or Path(tempfile.gettempdir()) / f"stampede-spill-{owner}.jsonl"
-        self.journal = Journal(self.spill_path.parent, f"stampede-journal-{owner}")
+        self.files = SinkFiles.new(spill_path)
+        self.spill_path = self.files.spill
+        self.journal = Journal(self.files.segment)
         # Held while this sink lives, so `stampede replay` leaves its files alone.
-        self._lock_path = lock_path(self.spill_path.parent, owner)
-        self._lock = hold_lock(self._lock_path)
+        self._lock = hold_lock(self.files.lock)
         self.delivered_requests = 0
         self._secrets = known_secrets()
         self._buffer: list[str] = []
         self._buffer_since = 0.0
-        # Each job with the file that keeps it on disk (its rows' journal segment), removed once the
-        # job is delivered.
-        self._jobs: deque[tuple[str, Any, Path | None]] = deque()
-        self._buffered_records = 0
-        self._spill_writer: IO[bytes] | None = None
-        self._spill_reader: IO[bytes] | None = None
-        self._spilled_jobs = 0
-        self._drained = 0
-        self._current: tuple[str, Any, Path | None] | None = None  # the job being delivered
-        self._failing = False
-        self._last_failure = ""
+        self._queue = JobQueue(max_buffered_records, SpillFile(self.files))
+        self._current: QueuedJob | None = None  # the job being delivered
+        self._outage = OutageLog(self._secrets)
         # When a delivery last succeeded, or work arrived at an idle sink: drain() waits while this moves.
         self._progress_at = time.monotonic()
         self._cut_short = False
@@ -116,7 +99,7 @@ class Sink(ABC):
 
     def add_request(self, record: RequestRecord) -> None:
         """Queue one request record; never blocks."""
-        if record.error is not None and (error := self._redact(record.error)) != record.error:
+        if record.error is not None and (error := redact(record.error, self._secrets)) != record.error:
             record = record.model_copy(update={"error": error})
         if not self._buffer:
             self._buffer_since = time.monotonic()
@@ -129,7 +112,7 @@ class Sink(ABC):
 
     def add_run(self, run: RunRecord) -> None:
         """Queue a run row write (after any records already queued); secrets in its config are masked."""
-        self._put(STORE_RUN, self._redact(run.to_job_arg()))
+        self._put(STORE_RUN, redact(run.to_job_arg(), self._secrets))
 
     def add_step(self, step: StepRecord) -> None:
         """Queue a step row write (after any records already queued)."""
@@ -159,7 +142,7 @@ class Sink(ABC):
         self._enqueue_buffer()
         try:
             while not self._idle.wait(0.1):
-                if (self._failing and self._cut_short) or time.monotonic() - self._progress_at >= stall_s:
+                if (self._outage.failing and self._cut_short) or time.monotonic() - self._progress_at >= stall_s:
                     return False
         except KeyboardInterrupt:
             self.give_up()
@@ -191,18 +174,15 @@ class Sink(ABC):
             self._stop_delivering()
         self._flusher.kill()
         self._delivery.kill()
-        for stream in (self._spill_writer, self._spill_reader):
-            if stream is not None:
-                stream.close()
+        self._queue.spill.close()
         self._lock.close()
         if delivered:
             self.spill_path.unlink(missing_ok=True)
-            self._lock_path.unlink(missing_ok=True)
+            self.files.lock.unlink(missing_ok=True)
         elif keep:
             self._keep()
         else:
-            for path in self._spill_files():
-                path.unlink(missing_ok=True)
+            self._queue.spill.remove()
         return delivered
 
     def _stop_delivering(self) -> None:
@@ -215,54 +195,32 @@ class Sink(ABC):
     def _interrupt(self) -> None:
         """End the delivery under way, if that can be done faster than waiting for it."""
 
-    def _spill_files(self) -> list[Path]:
-        drained = self.spill_path.parent.glob(f"{self.spill_path.stem}.drained-*.jsonl")
-        return [*drained, *([self.spill_path] if self.spill_path.exists() else [])]
-
-    def _held_jobs(self) -> list[tuple[str, Any]]:
-        """What is not delivered, in order: the job under way, those in memory, the spilled ones."""
-        held = [*([self._current] if self._current is not None else []), *self._jobs]
-        jobs = [(job, arg) for job, arg, _ in held]
-        if self._spilled_jobs:
-            with self.spill_path.open("rb") as spilled:
-                lines = spilled.read().splitlines()
-            # The reader had taken the first ones and delivered all but the one under way.
-            for line in lines[len(lines) - self._spilled_jobs :]:
-                entry = orjson.loads(line)
-                jobs.append((entry["job"], entry["arg"]))
-        return jobs
-
     def _keep(self) -> None:
-        jobs = self._held_jobs()
-        records = sum(_records_in(job, arg) for job, arg in jobs)
-        kept = self.spill_path.with_name(f"{self.spill_path.stem}.kept.jsonl")
+        """Write what is not delivered, in order (the job under way, then the queued ones), to one file."""
+        current = [self._current] if self._current is not None else []
+        jobs = [(job, arg) for job, arg, _ in current] + self._queue.held()
+        records = sum(records_in(job, arg) for job, arg in jobs)
+        kept = self.files.kept
         try:
-            with kept.open("wb") as out:
-                out.writelines(orjson.dumps({"job": job, "arg": arg}) + b"\n" for job, arg in jobs)
-                out.flush()
-                os.fsync(out.fileno())
+            write_kept(kept, jobs)
         except OSError as exc:
             log.error("%d records not stored, nor written to %s (%s): see the files beside it", records, kept, exc)
             return
         # Safe on disk in the kept file now: the copies the sink kept while it ran go.
-        for segment in [*([self._current[2]] if self._current is not None else []), *(s for *_, s in self._jobs)]:
+        for *_, segment in [*current, *self._queue.in_memory()]:
             self.journal.discard(segment)
-        for path in self._spill_files():
-            path.unlink(missing_ok=True)
-        requests = sum(_records_in(job, arg) for job, arg in jobs if job == STORE_REQUESTS)
+        self._queue.spill.remove()
+        requests = sum(records_in(job, arg) for job, arg in jobs if job == STORE_REQUESTS)
         log.error(
             "%d records not stored (%d requests, %d run, step and sample rows; %s): kept in %s; "
             "deliver them with `stampede replay %s`",
             records,
             requests,
             records - requests,
-            self._last_failure or "the store did not answer in time",
+            self._outage.last_failure or "the store did not answer in time",
             kept,
             kept,
         )
-
-    def _redact(self, value: Any) -> Any:
-        return redact(value, self._secrets)
 
     def _enqueue_buffer(self) -> None:
         if self._buffer:
@@ -273,53 +231,20 @@ class Sink(ABC):
         if self._idle.is_set():
             self._progress_at = time.monotonic()
         self._idle.clear()
-        size = _records_in(job, arg)
-        if self._spilled_jobs == 0 and self._buffered_records + size <= self.max_buffered_records:
-            self._jobs.append((job, arg, segment))
-            self._buffered_records += size
-        else:
-            self._spill(job, arg)
-            self.journal.discard(segment)
+        first_spilled = self._queue.spill.unread == 0
+        if self._queue.put(job, arg, segment):
+            if first_spilled:
+                log.warning(
+                    "%d records waiting (the store is away or slower than the load); spilling further ones to %s",
+                    self._queue.records,
+                    self.spill_path,
+                )
+            self.journal.discard(segment)  # its rows are in the spill file now
         self._wake.set()
-
-    def _spill(self, job: str, arg: Any) -> None:
-        if self._spill_writer is None:
-            log.warning(
-                "%d records waiting (the store is away or slower than the load); spilling further ones to %s",
-                self._buffered_records,
-                self.spill_path,
-            )
-            self._spill_writer = self.spill_path.open("ab")
-        self._spill_writer.write(orjson.dumps({"job": job, "arg": arg}) + b"\n")
-        # Written through, so a process that dies during an outage leaves its records in the file.
-        self._spill_writer.flush()
-        self._spilled_jobs += 1
-
-    def _next_job(self) -> tuple[str, Any, Path | None] | None:
-        if self._jobs:
-            job, arg, segment = self._jobs.popleft()
-            self._buffered_records -= _records_in(job, arg)
-            return job, arg, segment
-        if self._spilled_jobs == 0:
-            return None
-        if self._spill_reader is None:
-            self._spill_reader = self.spill_path.open("rb")
-        entry = orjson.loads(self._spill_reader.readline())
-        self._spilled_jobs -= 1
-        if self._spilled_jobs == 0:
-            # Drained: later jobs go back to memory, and the next outage starts a fresh file. This
-            # one keeps the last job on disk, under another name, until that job is delivered.
-            self._spill_reader.close()
-            self._spill_writer.close()
-            self._spill_reader = self._spill_writer = None
-            self._drained += 1
-            drained = self.spill_path.with_name(f"{self.spill_path.stem}.drained-{self._drained}.jsonl")
-            return entry["job"], entry["arg"], self.spill_path.rename(drained)
-        return entry["job"], entry["arg"], None
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            job = self._next_job()
+            job = self._queue.take()
             if job is None:
                 self._idle.set()
                 self._wake.clear()
@@ -339,28 +264,13 @@ class Sink(ABC):
         while True:
             failure = self._delivery.apply(self._try_deliver, (job, arg))
             if failure is not None:
-                # Redacted and cut short: a driver's message may quote a URL or a whole batch.
-                first_line = (self._redact(str(failure)).splitlines() or [""])[0]
-                self._last_failure = f"{type(failure).__name__}: {first_line[:200]}"
-                if not self._failing:
-                    self._failing = True
-                    log.warning(
-                        "could not deliver %s (%s); buffering and retrying until the store is back",
-                        job,
-                        self._last_failure,
-                    )
+                self._outage.failed(job, failure)
                 if self._stopping.wait(pause_s):
                     return False
                 pause_s = min(MAX_BACKOFF_S, pause_s * 2)
                 continue
             self._progress_at = time.monotonic()
-            if self._failing:
-                self._failing = False
-                log.warning(
-                    "store reachable again; delivering %d buffered records and %d spilled jobs",
-                    self._buffered_records,
-                    self._spilled_jobs,
-                )
+            self._outage.succeeded(self._queue.records, self._queue.spill.unread)
             if job == STORE_REQUESTS:
                 self.delivered_requests += arg["count"]
             self.journal.discard(kept_in)

@@ -1,13 +1,17 @@
-"""Process-wide settings from the environment (prefix ``STAMPEDE_``).
+"""Process-wide settings from the environment (prefix ``STAMPEDE_``), and the masking of their secrets.
 
 Defaults are the embedded ones: a SQLite file in the working directory and no Redis, so a laptop
-with no services runs everything. Secrets are ``SecretStr`` so they never print by accident.
+with no services runs everything. Secrets are ``SecretStr`` so they never print by accident; where
+they may still occur in text a process sends or logs (a URL, a run's options, a server's error
+message), :func:`redact_url` and :func:`redact` mask them.
 """
 
 from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,3 +62,36 @@ def redact_url(url: str) -> str:
     parsed = make_url(url)
     hidden = {name: "redacted" for name in parsed.query if _SECRET_PARAMETER.search(name)}
     return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+
+
+REDACTED = "**********"
+MIN_SECRET_CHARS = 4
+
+
+def known_secrets() -> list[str]:
+    """This process's secrets (API key, database and Redis passwords), to scrub from what it sends."""
+    settings = get_settings()
+    urls = [settings.database_url.get_secret_value()]
+    if settings.redis_url is not None:
+        urls.append(settings.redis_url.get_secret_value())
+    found = [settings.api_key.get_secret_value()] if settings.api_key is not None else []
+    for url in urls:
+        password = make_url(url).password
+        if password:
+            # As written in the URL (percent-encoded) and as the server sees it.
+            found += [str(password), quote(str(password), safe="")]
+    # Masking a secret of a few characters would garble every string it occurs in.
+    return sorted({s for s in found if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+
+
+def redact(value: Any, secrets: list[str]) -> Any:
+    """``value`` (a string, or dicts and lists of them) with every secret replaced by REDACTED."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, secrets) for v in value]
+    return value

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from loadgen.sinks import STORE_REQUESTS, STORE_RUN
+from loadgen.storejobs import STORE_REQUESTS, STORE_RUN
 from stampede.db import upgrade
 from stampede.records import RunRecord, RunStatus, utc_now
 from stampede.rows import encode_batch

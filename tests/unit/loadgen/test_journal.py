@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from loadgen.journal import Journal, hold_lock, lock_path, read_segment
-from loadgen.replay import orphans, remove_stale_locks
+from loadgen.journal import Journal, read_segment
+from loadgen.replay import orphans
+from loadgen.sinkfiles import SinkFiles, hold_lock, left_behind, lock_path, owner_of, remove_stale_locks
 from stampede.rows import REQUEST_COLUMNS
 
 
@@ -19,7 +21,7 @@ def test_a_row_cut_short_by_a_crash_is_dropped(tmp_path: Path) -> None:
 
 
 def test_a_segment_keeps_the_columns_it_was_written_with(tmp_path: Path) -> None:
-    journal = Journal(tmp_path, "stampede-journal-1-a1")
+    journal = Journal(SinkFiles("1-a1", tmp_path / "spill.jsonl").segment)
     journal.append("x\ty\n")
     segment = journal.seal()
     assert segment is not None
@@ -57,3 +59,15 @@ def test_stale_lock_files_go_once_nothing_is_left(tmp_path: Path) -> None:
         remove_stale_locks(tmp_path)
         locks = sorted(p.name for p in tmp_path.glob("*.lock"))
     assert locks == ["stampede-owner-1-e5.lock", "stampede-owner-1-g7.lock"]
+
+
+def test_every_file_a_sink_names_carries_its_owner_and_is_found_left_behind(tmp_path: Path) -> None:
+    files = SinkFiles.new()
+    assert files.spill.parent == Path(tempfile.gettempdir())
+    files = SinkFiles(files.owner, tmp_path / files.spill.name)
+    made = [files.spill, files.drained(2), files.kept, files.segment(1), files.segment(12)]
+    for path in made:
+        path.write_text("")
+    assert {owner_of(path) for path in made} == {files.owner}
+    assert sorted(left_behind(tmp_path)) == sorted(made)
+    assert files.lock.name == f"stampede-owner-{files.owner}.lock"

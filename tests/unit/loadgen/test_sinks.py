@@ -21,12 +21,12 @@ from sqlalchemy.orm import Session
 
 from loadgen.embedded_sink import EmbeddedSink
 from loadgen.journal import read_segment
-from loadgen.redaction import REDACTED
-from loadgen.sinks import STORE_REQUESTS, STORE_RUN, Sink
+from loadgen.sinks import Sink
+from loadgen.storejobs import STORE_REQUESTS, STORE_RUN
 from stampede.db import make_engine, upgrade
 from stampede.records import Outcome, RequestRecord, RunRecord, RunStatus
 from stampede.schema import Request
-from stampede.settings import get_settings
+from stampede.settings import REDACTED, get_settings
 from tests.builders import request_record
 
 RUN_ID = uuid.uuid4()
