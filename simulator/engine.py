@@ -12,27 +12,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from simulator.prefix_cache import PrefixCache
 from simulator.profiles import Flavor, Profile
 
 _NS_PER_MS = 1_000_000
 _NS_PER_S = 1_000_000_000
-PREFIX_BLOCK_TOKENS = 16
-"""vLLM's default KV block size: prefix caching reuses whole blocks only."""
-
-
-def prefix_block_ids(tokens: list[str]) -> tuple[int, ...]:
-    """An id per full block of ``tokens``, each naming the whole prefix up to the block's end (a hash
-    chained over the blocks, as vLLM's block hashes are), so a block matches only after the same prefix."""
-    ids = []
-    previous = 0
-    for start in range(0, len(tokens) - PREFIX_BLOCK_TOKENS + 1, PREFIX_BLOCK_TOKENS):
-        previous = hash((previous, *tokens[start : start + PREFIX_BLOCK_TOKENS]))
-        ids.append(previous)
-    return tuple(ids)
 
 
 class QueueFullError(Exception):
@@ -133,10 +121,7 @@ class Engine:
         self.loads = 0
         self.preemptions = 0
         self._p_stop = 1.0 / max(profile.mean_output_tokens, 1.0)
-        # Block id -> None, least recently used first; as many blocks as the KV cache holds.
-        self._prefix_cache: OrderedDict[int, None] = OrderedDict()
-        self.prefix_queried_tokens = 0
-        self.prefix_hit_tokens = 0
+        self._prefix_cache = PrefixCache()
 
     # --- requests -------------------------------------------------------------------------------------
     def submit(
@@ -149,7 +134,8 @@ class Engine:
     ) -> Sequence:
         """Queue a request; its output length is ``max_tokens`` or an EOS-like draw, whichever is first.
 
-        ``prefix_blocks`` names the prompt's full blocks for the prefix cache (:func:`prefix_block_ids`).
+        ``prefix_blocks`` names the prompt's full blocks for the prefix cache
+        (:func:`simulator.prefix_cache.prefix_block_ids`).
 
         What does not fit the context is handled as the flavour's server does: vLLM (as of 0.32) refuses
         a prompt that fills ``max_model_len`` or a ``max_tokens`` over it, and otherwise stops output at
@@ -285,7 +271,7 @@ class Engine:
             if seq.first_token_ns is None:
                 seq.first_token_ns = end_ns
             if index >= admitted_from and self.profile.prefix_caching:
-                self._cache_prompt(seq)  # its blocks are computed now (or again), usable by later prompts
+                self._prefix_cache.add(seq)  # its blocks are computed now (or again), usable by later prompts
             if seq.emitted >= seq.target_tokens:
                 seq.finished_ns = end_ns
                 self._kv_used -= seq.kv_tokens
@@ -316,10 +302,10 @@ class Engine:
             running.append(seq)
             admitted += 1
             if seq.cached_tokens is None:  # looked up once: a step rebuilt before it began admits again
-                seq.cached_tokens = self._cached_prefix(seq) if p.prefix_caching else 0
+                seq.cached_tokens = self._prefix_cache.lookup(seq) if p.prefix_caching else 0
             prefill_tokens += seq.prompt_tokens + seq.emitted - seq.cached_tokens
         if p.prefix_caching:
-            self._trim_prefix_cache(running)
+            self._prefix_cache.trim(p.kv_budget_tokens - self._kv_used, running)
         if not running:
             self._idle_since_ns = at_ns
             return
@@ -341,43 +327,17 @@ class Engine:
             seq.kv_tokens += 1
         self._kv_used += len(running)
 
-    def _cached_prefix(self, seq: Sequence) -> int:
-        """Prompt tokens of ``seq`` the prefix cache holds: its leading blocks found, whole blocks only and
-        never the whole prompt (the last token is always computed), as vLLM reuses them."""
-        cache = self._prefix_cache
-        found = 0
-        for block in seq.prefix_blocks:
-            if block not in cache:
-                break
-            cache.move_to_end(block)
-            found += 1
-        cached = min(found, max(seq.prompt_tokens - 1, 0) // PREFIX_BLOCK_TOKENS) * PREFIX_BLOCK_TOKENS
-        if seq.emitted == 0:  # vLLM counts a preempted request's lookups apart, and does not export them
-            self.prefix_queried_tokens += seq.prompt_tokens
-            self.prefix_hit_tokens += cached
-        return cached
-
-    def _cache_prompt(self, seq: Sequence) -> None:
-        """Make the computed prompt's blocks the most recently used, its first block last: when memory
-        runs short, vLLM frees a request's blocks from its tail, keeping the prefix others share."""
-        cache = self._prefix_cache
-        for block in reversed(seq.prefix_blocks):
-            cache[block] = None
-            cache.move_to_end(block)
-
-    def _trim_prefix_cache(self, running: list[Sequence]) -> None:
-        """Cached blocks live in KV memory: those of running prompts, plus what free memory holds; the
-        least recently used beyond that are evicted, so a full KV cache keeps few spare prefixes."""
-        free_blocks = max(self.profile.kv_budget_tokens - self._kv_used, 0) // PREFIX_BLOCK_TOKENS
-        cache = self._prefix_cache
-        if len(cache) <= free_blocks:
-            return
-        in_use = {block for seq in running if seq.first_token_ns is not None for block in seq.prefix_blocks}
-        limit = free_blocks + len(in_use.intersection(cache))  # a prefix shared by many is held once
-        while len(cache) > limit:
-            cache.popitem(last=False)
-
     # --- state ----------------------------------------------------------------------------------------
+    @property
+    def prefix_queried_tokens(self) -> int:
+        """Prompt tokens looked up in the prefix cache (first admissions only)."""
+        return self._prefix_cache.queried_tokens
+
+    @property
+    def prefix_hit_tokens(self) -> int:
+        """Of those, the tokens the prefix cache held."""
+        return self._prefix_cache.hit_tokens
+
     @property
     def idle(self) -> bool:
         """No sequence running or waiting."""

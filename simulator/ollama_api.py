@@ -20,11 +20,10 @@ import orjson
 from simulator.engine import QueueFullError, Sequence
 from simulator.groundtruth import RequestTruth
 from simulator.http import Request, Response
-from simulator.runtime import Exchange
+from simulator.runtime import Call, Exchange
 from simulator.tokens import VOCAB_JSON, count_chat_tokens, count_tokens, generated_text, token_index
 
 if TYPE_CHECKING:
-    from simulator.faults import FaultKind
     from simulator.server import SimServer
 
 OLLAMA_VERSION = "0.12.6"
@@ -149,7 +148,7 @@ def _generate(server: SimServer, request: Request, response: Response, chat: boo
         _load_only(server, response, truth, requested, chat)
         return
     stream = body.get("stream", True) is not False
-    exchange = OllamaExchange(server, response, truth, stream, fault, chat, requested)
+    exchange = OllamaExchange(Call(server, response, truth, stream, fault, chat, requested))
     try:
         seq = server.runtime.submit(prompt_tokens, max_tokens, False, exchange)
     except QueueFullError as exc:
@@ -182,20 +181,10 @@ class OllamaExchange(Exchange):
 
     ndjson = True
 
-    def __init__(
-        self,
-        server: SimServer,
-        response: Response,
-        truth: RequestTruth,
-        stream: bool,
-        fault: FaultKind | None,
-        chat: bool,
-        model: str,
-    ) -> None:
-        super().__init__(server, response, truth, stream, fault)
-        self.chat = chat
-        self.model = model
-        anchor = server.truth.anchor
+    def __init__(self, call: Call) -> None:
+        super().__init__(call)
+        chat, model = call.chat, call.model
+        anchor = call.server.truth.anchor
         self._unix_offset_ns = anchor["unix_ns"] - anchor["monotonic_ns"]
         self._pre = b'{"model":' + orjson.dumps(model) + b',"created_at":"'
         self._mid = b'","message":{"role":"assistant","content":' if chat else b'","response":'

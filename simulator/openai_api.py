@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from simulator.engine import ContextLengthError, QueueFullError, prefix_block_ids
+from simulator.engine import ContextLengthError, QueueFullError
 from simulator.http import Request, Response
 from simulator.openai_stream import OpenAIExchange
+from simulator.prefix_cache import prefix_block_ids
 from simulator.profiles import Flavor
+from simulator.runtime import Call
 from simulator.tokens import chat_tokens, tokenize
 from simulator.vllm_shapes import context_error, max_tokens_error, model_permission, unknown_model_message
 
@@ -166,9 +168,8 @@ def _complete(server: SimServer, request: Request, response: Response, chat: boo
         return
     stream = bool(body.get("stream"))
     options = body.get("stream_options")
-    exchange = OpenAIExchange(
-        server, response, truth, stream, fault, chat, model, options if isinstance(options, dict) else None
-    )
+    call = Call(server, response, truth, stream, fault, chat, model)
+    exchange = OpenAIExchange(call, options if isinstance(options, dict) else None)
     try:
         blocks = prefix_block_ids(prompt) if server.profile.prefix_caching else ()
         seq = server.runtime.submit(len(prompt), max_tokens, bool(body.get("ignore_eos")), exchange, blocks)

@@ -12,10 +12,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from simulator.engine import Sequence
-from simulator.groundtruth import RequestTruth
-from simulator.http import Response
 from simulator.profiles import Flavor
-from simulator.runtime import Exchange
+from simulator.runtime import Call, Exchange
 from simulator.tokens import VOCAB_JSON, generated_text, token_index
 from simulator.vllm_shapes import (
     CHAT_CHOICE_EXTRAS,
@@ -30,8 +28,7 @@ from simulator.vllm_shapes import (
 )
 
 if TYPE_CHECKING:
-    from simulator.faults import FaultKind
-    from simulator.server import SimServer
+    pass
 
 
 def llamacpp_timings(seq: Sequence) -> dict[str, float]:
@@ -78,20 +75,10 @@ class OpenAIExchange(Exchange):
     The hot path only concatenates: each token chunk is pre-split around the token.
     """
 
-    def __init__(
-        self,
-        server: SimServer,
-        response: Response,
-        truth: RequestTruth,
-        stream: bool,
-        fault: FaultKind | None,
-        chat: bool,
-        model: str,
-        stream_options: dict[str, Any] | None,
-    ) -> None:
-        super().__init__(server, response, truth, stream, fault)
-        self.chat = chat
-        self.flavor = flavor = server.profile.flavor
+    def __init__(self, call: Call, stream_options: dict[str, Any] | None) -> None:
+        super().__init__(call)
+        chat, stream, truth, model = call.chat, call.stream, call.truth, call.model
+        self.flavor = flavor = call.server.profile.flavor
         self.head: dict[str, Any] = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{truth.id}",
             "object": ("chat.completion" if chat else "text_completion") + (".chunk" if stream and chat else ""),

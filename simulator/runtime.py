@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from simulator.engine import Engine, Sequence
@@ -192,26 +193,38 @@ class Runtime:
             stats.itl_s.observe(step_s, n - first - resumed)
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request an API layer accepted, as every :class:`Exchange` starts from it."""
+
+    server: SimServer
+    response: Response
+    truth: RequestTruth
+    stream: bool
+    fault: FaultKind | None
+    """The fault drawn for the request (one that strikes mid-stream is dropped for a whole response)."""
+    chat: bool
+    """A chat request (messages), else a completion (prompt)."""
+    model: str
+    """The model as the request named it."""
+
+
 class Exchange:
     """One request's answer: subclasses render tokens in their wire format; this class does the rest."""
 
     ndjson = False
     """Whether the malformed chunk is an NDJSON line (else an SSE event)."""
 
-    def __init__(
-        self,
-        server: SimServer,
-        response: Response,
-        truth: RequestTruth,
-        stream: bool,
-        fault: FaultKind | None,
-    ) -> None:
-        self.server = server
-        self.response = response
-        self.truth = truth
-        self.stream = stream
-        self.fault = fault if stream or fault is None or not fault.mid_stream else None
-        truth.fault = self.fault.value if self.fault else None
+    def __init__(self, call: Call) -> None:
+        self.server = call.server
+        self.response = call.response
+        self.truth = call.truth
+        self.stream = call.stream
+        self.chat = call.chat
+        self.model = call.model
+        fault = call.fault
+        self.fault = fault if call.stream or fault is None or not fault.mid_stream else None
+        call.truth.fault = self.fault.value if self.fault else None
         self.seq: Sequence | None = None
         self.engine: Engine | None = None
         """The replica running this request (set by :meth:`Runtime.submit`)."""

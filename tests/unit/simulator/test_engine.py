@@ -6,7 +6,8 @@ import statistics
 
 import pytest
 
-from simulator.engine import ContextLengthError, Engine, QueueFullError, Sequence, prefix_block_ids
+from simulator.engine import ContextLengthError, Engine, QueueFullError, Sequence
+from simulator.prefix_cache import prefix_block_ids
 from simulator.profiles import Flavor, Profile, build_profile
 
 MS = 1_000_000
