@@ -209,7 +209,7 @@ def get_prompt_set(spec: str) -> tuple[Prompt, ...]:
     """The prompts named by ``spec``; ValueError saying what is wrong otherwise."""
     kind, _, arg = spec.partition(":")
     if kind == "seeds" and not arg:
-        prompts = SEEDS
+        prompts: tuple[Prompt, ...] = SEEDS
     elif kind == "synthetic":
         prompts = synthetic(arg)
     elif kind in ("jsonl", "sharegpt"):

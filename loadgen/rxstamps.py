@@ -154,7 +154,7 @@ class StampedSocket(gevent.socket.socket):
         self.stamps.sent_ns = time.perf_counter_ns()
         super().sendall(data, flags)
 
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if not self.kernel_stamps:
             data: bytes = super().recv(bufsize, flags)
             self.stamps.received_bytes += len(data)
@@ -167,9 +167,9 @@ class StampedSocket(gevent.socket.socket):
         self._drained = 0 < len(data) < bufsize
         self._record(kernel_stamp_ns(ancdata), first)
         self.stamps.ends_line = data[-1:] == b"\n"
-        return data  # type: ignore[no-any-return]
+        return data
 
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:  # type: ignore[override]
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         if not self.kernel_stamps:
             count: int = super().recv_into(buffer, nbytes, flags)
             self.stamps.received_bytes += count
@@ -184,7 +184,7 @@ class StampedSocket(gevent.socket.socket):
         self._drained = 0 < count < size
         self._record(kernel_stamp_ns(ancdata), first)
         self.stamps.ends_line = count > 0 and view[count - 1] == 10
-        return count  # type: ignore[no-any-return]
+        return count
 
     def _oldest_stamp(self, flags: int) -> int | None:
         """Wait for data, then peek one byte: the stamp of the oldest segment waiting (realtime ns).
@@ -223,16 +223,17 @@ class StampedHTTPClient(HTTPClient):
         """Connections this client has tried to open: a request that leaves it unchanged used a pooled one."""
         pool = self._connection_pool
         # Instance attributes over the pool's hooks, so no self is passed to them.
-        pool._is_socket_alive = idle_and_open  # type: ignore[method-assign]
+        pool._is_socket_alive = idle_and_open  # type: ignore[method-assign]  # an instance hook over the pool's method
         create_socket = pool._create_socket
 
         def counted_create_socket() -> Any:
             self.connects += 1
             return create_socket()
 
-        pool._create_socket = counted_create_socket  # type: ignore[method-assign]
+        pool._create_socket = counted_create_socket  # type: ignore[method-assign]  # an instance hook over the pool's method
         if not self.ssl:
-            pool._create_tcp_socket = functools.partial(StampedSocket, self.stamps)  # type: ignore[method-assign]
+            stamped_socket = functools.partial(StampedSocket, self.stamps)
+            pool._create_tcp_socket = stamped_socket  # type: ignore[method-assign]  # an instance hook over the pool's method
 
 
 def idle_and_open(sock: Any) -> bool:

@@ -128,32 +128,32 @@ class RequestRecord(_Record):
         " closed before any byte of a response (the server never read it); timed from the last send.",
     )
 
-    @computed_field(description="Time to first token, ms.")  # type: ignore[prop-decorator]
+    @computed_field(description="Time to first token, ms.")  # type: ignore[prop-decorator]  # pydantic wraps the property
     @property
     def ttft_ms(self) -> float | None:
         return metrics.ttft_ms(self.chunk_offsets_ns)
 
-    @computed_field(description="End-to-end latency, ms.")  # type: ignore[prop-decorator]
+    @computed_field(description="End-to-end latency, ms.")  # type: ignore[prop-decorator]  # pydantic wraps the property
     @property
     def e2e_ms(self) -> float:
         return metrics.e2e_ms(self.end_offset_ns)
 
-    @computed_field(description="Gaps between output chunks per token in the chunk, ms.")  # type: ignore[prop-decorator]
+    @computed_field(description="Gaps between output chunks per token in the chunk, ms.")  # type: ignore[prop-decorator]  # pydantic wraps the property
     @property
     def itl_ms(self) -> list[float]:
         return metrics.itl_ms(self.chunk_offsets_ns, self.chunk_tokens)
 
-    @computed_field(description="Latency from the intended send time, ms.")  # type: ignore[prop-decorator]
+    @computed_field(description="Latency from the intended send time, ms.")  # type: ignore[prop-decorator]  # pydantic wraps the property
     @property
     def response_ms(self) -> float:
         return metrics.response_ms(self.end_offset_ns, self.send_delay_ns)
 
-    @computed_field(description="Server and client output token counts differ.")  # type: ignore[prop-decorator]
+    @computed_field(description="Server and client output token counts differ.")  # type: ignore[prop-decorator]  # pydantic wraps the property
     @property
     def tokens_disagree(self) -> bool:
         return metrics.tokens_disagree(self.output_tokens, self.client_output_tokens, len(self.chunk_offsets_ns))
 
-    @computed_field(description="Time per output token after the first, ms.")  # type: ignore[prop-decorator]
+    @computed_field(description="Time per output token after the first, ms.")  # type: ignore[prop-decorator]  # pydantic wraps the property
     @property
     def tpot_ms(self) -> float | None:
         tokens, _ = metrics.output_token_count(

@@ -185,5 +185,5 @@ def insert_loadgen_samples(session: Session, samples: Sequence[LoadgenSampleReco
         return 0
     rows = [sample.model_dump() for sample in samples]
     stmt = dialect_insert(session, LoadgenSample).values(rows).on_conflict_do_nothing(index_elements=["id"])
-    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]  # an INSERT gives a cursor
     return result.rowcount

@@ -18,7 +18,8 @@ from rq.job import Job
 class StampedeJob(Job):
     """An RQ ``Job`` that reuses the compressed arguments it was loaded with."""
 
-    _loaded: tuple[bytes, bytes] | None = None
+    _loaded: tuple[object, bytes] | None = None
+    """The arguments as loaded (RQ's own, unevaluated until read) and the compressed bytes they came from."""
 
     def restore(self, raw_data: Any) -> Any:
         """Load the job from its Redis hash, remembering its compressed arguments."""

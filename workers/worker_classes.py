@@ -79,7 +79,7 @@ class StampedeWorkerMixin:
         self.store_url = store_url
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        super().execute_job(job, queue)  # type: ignore[misc]
+        super().execute_job(job, queue)  # type: ignore[misc]  # a mixin: the Worker comes later in the MRO
         if job.get_status(refresh=True) is not JobStatus.FINISHED:  # failed, or to be retried
             self._hold_while_store_down()
 
@@ -99,7 +99,7 @@ class StampedeWorkerMixin:
         log.warning("%s: taking no jobs until the store is back", problem)
         pause_s = 1.0
         while not self._stop_requested:
-            self.heartbeat()  # type: ignore[attr-defined]
+            self.heartbeat()  # type: ignore[attr-defined]  # the Worker it is mixed into has it
             time.sleep(pause_s)
             if self._store_problem() is None:
                 log.info("store reachable again: taking jobs")
