@@ -52,15 +52,20 @@ def shared_pg() -> str:
 
 
 @pytest.fixture
-def pg_url(shared_pg: str) -> Iterator[str]:
-    """A fresh, migrated database on the shared server, dropped afterwards."""
+def empty_pg(shared_pg: str) -> Iterator[str]:
+    """A fresh database without tables on the shared server, dropped afterwards."""
     name = create_database(shared_pg)
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     try:
-        upgrade(url)
-        yield url
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     finally:
         drop_database(shared_pg, name)
+
+
+@pytest.fixture
+def pg_url(empty_pg: str) -> str:
+    """A fresh, migrated database on the shared server, dropped afterwards."""
+    upgrade(empty_pg)
+    return empty_pg
 
 
 @pytest.fixture
@@ -260,3 +265,14 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     for worker in started:
         if worker.process.poll() is None:
             worker.kill()
+
+
+@pytest.fixture
+def fleet_env(
+    pg_url: str, shared_redis: str, queue_name: str, start_worker: Callable[..., WorkerProcess]
+) -> dict[str, str]:
+    """The environment of a fleet run, a fresh database and a queue of its own, with a worker storing
+    what arrives on the queue."""
+    env = {"STAMPEDE_DATABASE_URL": pg_url, "STAMPEDE_REDIS_URL": shared_redis, "STAMPEDE_QUEUE_NAME": queue_name}
+    start_worker(env, queue_name)
+    return env

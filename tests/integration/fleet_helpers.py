@@ -1,12 +1,17 @@
-"""Helpers for the fleet tests: polling with a deadline, free ports, counting stored rows."""
+"""Helpers for the fleet tests: polling with a deadline, free ports, counting stored rows, headless
+Locust against a simulator."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,8 +20,10 @@ from sqlalchemy.orm import Session
 
 from loadgen.sinks import Sink
 from stampede.db import make_engine
+from stampede.demo import free_port, start_simulator, stop
 from stampede.records import Api, Outcome, RequestRecord
 from stampede.schema import Request
+from stampede.sweep import locustfiles
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.1) -> None:
@@ -77,3 +84,29 @@ def produce(sink: Sink, count: int, run_id: uuid.UUID | None = None, error: str 
                 end_offset_ns=3_000_000,
             )
         )
+
+
+@contextlib.contextmanager
+def simulator_port(tmp_path: Path, profile: str = "vllm") -> Iterator[int]:
+    """A simulator of ``profile`` on a free port, logging to ``tmp_path``, stopped afterwards."""
+    port = free_port()
+    simulator = start_simulator(profile, port, tmp_path / "sim.log")
+    try:
+        yield port
+    finally:
+        stop(simulator)
+
+
+def run_locust(tmp_path: Path, env: dict[str, str], port: int, *options: str) -> subprocess.CompletedProcess[str]:
+    """Headless Locust of our locustfile, OpenAI chat users of 16 tokens against the simulator on ``port``,
+    in ``tmp_path`` with ``env`` as its whole environment (and a bare PATH), given ``options``."""
+    command = [sys.executable, "-m", "locust", "--headless", "--host", f"http://127.0.0.1:{port}",
+               "-f", locustfiles().split(",")[0], "--max-tokens", "16", *options, "OpenAIChatUser"]  # fmt: skip
+    return subprocess.run(
+        command,
+        env={**env, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=tmp_path,
+    )

@@ -14,9 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stampede.demo import free_port, start_simulator, stop
+from stampede.demo import free_port
 from stampede.sweep import locustfiles, sent_requests
-from tests.integration.fleet_helpers import stored_requests, wait_until
+from tests.integration.fleet_helpers import run_locust, simulator_port, stored_requests, wait_until
 
 pytest_plugins = ["tests.integration.fleet_fixtures"]
 
@@ -29,29 +29,11 @@ def served_requests(port: int) -> list[dict[str, object]]:
         return json.load(answer)["requests"]
 
 
-def test_locust_records_reach_postgres_through_rq(
-    tmp_path: Path, pg_url: str, shared_redis: str, queue_name: str, start_worker
-) -> None:
-    env = {"STAMPEDE_DATABASE_URL": pg_url, "STAMPEDE_REDIS_URL": shared_redis, "STAMPEDE_QUEUE_NAME": queue_name}
-    start_worker(env, queue_name)
-    port = free_port()
-    simulator = start_simulator("vllm", port, tmp_path / "sim.log")
-    try:
-        command = [sys.executable, "-m", "locust", "--headless", "--json", "--host", f"http://127.0.0.1:{port}",
-                   "--stop-timeout", "30s", "--exit-code-on-error", "0", "--processes", "2",
-                   "-f", locustfiles().split(",")[0], "-u", "8", "-r", "8", "-t", "4s",
-                   "--max-tokens", "16", "OpenAIChatUser"]  # fmt: skip
-        result = subprocess.run(
-            command,
-            env={**env, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-            capture_output=True,
-            text=True,
-            timeout=90,
-            cwd=tmp_path,
-        )
+def test_locust_records_reach_postgres_through_rq(tmp_path: Path, pg_url: str, fleet_env: dict[str, str]) -> None:
+    with simulator_port(tmp_path) as port:
+        result = run_locust(tmp_path, fleet_env, port, "--json", "--stop-timeout", "30s", "--exit-code-on-error",
+                            "0", "--processes", "2", "-u", "8", "-r", "8", "-t", "4s")  # fmt: skip
         served = len(served_requests(port))
-    finally:
-        stop(simulator)
     assert result.returncode == 0, result.stderr[-3000:]
     # Locust's master may print its count before a worker's last report arrives (it waits 0.5 s for
     # them at quit), so the server's own list is the exact count; Locust's is a lower bound.
@@ -66,16 +48,13 @@ def test_locust_records_reach_postgres_through_rq(
 
 
 def test_a_distributed_run_with_pauses_between_deliveries_logs_no_outage(
-    tmp_path: Path, pg_url: str, shared_redis: str, queue_name: str, start_worker
+    tmp_path: Path, pg_url: str, fleet_env: dict[str, str]
 ) -> None:
     """A master delivers only at step changes, over 5 s apart: a thread pool that retires idle threads
     left the Redis connection on a destroyed event loop, and every step change logged a false outage."""
-    env = {"STAMPEDE_DATABASE_URL": pg_url, "STAMPEDE_REDIS_URL": shared_redis, "STAMPEDE_QUEUE_NAME": queue_name,
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # fmt: skip
-    start_worker(env, queue_name)
-    port, master_port = free_port(), free_port()
-    simulator = start_simulator("vllm", port, tmp_path / "sim.log")
-    try:
+    env = {**fleet_env, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    master_port = free_port()
+    with simulator_port(tmp_path) as port:
         master = subprocess.Popen(
             [sys.executable, "-m", "locust", "-f", locustfiles(), "--master", "--headless", "--expect-workers", "1",
              "--master-bind-port", str(master_port), "--host", f"http://127.0.0.1:{port}", "--steps", "2,4",
@@ -89,8 +68,6 @@ def test_a_distributed_run_with_pauses_between_deliveries_logs_no_outage(
         )  # fmt: skip
         _, master_log = master.communicate(timeout=90)
         _, worker_log = worker.communicate(timeout=30)
-    finally:
-        stop(simulator)
     assert master.returncode == 0, master_log[-3000:]
     for log in (master_log, worker_log):
         assert "could not deliver" not in log, log[-3000:]

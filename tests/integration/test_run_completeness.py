@@ -11,9 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stampede.demo import free_port, start_simulator, stop
-from stampede.sweep import locustfiles
-from tests.integration.fleet_helpers import stored_requests, wait_until
+from tests.integration.fleet_helpers import run_locust, simulator_port, stored_requests, wait_until
 
 pytest_plugins = ["tests.integration.fleet_fixtures"]
 
@@ -30,22 +28,11 @@ def report(env: dict[str, str]) -> str:
 
 
 def test_the_report_says_when_the_store_lacks_requests_the_load_generators_made(
-    tmp_path: Path, pg_url: str, shared_redis: str, queue_name: str, start_worker
+    tmp_path: Path, pg_url: str, fleet_env: dict[str, str]
 ) -> None:
-    env = {"STAMPEDE_DATABASE_URL": pg_url, "STAMPEDE_REDIS_URL": shared_redis, "STAMPEDE_QUEUE_NAME": queue_name}
-    start_worker(env, queue_name)
-    port = free_port()
-    simulator = start_simulator("vllm", port, tmp_path / "sim.log")
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "locust", "--headless", "--host", f"http://127.0.0.1:{port}", "-f",
-             locustfiles().split(",")[0], "-u", "4", "-r", "4", "-t", "4s", "--stop-timeout", "20s",
-             "--max-tokens", "16", "OpenAIChatUser"],
-            env={**env, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, capture_output=True, text=True,
-            timeout=90, cwd=tmp_path,
-        )  # fmt: skip
-    finally:
-        stop(simulator)
+    env = fleet_env
+    with simulator_port(tmp_path) as port:
+        result = run_locust(tmp_path, env, port, "-u", "4", "-r", "4", "-t", "4s", "--stop-timeout", "20s")
     assert result.returncode == 0, result.stderr[-3000:]
     dsn = pg_url.replace("+psycopg", "")
 

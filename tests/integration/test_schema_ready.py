@@ -8,7 +8,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from sqlalchemy import create_engine, inspect, text
 
 from stampede.db import SchemaError, alembic_config, get_engine, prepare_schema, upgrade
 from stampede.settings import get_settings
-from tests.integration.fleet_helpers import create_database, drop_database
 from tests.unit.workers.fake_nvml import FakeNvml
 from workers import gpu
 
@@ -67,15 +65,6 @@ def test_an_older_sqlite_file_is_upgraded_on_first_use(tmp_path: Path) -> None:
     upgrade(url, "0003")
     prepare_schema(url)
     assert revisions(url) == [HEAD]
-
-
-@pytest.fixture
-def empty_pg(shared_pg: str) -> Iterator[str]:
-    name = create_database(shared_pg)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        drop_database(shared_pg, name)
 
 
 def test_a_postgresql_database_without_tables_is_refused_and_left_alone(empty_pg: str) -> None:

@@ -20,7 +20,7 @@ from stampede.db import upgrade
 from stampede.demo import start_simulator
 from stampede.processes import free_port, stop
 from stampede.sweep import sent_requests
-from tests.integration.fleet_helpers import create_database, drop_database, stored_requests, wait_until
+from tests.integration.fleet_helpers import create_database, stored_requests, wait_until
 from tests.integration.locust_runs import BIN, counting_target, locust, user_env
 
 pytest_plugins = ["tests.integration.fleet_fixtures"]
@@ -41,15 +41,6 @@ def simulator(tmp_path: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)
-
-
-@pytest.fixture
-def empty_pg(shared_pg: str) -> Iterator[str]:
-    name = create_database(shared_pg)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        drop_database(shared_pg, name)
 
 
 def assert_refused(run: subprocess.CompletedProcess[str] | tuple[int, str], needle: str) -> None:
