@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from loadgen.live import RELATIVE_ERROR, ZERO_MS
 from stampede.db import upgrade
 from stampede.demo import start_simulator
-from stampede.metrics import StepSummary, summarize_step
+from stampede.summary import StepSummary, summarize_step
 from stampede.processes import free_port, stop
 from stampede.schema import Request
 from stampede.stepdata import overlapping_samples

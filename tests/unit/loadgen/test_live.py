@@ -13,7 +13,8 @@ import pytest
 
 from loadgen.live import RELATIVE_ERROR, ZERO_MS, LiveStore, LogHistogram, Slices, figures
 from stampede import metrics
-from stampede.metrics import Percentiles, RequestSample, summarize_step
+from stampede.metrics import Percentiles, RequestSample
+from stampede.summary import summarize_step
 from stampede.records import Api, Outcome, RequestRecord
 from stampede.windows import Window
 
