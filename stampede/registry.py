@@ -64,6 +64,9 @@ class Metric:
     regression: bool = False
     """Compared with the baseline's: a fall (higher is better) or a p99 rise (lower) is a finding."""
     notes: str = ""
+    """Said beside the formula in docs/metrics.md."""
+    hover: str | None = None
+    """What the dashboard's column header says when hovered, where the label cannot say it all."""
 
     @property
     def base(self) -> str:
@@ -206,6 +209,7 @@ STEP_FIGURES = (
         "late_chunks", "count", "Late chunks",
         "Σ chunks of successful completions whose read also took bytes that came after them (timed up to those"
         " bytes' arrival; see above)", L,
+        hover="Output chunks read together with bytes that came after them (docs/metrics.md)",
     ),
     _step(
         "reconnects", "count", "Reconnects",

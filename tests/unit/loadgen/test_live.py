@@ -14,8 +14,8 @@ import pytest
 from loadgen.live import RELATIVE_ERROR, ZERO_MS, LiveStore, LogHistogram, Slices, figures
 from stampede import metrics
 from stampede.metrics import Percentiles, RequestSample
-from stampede.summary import summarize_step
 from stampede.records import Api, Outcome, RequestRecord
+from stampede.summary import summarize_step
 from stampede.windows import Window
 
 RUN = uuid.uuid4()
