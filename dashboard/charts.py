@@ -8,10 +8,15 @@ Figures carry their meaning in trace names, which the tests read: ``"<target>"``
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
+
+from stampede import counters, registry
+from stampede.counters import Scrape
+from stampede.registry import Metric
 
 DASH_BY_PERCENTILE = {50: "solid", 90: "dash", 99: "dot"}
 BAND_COLORS = ("rgba(120,120,120,0.10)", "rgba(120,120,120,0.22)")
@@ -81,26 +86,29 @@ def by_load(
 
 
 def latency_by_load(
-    frame: pd.DataFrame, metric: str, label: str, knees: Mapping[str, float | None], limit_ms: float | None
+    frame: pd.DataFrame, metric: Metric, knees: Mapping[str, float | None], limit: float | None
 ) -> go.Figure:
-    """A latency's p50/p90/p99 against load: colour per target, dash per percentile; the SLO limit as a line."""
+    """A latency's percentiles against load: colour per target, dash per percentile; the SLO limit as a line."""
     colors = target_colors(list(frame["target"].unique()))
     fig = go.Figure()
     for target, rows in frame.groupby("target", sort=True):
         rows = rows.sort_values("load")
-        for p, dash in DASH_BY_PERCENTILE.items():
+        for p in metric.percentiles:
             fig.add_trace(
                 go.Scatter(
-                    x=rows["load"], y=rows[f"{metric}_p{p}_ms"], name=f"{target} p{p}", legendgroup=str(target),
-                    mode="lines+markers", line={"color": colors[str(target)], "dash": dash},
+                    x=rows["load"], y=rows[metric.column(p)], name=f"{target} p{p}", legendgroup=str(target),
+                    mode="lines+markers", line={"color": colors[str(target)], "dash": DASH_BY_PERCENTILE[p]},
                 )
             )  # fmt: skip
-    _markers(fig, frame, f"{metric}_p99_ms", knees, colors)
-    if limit_ms is not None:
-        fig.add_hline(y=limit_ms, line={"color": "crimson", "dash": "dot"}, annotation_text=f"SLO p99 {limit_ms:g} ms")
+    _markers(fig, frame, metric.column(99), knees, colors)
+    if limit is not None:
+        fig.add_hline(
+            y=limit, line={"color": "crimson", "dash": "dot"}, annotation_text=f"SLO p99 {limit:g} {metric.unit}"
+        )
     fig.update_layout(
-        title=f"{label} vs load", xaxis_title=load_title(frame), yaxis_title=f"{label} (ms)", legend_title="Target, pct"
-    )
+        title=f"{metric.label} vs load", xaxis_title=load_title(frame), yaxis_title=metric.header(),
+        legend_title="Target, pct",
+    )  # fmt: skip
     return fig
 
 
@@ -118,37 +126,14 @@ def over_time(
 
 
 def counter_rates(frame: pd.DataFrame, metric: str, per: str | None = None) -> pd.DataFrame:
-    """How fast a runtime's cumulative counter grew between consecutive scrapes, per target and host.
-
-    ``frame`` holds scraped values (``target``, ``host``, ``sampled_at``, ``metric``, ``labels``,
-    ``value``). Each series (a label set: an engine, a model) is followed on its own, and the increases
-    of one scrape's series are summed. The result's ``value`` is the increase per second, or with
-    ``per``, per increase of that other counter (hits per query). An interval where a series went down
-    (the runtime restarted) is left out, as is one where ``per`` did not grow. Two runtimes scraped
-    under one target from one host with the same labels cannot be told apart: give each its own target.
-    """
-    keys = ["target", "host", "sampled_at"]
-
-    def increases(name: str) -> pd.DataFrame:
-        rows = frame[frame["metric"] == name].assign(series=lambda f: f["labels"].map(_labels_key))
-        rows = rows.sort_values([*keys, "series"])
-        by_series = rows.groupby(["target", "host", "series"])
-        rows = rows.assign(increase=by_series["value"].diff(), seconds=by_series["sampled_at"].diff())
-        summed = (
-            rows.dropna(subset=["increase"])
-            .groupby(keys, as_index=False)
-            .agg(increase=("increase", "sum"), lowest=("increase", "min"), seconds=("seconds", "max"))
-        )
-        summed = summed[summed["lowest"] >= 0]  # a series went down: that runtime restarted
-        return summed.assign(seconds=summed["seconds"].dt.total_seconds())
-
-    rows = increases(metric)
-    if per is None:
-        rows = rows[rows["seconds"] > 0]
-        return rows.assign(value=rows["increase"] / rows["seconds"])[keys + ["value"]]
-    rows = rows.merge(increases(per)[keys + ["increase"]], on=keys, suffixes=("", "_per"))
-    rows = rows[rows["increase_per"] > 0]
-    return rows.assign(value=rows["increase"] / rows["increase_per"])[keys + ["value"]]
+    """:func:`stampede.counters.counter_rates` over scraped values (``target``, ``host``, ``sampled_at``,
+    ``metric``, ``labels``, ``value``), as a frame of ``target``, ``host``, ``sampled_at``, ``value``."""
+    scrapes = (
+        Scrape(str(r.target), str(r.host), r.sampled_at, str(r.metric), r.labels, float(r.value))
+        for r in frame[["target", "host", "sampled_at", "metric", "labels", "value"]].itertuples(index=False)
+    )
+    rates = counters.counter_rates(scrapes, metric, per)
+    return pd.DataFrame([asdict(r) for r in rates], columns=["target", "host", "sampled_at", "value"])
 
 
 def gauge_lines(frame: pd.DataFrame) -> pd.DataFrame:
@@ -173,10 +158,6 @@ def gauge_lines(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(line=pd.concat(lines))
 
 
-def _labels_key(labels: object) -> str:
-    return repr(sorted(labels.items())) if isinstance(labels, dict) else repr(labels)
-
-
 def step_bands(fig: go.Figure, steps: pd.DataFrame) -> None:
     """Shade each load step behind the data, labelled with its load."""
     spans = steps.dropna(subset=["ended_at"]).groupby("index").agg(
@@ -195,12 +176,13 @@ def requests_over_time(sample: pd.DataFrame, steps: pd.DataFrame) -> go.Figure:
     """Each sampled request's TTFT and E2E at its send time, failures marked, step bands behind."""
     fig = go.Figure()
     ok = sample[sample["outcome"] == "ok"]
-    for column, label in (("ttft_ms", "TTFT"), ("e2e_ms", "E2E")):
+    for metric in (registry.get("ttft_ms"), registry.get("e2e_ms")):
         fig.add_trace(
             go.Scattergl(
-                x=ok["started_at"], y=ok[column], name=label, mode="markers", marker={"size": 4, "opacity": 0.6}
+                x=ok["started_at"], y=ok[metric.name], name=metric.label, mode="markers",
+                marker={"size": 4, "opacity": 0.6},
             )
-        )
+        )  # fmt: skip
     failed = sample[sample["outcome"] != "ok"]
     if len(failed):
         fig.add_trace(
@@ -214,13 +196,15 @@ def requests_over_time(sample: pd.DataFrame, steps: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def histograms(sample: pd.DataFrame, column: str, label: str) -> go.Figure:
-    """Distribution of ``column`` per step, overlaid, for successful measured requests."""
+def histograms(sample: pd.DataFrame, metric: Metric) -> go.Figure:
+    """Distribution of a per-request ``metric`` per step, overlaid, for successful measured requests."""
     ok = sample[(sample["outcome"] == "ok") & ~sample["in_warmup"]]
     fig = go.Figure()
     for (target, step), rows in ok.groupby(["target", "step_index"], sort=True):
-        fig.add_trace(go.Histogram(x=rows[column], name=f"{target} step {step}", opacity=0.6))
-    fig.update_layout(title=f"{label} by step", barmode="overlay", xaxis_title=f"{label} (ms)", yaxis_title="Requests")
+        fig.add_trace(go.Histogram(x=rows[metric.name], name=f"{target} step {step}", opacity=0.6))
+    fig.update_layout(
+        title=f"{metric.label} by step", barmode="overlay", xaxis_title=metric.header(), yaxis_title="Requests"
+    )
     return fig
 
 

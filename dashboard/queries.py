@@ -16,7 +16,7 @@ import streamlit as st
 from sqlalchemy import Engine, Text, cast, func, inspect, select
 from sqlalchemy.orm import Session
 
-from stampede import report
+from stampede import metrics, report
 from stampede.db import get_engine
 from stampede.records import Outcome
 from stampede.schema import GpuSample, LoadgenCount, LoadgenSample, Request, Run, RuntimeSample, Step
@@ -164,7 +164,11 @@ def request_sample(url: str, run_id: str, target: str | None, step: int | None, 
     server = pd.json_normalize(frame["server_timings_ms"].map(orjson.loads).tolist()) if len(frame) else None
     for key in ("load_ms", "prompt_eval_ms", "eval_ms", "total_ms"):
         frame[key] = server[key] if server is not None and key in server else float("nan")
-    frame["network_and_queue_ms"] = frame["e2e_ms"] - frame["total_ms"]
+    frame["network_and_queue_ms"] = [
+        metrics.network_and_queue_ms(e2e, None if pd.isna(total) else total)
+        for e2e, total in zip(frame["e2e_ms"], frame["total_ms"], strict=True)
+    ]
+    frame["network_and_queue_ms"] = frame["network_and_queue_ms"].astype(float)
     frame.attrs["total"] = total
     return frame.drop(columns="server_timings_ms").sort_values("started_at", ignore_index=True)
 

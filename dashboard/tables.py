@@ -1,9 +1,9 @@
 """How the dashboard's tables show a column: a label with its unit and a rounding, read from the name.
 
-Every column name ends in its unit (``measured_s``, ``ttft_p99_ms``, ``requests_per_s``), so the name
-alone says how to show it: the unit gives the rounding and the label's unit, the rest reads as words,
-with the abbreviations users know (TTFT, E2E). A figure the report adds to its rows is shown so with
-nothing to change here. Downloads keep the raw names, which scripts read.
+A metric's column is labelled as the metric registry heads it (:meth:`stampede.registry.Metric.header`).
+Every other column name ends in its unit too (``measured_s``, ``power_w``), so the name alone says how
+to show it: the unit gives the rounding and the label's unit, the rest reads as words, with the
+abbreviations users know (GPU, HTTP). Downloads keep the raw names, which scripts read.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any, Literal
 import pandas as pd
 import streamlit as st
 
+from stampede import registry
+
 # Shown for a missing value (no request rate in closed loop, no goodput without an SLO).
 MISSING = "—"
-WORDS = {"ttft": "TTFT", "itl": "ITL", "tpot": "TPOT", "e2e": "E2E", "gpu": "GPU", "http": "HTTP", "sm": "SM"}
+WORDS = {"gpu": "GPU", "http": "HTTP", "sm": "SM"}
 # Names that do not read well word by word.
 LABELS = {
     "id": "ID",
@@ -25,13 +27,9 @@ LABELS = {
     "request_rate_per_s": "Request rate (requests/s)",
     "load": "Load",
     "in_warmup": "Warm-up",
-    "load_ms": "Model load (ms)",
 }
 # What a column's header says when hovered, where the label cannot say it all.
-HELP = {
-    "load": "Concurrent users, or requests/s in open loop",
-    "late_chunks": "Output chunks read together with bytes that came after them (docs/metrics.md)",
-}
+HELP = {"load": "Concurrent users, or requests/s in open loop"}
 # A unit suffix: the unit as labels write it, and the printf format (Streamlit's NumberColumn) of a value.
 # Durations to 0.1 s, latencies to 0.1 ms, rates to two decimals.
 UNITS = (
@@ -65,6 +63,10 @@ def words(name: str) -> str:
 def shown(name: str, dtype: Any = None) -> Shown:
     """How the column ``name`` (of pandas ``dtype``, when known) is shown."""
     item = _by_unit(name, dtype)
+    found = registry.COLUMNS.get(name)
+    if found is not None:
+        metric, percentile = found
+        return replace(item, label=metric.header(percentile), help=metric.hover)
     return replace(item, label=LABELS.get(name, item.label), help=HELP.get(name))
 
 

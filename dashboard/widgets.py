@@ -9,14 +9,14 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import queries
-from stampede.report import SloLimits
+from stampede import registry
+from stampede.slo import LATENCY_LIMITS, Slo
 
 # A plain session key, not the widget's own: Streamlit forgets a widget's state when the user opens a
 # page that does not draw it, and the run picked should follow the user from page to page.
 RUN_KEY = "run_id"
 # How often a page of a running run reloads its figures.
 LIVE_REFRESH_S = 5
-SLO_INPUTS = {"ttft_ms": "TTFT ms", "tpot_ms": "TPOT ms", "e2e_ms": "E2E ms", "max_error_rate": "Max error rate"}
 
 
 def run_label(run: pd.Series) -> str:
@@ -24,15 +24,16 @@ def run_label(run: pd.Series) -> str:
     return f"{run['name']} · {run['started_at']:%Y-%m-%d %H:%M} · {run['status']}"
 
 
-def pick_run(url: str) -> pd.Series | None:
-    """A run picked in the sidebar (the ``run`` query parameter, then the last pick, then the latest)."""
+def pick_run(url: str) -> pd.Series:
+    """A run picked in the sidebar (the ``run`` query parameter, then the last pick, then the latest);
+    with no run in the store, the page says so and stops."""
     runs = queries.runs(url)
     if runs.empty:
         st.info(
             "No runs in the results store yet. Run a sweep (or `stampede demo`) with the same "
             "`STAMPEDE_DATABASE_URL`, then reload."
         )
-        return None
+        st.stop()
     ids = list(runs["id"])
     labels = {run["id"]: run_label(run) for _, run in runs.iterrows()}
     wanted = st.query_params.get("run") or st.session_state.get(RUN_KEY)
@@ -44,7 +45,7 @@ def pick_run(url: str) -> pd.Series | None:
     return runs.loc[runs["id"] == run_id].iloc[0]
 
 
-def slo_limits(run_slo: SloLimits) -> SloLimits:
+def slo_limits(run_slo: Slo) -> Slo:
     """The SLOs to judge the knee by: the run's, each overridable in the sidebar.
 
     A latency limit of 0 ms is no limit (no request meets it); an error-rate limit of 1 is none either,
@@ -52,9 +53,14 @@ def slo_limits(run_slo: SloLimits) -> SloLimits:
     """
     st.sidebar.subheader("SLOs (p99)")
     values: dict[str, float | None] = {}
-    for name, label in (("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("e2e_ms", "E2E ms")):
+    for name in LATENCY_LIMITS:
+        metric = registry.get(name)
         value = st.sidebar.number_input(
-            label, min_value=0.0, value=float(getattr(run_slo, name) or 0.0), help="0: no limit", key=f"slo_{name}"
+            f"{metric.label} {metric.unit}",
+            min_value=0.0,
+            value=float(getattr(run_slo, name) or 0.0),
+            help="0: no limit",
+            key=f"slo_{name}",
         )
         values[name] = value or None
     rate = st.sidebar.number_input(
@@ -66,7 +72,7 @@ def slo_limits(run_slo: SloLimits) -> SloLimits:
         key="slo_max_error_rate",
     )
     values["max_error_rate"] = None if rate >= 1.0 else rate
-    return SloLimits(**values)
+    return Slo(**values)
 
 
 def download_csv(frame: pd.DataFrame, name: str) -> None:

@@ -9,7 +9,7 @@ and the master adds them into its own :class:`LiveStore`, which answers for any 
 
 Latencies go into :class:`LogHistogram`, a fixed-bucket log histogram: a percentile read from it is
 within ``RELATIVE_ERROR`` (1 %) of the exact one (numpy's linear interpolation between ranks, as
-:func:`stampede.metrics.summarize_step` computes it over the stored rows), or within ``ZERO_MS`` of
+:func:`stampede.summary.summarize_step` computes it over the stored rows), or within ``ZERO_MS`` of
 it for values below that. Per-request figures are the stored record's own (:mod:`stampede.records`).
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from stampede import metrics
+from stampede import metrics, registry
 from stampede.metrics import Percentiles
 from stampede.records import Outcome, RequestRecord
 
@@ -112,7 +112,8 @@ class LogHistogram:
         return hist
 
 
-_HISTOGRAMS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
+LATENCIES = tuple(registry.get(name) for name in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"))
+"""The registry's latencies kept live (response and network-and-queue time are the stored rows' only)."""
 _COUNTS = ("requests", "ok", "reconnects", "late_chunks")
 _SUMS = ("output_tokens", "ok_tokens", "ok_e2e_ms")
 
@@ -132,29 +133,31 @@ class Summary:
     reconnects: int = 0
     late_chunks: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-    ttft_ms: LogHistogram = field(default_factory=LogHistogram)
-    itl_ms: LogHistogram = field(default_factory=LogHistogram)
-    tpot_ms: LogHistogram = field(default_factory=LogHistogram)
-    e2e_ms: LogHistogram = field(default_factory=LogHistogram)
+    latencies: dict[str, LogHistogram] = field(default_factory=lambda: {m.name: LogHistogram() for m in LATENCIES})
+    """A histogram per latency of :data:`LATENCIES`, by its registry name."""
 
     def merge(self, other: Summary) -> None:
         for name in (*_COUNTS, *_SUMS):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.update(other.errors)
-        for name in _HISTOGRAMS:
-            getattr(self, name).merge(getattr(other, name))
+        for name, hist in self.latencies.items():
+            hist.merge(other.latencies[name])
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {name: getattr(self, name) for name in (*_COUNTS, *_SUMS)}
         wire["errors"] = dict(self.errors)
-        return wire | {name: getattr(self, name).to_wire() for name in _HISTOGRAMS}
+        return wire | {name: hist.to_wire() for name, hist in self.latencies.items()}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Summary:
-        summary = cls(**{name: int(data[name]) for name in _COUNTS}, **{name: float(data[name]) for name in _SUMS})
-        summary.errors = Counter({str(k): int(v) for k, v in data["errors"].items()})
-        for name in _HISTOGRAMS:
-            setattr(summary, name, LogHistogram.from_wire(data[name]))
+        summary = cls(
+            errors=Counter({str(k): int(v) for k, v in data["errors"].items()}),
+            latencies={m.name: LogHistogram.from_wire(data[m.name]) for m in LATENCIES},
+        )
+        for name in _COUNTS:
+            setattr(summary, name, int(data[name]))
+        for name in _SUMS:
+            setattr(summary, name, float(data[name]))
         return summary
 
 
@@ -190,10 +193,10 @@ def figures(summary: Summary, duration_s: float) -> Figures:
         output_tokens_per_s_per_request=summary.ok_tokens / (summary.ok_e2e_ms / 1000)
         if summary.ok_e2e_ms > 0
         else None,
-        ttft_ms=summary.ttft_ms.percentiles(),
-        itl_ms=summary.itl_ms.percentiles(),
-        tpot_ms=summary.tpot_ms.percentiles(),
-        e2e_ms=summary.e2e_ms.percentiles(),
+        ttft_ms=summary.latencies["ttft_ms"].percentiles(),
+        itl_ms=summary.latencies["itl_ms"].percentiles(),
+        tpot_ms=summary.latencies["tpot_ms"].percentiles(),
+        e2e_ms=summary.latencies["e2e_ms"].percentiles(),
         reconnects=summary.reconnects,
         late_chunks=summary.late_chunks,
     )
@@ -234,12 +237,12 @@ class Slices:
             summary = self.at((target, second))
             summary.output_tokens += sum(shares[first:end])
             if gaps:
-                summary.itl_ms.extend(gaps[max(first, 1) - 1 : end - 1])
+                summary.latencies["itl_ms"].extend(gaps[max(first, 1) - 1 : end - 1])
             first = end
         ttft = record.ttft_ms
         # A request that waited for a model load is a load, not a slow TTFT (docs/metrics.md).
         if ok and ttft is not None and float(record.server_timings_ms.get("load_ms") or 0) < metrics.MODEL_LOAD_MIN_MS:
-            self.at((target, math.floor(sent_s + offsets[0] / 1e9))).ttft_ms.add(ttft)
+            self.at((target, math.floor(sent_s + offsets[0] / 1e9))).latencies["ttft_ms"].add(ttft)
         if record.outcome is Outcome.CANCELLED:
             return  # stopped with the load: its chunks count, it is no completion
         done = self.at((target, math.floor(sent_s + record.end_offset_ns / 1e9)))
@@ -251,9 +254,9 @@ class Slices:
         done.ok += 1
         done.ok_tokens += tokens
         done.ok_e2e_ms += record.e2e_ms
-        done.e2e_ms.add(record.e2e_ms)
+        done.latencies["e2e_ms"].add(record.e2e_ms)
         if record.tpot_ms is not None:
-            done.tpot_ms.add(record.tpot_ms)
+            done.latencies["tpot_ms"].add(record.tpot_ms)
         done.late_chunks += len(record.late_chunks)
 
     def drain(self) -> list[list[Any]]:

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from loadgen.live import RELATIVE_ERROR, figures
+from loadgen.live import LATENCIES, RELATIVE_ERROR, figures
 from loadgen.webui_charts import LIVE_SCRIPT
-from stampede.metrics import generator_saturated
+from stampede import registry
+from stampede.metrics import PERCENTILES, generator_saturated
 
 if TYPE_CHECKING:
     from loadgen.webui import LiveView
@@ -25,11 +26,10 @@ TAB_STRUCTURE = [
     {"key": "window", "title": "Sliding window (the last 30 s)"},
     {"key": "step", "title": "Current step so far (warm-up excluded)"},
 ]
-LATENCIES = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
 STEP_COLUMNS = [
     "target", "step", "from_s", "to_s", "users", "request_rate_per_s", "measured_s", "requests", "errors",
     "requests_per_s", "output_tokens_per_s", "output_tokens_per_s_per_request",
-    *(f"{name}_{p}" for name in LATENCIES for p in ("p50", "p90", "p99")),
+    *(f"{m.name}_p{p}" for m in LATENCIES for p in PERCENTILES),
     "reconnects", "late_chunks", "generator_saturated",
 ]  # fmt: skip
 SAMPLE_INTERVAL_S = 1.0
@@ -37,6 +37,11 @@ SAMPLE_INTERVAL_S = 1.0
 
 def empty_snapshot() -> dict[str, Any]:
     return {"targets": [], "rows": []}
+
+
+def _label(name: str) -> str:
+    """A registry metric's header: ``Output tokens/s``."""
+    return registry.get(name).header()
 
 
 def _clock(seconds: float) -> str:
@@ -97,7 +102,7 @@ def settle_health(view: LiveView, end_s: int) -> None:
     for index, step in view.steps.items():
         if index not in view.saturated and step.ended_at is not None and step.ended_at.timestamp() < end_s:
             view.saturated[index] = _step_saturated(view, index, end_s)
-    keep_from = end_s - view.store.window_s
+    keep_from: float = end_s - view.store.window_s
     current = max(view.steps) if view.steps else None
     if current is not None and current not in view.saturated:
         keep_from = min(keep_from, _step_span(view, current, end_s)[0])
@@ -123,7 +128,7 @@ def snapshot(view: LiveView, end_s: int) -> dict[str, Any]:
             entry["step"] = asdict(figures(summary, measure_end - measure_start))
             entry["step_health"] = _health(_samples(view, measure_start + SAMPLE_INTERVAL_S, measure_end + 1))
         targets.append(entry)
-    out = {"start_s": start_s, "end_s": end_s, "step": current, "targets": targets}
+    out: dict[str, Any] = {"start_s": start_s, "end_s": end_s, "step": current, "targets": targets}
     out["window_health"] = _health(_samples(view, start_s, end_s + 1))
     out["workers"] = {p: _health(_samples(view, start_s, end_s + 1, p)) for p in sorted(view.health)}
     out["worker_steps"] = {}
@@ -152,17 +157,18 @@ def _rows(view: LiveView, snap: dict[str, Any]) -> list[dict[str, str]]:
                  ("Span", f"{window_text} ({w['duration_s']:.1f} s)",
                   f"{load}, {s['duration_s']:.1f} s measured" if s else "no step"),
                  ("Requests in flight (now)", in_flight, in_flight),
-                 ("Requests", str(w["requests"]), str(s.get("requests", ""))),
-                 ("Requests/s (successful)", _num(w["requests_per_s"], 2), _num(s.get("requests_per_s"), 2)),
-                 ("Output tokens/s", _num(w["output_tokens_per_s"]), _num(s.get("output_tokens_per_s"))),
+                 (_label("requests"), str(w["requests"]), str(s.get("requests", ""))),
+                 (f"{_label('requests_per_s')} (successful)", _num(w["requests_per_s"], 2),
+                  _num(s.get("requests_per_s"), 2)),
+                 (_label("output_tokens_per_s"), _num(w["output_tokens_per_s"]), _num(s.get("output_tokens_per_s"))),
                  ("Output tokens/s per request", _num(w["output_tokens_per_s_per_request"]),
                   _num(s.get("output_tokens_per_s_per_request")))]  # fmt: skip
-        for name, label in zip(LATENCIES, ("TTFT", "ITL", "TPOT", "E2E"), strict=True):
-            for p in ("p50", "p90", "p99"):
-                rows.append((f"{label} {p} (ms)", _num(w[name][p]), _num(s[name][p]) if s else ""))
+        for m in LATENCIES:
+            for p in PERCENTILES:
+                rows.append((m.header(p), _num(w[m.name][f"p{p}"]), _num(s[m.name][f"p{p}"]) if s else ""))
         rows += [("Errors by outcome", _errors(w["errors"]), _errors(s["errors"]) if s else ""),
-                 ("Reconnects", str(w["reconnects"]), str(s.get("reconnects", ""))),
-                 ("Late chunks", str(w["late_chunks"]), str(s.get("late_chunks", "")))]  # fmt: skip
+                 (_label("reconnects"), str(w["reconnects"]), str(s.get("reconnects", ""))),
+                 (_label("late_chunks"), str(w["late_chunks"]), str(s.get("late_chunks", "")))]  # fmt: skip
         rows.append(("Load generator", _health_text(snap["window_health"]), _health_text(t.get("step_health", {}))
                      if s else ""))  # fmt: skip
     if len(snap["workers"]) > 1:
@@ -186,9 +192,9 @@ def step_dicts(view: LiveView) -> list[dict[str, Any]]:
                                "requests": f.requests, "errors": sum(f.errors.values()),
                                "requests_per_s": f.requests_per_s, "output_tokens_per_s": f.output_tokens_per_s,
                                "output_tokens_per_s_per_request": f.output_tokens_per_s_per_request}  # fmt: skip
-        for name in LATENCIES:
-            p = getattr(f, name)
-            row |= {f"{name}_p50": p.p50, f"{name}_p90": p.p90, f"{name}_p99": p.p99}
+        for m in LATENCIES:
+            pcts = getattr(f, m.name)
+            row |= {f"{m.name}_p{p}": getattr(pcts, f"p{p}") for p in PERCENTILES}
         row |= {"reconnects": f.reconnects, "late_chunks": f.late_chunks}
         row["generator_saturated"] = _step_saturated(view, index, end_s)
         out.append(row)

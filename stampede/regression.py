@@ -11,10 +11,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from stampede import registry
+from stampede.registry import Direction
 from stampede.report import TargetStep
 from stampede.sweepfile import RegressionSpec
 
-LATENCIES_P99 = ("ttft_ms", "itl_ms", "e2e_ms")
+CHECKED = sorted(
+    (m for m in registry.METRICS.values() if m.regression), key=lambda m: m.direction is not Direction.HIGHER
+)
+"""The metrics compared with the baseline's (:attr:`stampede.registry.Metric.regression`): throughputs
+first, then latencies, the order findings are listed in."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,8 @@ class Finding:
 def compare(baseline: Sequence[TargetStep], current: Sequence[TargetStep], spec: RegressionSpec) -> list[Finding]:
     """Findings of ``current`` against ``baseline``.
 
-    - throughput: ``output_tokens_per_s`` fell by more than ``throughput_drop_pct`` percent;
-    - latency: p99 of TTFT, ITL or E2E rose by more than ``latency_rise_pct`` percent.
+    - a figure where higher is better (output tokens/s) fell by more than ``throughput_drop_pct`` percent;
+    - the p99 of a latency (TTFT, ITL, E2E) rose by more than ``latency_rise_pct`` percent.
     Steps without a counterpart at the same load, or without figures on either side, are skipped.
     """
     base = {(s.target, s.index): s.summary for s in baseline}
@@ -60,12 +66,13 @@ def compare(baseline: Sequence[TargetStep], current: Sequence[TargetStep], spec:
         def finding(metric: str, before: float, after: float, step: TargetStep = step) -> Finding:
             return Finding(step.target, step.index, step.summary.users, metric, before, after)
 
-        if old.output_tokens_per_s > 0:
-            drop_pct = 100.0 * (old.output_tokens_per_s - new.output_tokens_per_s) / old.output_tokens_per_s
-            if drop_pct > spec.throughput_drop_pct:
-                findings.append(finding("output_tokens_per_s", old.output_tokens_per_s, new.output_tokens_per_s))
-        for name in LATENCIES_P99:
-            before, after = getattr(old, name).p99, getattr(new, name).p99
+        for metric in CHECKED:
+            if metric.direction is Direction.HIGHER:
+                before, after = getattr(old, metric.name), getattr(new, metric.name)
+                if before > 0 and 100.0 * (before - after) / before > spec.throughput_drop_pct:
+                    findings.append(finding(metric.name, before, after))
+                continue
+            before, after = getattr(old, metric.name).p99, getattr(new, metric.name).p99
             if before and after is not None and 100.0 * (after - before) / before > spec.latency_rise_pct:
-                findings.append(finding(f"{name.removesuffix('_ms')} p99 ms", before, after))
+                findings.append(finding(f"{metric.base} p99 {metric.unit}", before, after))
     return findings

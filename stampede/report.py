@@ -10,7 +10,7 @@ of completions it was computed for. Reports read the cache and recompute only st
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -18,85 +18,29 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from stampede import metrics, stepdata
-from stampede.metrics import PERCENTILES, Percentiles, Slo, StepSummary
+from stampede import metrics, registry, stepdata
+from stampede.metrics import Percentiles
 from stampede.records import utc_now
 from stampede.schema import LoadgenCount, LoadgenSample, Request, Run, RuntimeSample, Step, StepStats
+from stampede.slo import Slo
 from stampede.store import dialect_insert
+from stampede.summary import StepSummary, summarize_step
 from stampede.windows import Window
 
-LATENCIES = ("ttft", "itl", "tpot", "e2e", "response", "network_and_queue")
-ROW_COLUMNS = (
-    "target",
-    "step",
-    "users",
-    "request_rate_per_s",
-    "load",
-    "measured_s",
-    "requests",
-    "errors",
-    "error_rate",
-    "requests_per_s",
-    "output_tokens_per_s",
-    "server_output_tokens_per_s",
-    "server_difference_pct",
-    "total_tokens_per_s",
-    "goodput_requests_per_s",
-    "model_loads",
-    "token_disagreements",
-    "late_chunks",
-    "reconnects",
-    "mean_in_flight",
-    "little_in_flight",
-    "little_mismatch",
-    "load_reached",
-    "too_short",
-    "lengthen_to_s",
-    "saturated",
-    "lost_workers",
-    "users_left",
-    "stored_requests",
-    "produced_requests",
-    *(f"{name}_p{p}_ms" for name in LATENCIES for p in PERCENTILES),
-)
+# A step's row: where the step ran, its figures (:data:`stampede.registry.STEP_FIGURES`), the checks of
+# those figures, then each latency's percentiles (:data:`stampede.registry.LATENCIES`).
+PLACE_COLUMNS = ("target", "step", "users", "request_rate_per_s", "load", "measured_s")
+CHECK_COLUMNS = (
+    "little_mismatch", "load_reached", "too_short", "lengthen_to_s", "saturated", "lost_workers", "users_left",
+    "stored_requests", "produced_requests",
+)  # fmt: skip
+_STEP_FIGURES = [m.name for m in registry.STEP_FIGURES]
+ROW_COLUMNS = (*PLACE_COLUMNS, *_STEP_FIGURES, *CHECK_COLUMNS, *(c for m in registry.LATENCIES for c in m.columns()))
 # Bumped whenever the cached form of a summary changes, so older cache rows are recomputed.
 CACHE_VERSION = 4
 
 # The load generator samples its health once a second (loadgen/health.py).
 SAMPLE_INTERVAL_S = 1.0
-
-
-@dataclass(frozen=True)
-class SloLimits:
-    """A run's SLOs as its sweep file sets them: p99 latency limits and the largest error share."""
-
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    e2e_ms: float | None = None
-    max_error_rate: float | None = None
-
-    @classmethod
-    def of_config(cls, config: Mapping[str, Any]) -> SloLimits:
-        """The limits in a run's config (``config["sweep"]["slo"]``); none set when it has none."""
-        slo = (config.get("sweep") or {}).get("slo") or {}
-        return cls(**{name: slo.get(name) for name in ("ttft_ms", "tpot_ms", "e2e_ms", "max_error_rate")})
-
-    @property
-    def any_set(self) -> bool:
-        return any(v is not None for v in asdict(self).values())
-
-    def request_slo(self) -> Slo | None:
-        """The per-request SLO behind goodput; None when no latency limit is set."""
-        if self.ttft_ms is None and self.tpot_ms is None and self.e2e_ms is None:
-            return None
-        return Slo(self.ttft_ms, self.tpot_ms, self.e2e_ms)
-
-    def met_by(self, s: StepSummary) -> bool:
-        """A step meets the SLOs when each set p99 limit and the error-rate limit hold (unset limits pass)."""
-        checks = ((self.ttft_ms, s.ttft_ms.p99), (self.tpot_ms, s.tpot_ms.p99), (self.e2e_ms, s.e2e_ms.p99))
-        latencies_ok = all(limit is None or (value is not None and value <= limit) for limit, value in checks)
-        errors_ok = self.max_error_rate is None or s.error_rate <= self.max_error_rate
-        return s.requests > 0 and latencies_ok and errors_ok
 
 
 @dataclass(frozen=True)
@@ -140,21 +84,9 @@ class TargetStep:
             "request_rate_per_s": self.request_rate_per_s,
             "load": self.load,
             "measured_s": s.measured_s,
-            "requests": s.requests,
-            "errors": s.errors,
-            "error_rate": s.error_rate,
-            "requests_per_s": s.requests_per_s,
-            "output_tokens_per_s": s.output_tokens_per_s,
-            "server_output_tokens_per_s": s.server_output_tokens_per_s,
-            "server_difference_pct": s.server_difference_pct,
-            "total_tokens_per_s": s.total_tokens_per_s,
-            "goodput_requests_per_s": s.goodput_requests_per_s,
-            "model_loads": s.model_loads,
-            "token_disagreements": s.token_disagreements,
-            "late_chunks": s.late_chunks,
-            "reconnects": s.reconnects,
-            "mean_in_flight": s.mean_in_flight,
-            "little_in_flight": s.little_in_flight,
+        }
+        row |= {name: getattr(s, name) for name in _STEP_FIGURES}
+        row |= {
             "little_mismatch": s.little_mismatch,
             "load_reached": s.load_reached,
             "too_short": s.too_short,
@@ -165,19 +97,19 @@ class TargetStep:
             "stored_requests": self.stored,
             "produced_requests": self.produced,
         }
-        for name in LATENCIES:
-            pcts: Percentiles = getattr(s, f"{name}_ms")
-            for p in PERCENTILES:
-                row[f"{name}_p{p}_ms"] = getattr(pcts, f"p{p}")
+        for metric in registry.LATENCIES:
+            pcts: Percentiles = getattr(s, metric.name)
+            for p in metric.percentiles:
+                row[metric.column(p)] = getattr(pcts, f"p{p}")
         return row
 
 
-def knees(steps: Sequence[TargetStep], limits: SloLimits) -> dict[str, TargetStep | None]:
+def knees(steps: Sequence[TargetStep], limits: Slo) -> dict[str, TargetStep | None]:
     """Per target, the step of highest load that meets ``limits`` (None when none does)."""
     out: dict[str, TargetStep | None] = {}
     for step in steps:
         best = out.setdefault(step.target, None)
-        if limits.met_by(step.summary) and (best is None or step.load > best.load):
+        if limits.met_by_step(step.summary) and (best is None or step.load > best.load):
             out[step.target] = step
     return out
 
@@ -195,7 +127,7 @@ def _summary_from_json(data: dict[str, Any]) -> StepSummary:
 def _cache_key(slo: Slo | None, window: Window, min_completions: int, scrapes: int) -> dict[str, Any]:
     return {
         "version": CACHE_VERSION,
-        "slo": None if slo is None else asdict(slo),
+        "slo": None if slo is None else slo.latency_limits(),
         "window": [window.opened_s, window.closed_s],
         "min_completions": min_completions,
         "scrapes": scrapes,
@@ -270,7 +202,7 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
     read from, and written to, the ``step_stats`` cache in the caller's transaction.
     """
     config = session.scalar(select(Run.config).where(Run.id == run_id)) or {}
-    slo = SloLimits.of_config(config).request_slo()
+    slo = Slo.of_config(config).request_slo()
     steps = list(
         session.scalars(
             select(Step).where(Step.run_id == run_id, Step.ended_at.is_not(None)).order_by(Step.target, Step.index)
@@ -328,7 +260,7 @@ def step_summaries(session: Session, run_id: uuid.UUID) -> list[TargetStep]:
             if samples is None:
                 samples = stepdata.overlapping_samples(session, run_id, step.target, step.started_at, step.ended_at)
             server = stepdata.server_count(session, run_id, step.target, window)
-            summary = metrics.summarize_step(step.users, window, samples, slo, min_completions, server)
+            summary = summarize_step(step.users, window, samples, slo, min_completions, server)
             summary = replace(
                 summary,
                 opened_after_s=window.opened_s - stepdata.epoch_s(step.started_at),

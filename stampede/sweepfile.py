@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from stampede.metrics import MIN_COMPLETIONS
 from stampede.records import Api
+from stampede.slo import Slo
 
 
 class _Spec(BaseModel):
@@ -66,15 +67,6 @@ class TargetSpec(_Spec):
         if self.runtime is None:
             return "ollama" if self.api is Api.OLLAMA_CHAT else None
         return None if self.runtime == "none" else self.runtime
-
-
-class SloSpec(_Spec):
-    """Service-level objectives: the knee is the highest load that meets all that are set."""
-
-    ttft_ms: float | None = Field(default=None, gt=0, description="p99 TTFT limit, ms.")
-    tpot_ms: float | None = Field(default=None, gt=0, description="p99 TPOT limit, ms.")
-    e2e_ms: float | None = Field(default=None, gt=0, description="p99 E2E limit, ms.")
-    max_error_rate: float | None = Field(default=None, ge=0, le=1, description="Largest error share.")
 
 
 class RegressionSpec(_Spec):
@@ -115,7 +107,7 @@ class SweepFile(_Spec):
     burstiness: float = Field(default=1.0, gt=0)
     seed: int = 0
     processes: int = Field(default=1, ge=1, description="Locust processes.")
-    slo: SloSpec = SloSpec()
+    slo: Slo = Slo()
     regression: RegressionSpec = RegressionSpec()
 
     @model_validator(mode="before")

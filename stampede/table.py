@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stampede import registry
 from stampede.report import TargetStep
 
-LEADING = (("target", "<"), ("step", ">"), ("load", ">"), ("in flight", ">"), ("req/s", ">"), ("out tok/s", ">"))
-SERVER = (("server tok/s", ">"), ("vs server", ">"))
+LEADING = (("target", "<"), ("step", ">"), ("load", ">"))
+# The metric columns, in the table's order: (registry name, percentile or None).
+FIGURES = (("mean_in_flight", None), ("requests_per_s", None), ("output_tokens_per_s", None))
+SERVER = (("server_output_tokens_per_s", None), ("server_difference_pct", None))
 LATENCY = (
-    ("TTFT p50", ">"), ("TTFT p99", ">"), ("ITL p50", ">"), ("ITL p99", ">"),
-    ("E2E p50", ">"), ("E2E p99", ">"), ("errors", ">"), ("reconnects", ">"),
+    ("ttft_ms", 50), ("ttft_ms", 99), ("itl_ms", 50), ("itl_ms", 99), ("e2e_ms", 50), ("e2e_ms", 99),
+    ("errors", None), ("reconnects", None),
 )  # fmt: skip
-GOODPUT = ("goodput/s", ">")
+GOODPUT = (("goodput_requests_per_s", None),)
 NOTES = ("", "<")
 SATURATED = "generator saturated"
 LATE = "chunks read late"
@@ -24,8 +27,17 @@ LOST = "lost"
 INCOMPLETE = "incomplete"
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
+def _cell(item: TargetStep, name: str, percentile: int | None) -> str:
+    """A metric's cell, rounded to the registry's digits; errors read ``failed/completed``."""
+    s, metric = item.summary, registry.get(name)
+    if name == "errors":
+        return f"{s.errors}/{s.requests}"
+    value = getattr(s, name) if percentile is None else getattr(getattr(s, name), f"p{percentile}")
+    if value is None:
+        return "-"
+    if metric.unit == "count" and isinstance(value, int):
+        return str(value)
+    return f"{value:+.{metric.digits}f}%" if metric.unit == "%" else f"{value:,.{metric.digits}f}"
 
 
 def _load(item: TargetStep) -> str:
@@ -55,35 +67,12 @@ def _notes(item: TargetStep) -> list[str]:
     return notes
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.1f}%"
+def _figures(with_server: bool, with_goodput: bool) -> list[tuple[str, int | None]]:
+    return [*FIGURES, *(SERVER if with_server else ()), *LATENCY, *(GOODPUT if with_goodput else ())]
 
 
-def _row(item: TargetStep, with_server: bool, with_goodput: bool) -> list[str]:
-    s = item.summary
-    row = [
-        item.target,
-        str(item.index),
-        _load(item),
-        f"{s.mean_in_flight:,.1f}",
-        f"{s.requests_per_s:,.2f}",
-        f"{s.output_tokens_per_s:,.1f}",
-    ]
-    if with_server:
-        server = s.server_output_tokens_per_s
-        row += ["-" if server is None else f"{server:,.1f}", _pct(s.server_difference_pct)]
-    row += [
-        _ms(s.ttft_ms.p50),
-        _ms(s.ttft_ms.p99),
-        _ms(s.itl_ms.p50),
-        _ms(s.itl_ms.p99),
-        _ms(s.e2e_ms.p50),
-        _ms(s.e2e_ms.p99),
-        f"{s.errors}/{s.requests}",
-        str(s.reconnects),
-    ]
-    if with_goodput:
-        row.append("-" if s.goodput_requests_per_s is None else f"{s.goodput_requests_per_s:,.2f}")
+def _row(item: TargetStep, figures: list[tuple[str, int | None]]) -> list[str]:
+    row = [item.target, str(item.index), _load(item), *(_cell(item, name, p) for name, p in figures)]
     row.append("; ".join(_notes(item)))
     return row
 
@@ -92,8 +81,9 @@ def format_summary(steps: Sequence[TargetStep]) -> str:
     """Aligned table: one line per target and step; latencies in ms; load is users or requests/s."""
     with_goodput = any(step.summary.goodput_requests_per_s is not None for step in steps)
     with_server = any(step.summary.server_output_tokens_per_s is not None for step in steps)
-    columns = (*LEADING, *(SERVER if with_server else ()), *LATENCY, *((GOODPUT,) if with_goodput else ()), NOTES)
-    rows = [[name for name, _ in columns], *(_row(step, with_server, with_goodput) for step in steps)]
+    figures = _figures(with_server, with_goodput)
+    columns = (*LEADING, *((registry.get(name).short(p), ">") for name, p in figures), NOTES)
+    rows = [[name for name, _ in columns], *(_row(step, figures) for step in steps)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = []
     for n, row in enumerate(rows):

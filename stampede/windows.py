@@ -1,5 +1,5 @@
 """A step's measured window and what places things in it: the window itself, when a step's load holds
-(its opening), and a runtime's counter over it. Pure math, like :mod:`stampede.metrics`, whose step
+(its opening), and a runtime's counter over it. Pure math, like :mod:`stampede.summary`, whose step
 figures are computed over these windows.
 """
 

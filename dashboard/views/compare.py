@@ -7,8 +7,13 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, queries, tables, widgets
+from stampede import registry
 
-FIGURES = ("output_tokens_per_s", "requests_per_s", "ttft_p99_ms", "itl_p99_ms", "e2e_p99_ms", "error_rate")
+# Registry metrics compared at equal load: throughputs, each latency's p99, the error share.
+FIGURES = (
+    "output_tokens_per_s", "requests_per_s",
+    *(registry.get(name).column(99) for name in ("ttft_ms", "itl_ms", "e2e_ms")), "error_rate",
+)  # fmt: skip
 
 st.title("Compare runs")
 url = queries.database_url()

@@ -29,8 +29,6 @@ OLDER_COUNTERS = {
 st.title("GPU and runtime")
 url = queries.database_url()
 run = widgets.pick_run(url)
-if run is None:
-    st.stop()
 
 
 def page() -> None:
@@ -53,7 +51,7 @@ def page() -> None:
     if runtime.empty:
         st.info("No runtime metrics for this run.")
         return
-    drawn = set()
+    drawn: set[str] = set()
     for title, unit, metrics in GAUGES:
         rows = runtime[runtime["metric"].isin(metrics)]
         if rows.empty:
@@ -68,7 +66,7 @@ def page() -> None:
         rates = charts.counter_rates(counters, metric, per)
         if rates.empty:
             continue
-        drawn.update({metric, per, *OLDER_COUNTERS} - {None})
+        drawn.update({metric, *OLDER_COUNTERS} | ({per} if per else set()))
         st.plotly_chart(charts.over_time(rates, "value", ["target", "host"], title, unit, steps), key=title)
     others = runtime[~runtime["metric"].isin(drawn)]
     if len(others):

@@ -5,6 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, queries, tables, widgets
+from stampede import registry
+from stampede.metrics import MODEL_LOAD_MIN_MS
 
 # Requests drawn per page at most; more would only slow the browser.
 SAMPLE_LIMIT = 5000
@@ -13,8 +15,6 @@ SERVER_PARTS = ("load_ms", "prompt_eval_ms", "eval_ms", "server_other_ms", "netw
 st.title("Requests")
 url = queries.database_url()
 run = widgets.pick_run(url)
-if run is None:
-    st.stop()
 steps = queries.steps(url, run["id"])
 target = st.sidebar.selectbox("Target", [None, *sorted(steps["target"].unique())], format_func=lambda t: t or "All")
 indices = sorted(steps.loc[steps["target"] == target, "index"]) if target else sorted(steps["index"].unique())
@@ -32,8 +32,8 @@ def page() -> None:
 
     st.plotly_chart(charts.requests_over_time(sample, steps), key="scatter")
     left, right = st.columns(2)
-    left.plotly_chart(charts.histograms(sample, "ttft_ms", "TTFT"), key="hist_ttft")
-    right.plotly_chart(charts.histograms(sample, "e2e_ms", "E2E"), key="hist_e2e")
+    left.plotly_chart(charts.histograms(sample, registry.get("ttft_ms")), key="hist_ttft")
+    right.plotly_chart(charts.histograms(sample, registry.get("e2e_ms")), key="hist_e2e")
 
     st.subheader("Errors")
     counts = queries.outcomes(url, run["id"])
@@ -65,8 +65,10 @@ def page() -> None:
             charts.stacked_bars(long, "step", "part", "ms", "Mean time per request, server parts and the rest", "ms"),
             key="split",
         )
-        loads = timed[timed["load_ms"].fillna(0.0) >= 100.0]
-        st.markdown(f"**Model loads** (server load ≥ 100 ms, left out of TTFT): {len(loads)} in the sample")
+        loads = timed[timed["load_ms"].fillna(0.0) >= MODEL_LOAD_MIN_MS]
+        st.markdown(
+            f"**Model loads** (server load ≥ {MODEL_LOAD_MIN_MS:g} ms, left out of TTFT): {len(loads)} in the sample"
+        )
         if len(loads):
             tables.show(loads[["target", "step_index", "started_at", "load_ms", "ttft_ms", "e2e_ms"]])
 

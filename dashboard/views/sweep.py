@@ -6,8 +6,11 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, queries, tables, widgets
-from stampede.metrics import SERVER_TOLERANCE_PCT
-from stampede.report import SloLimits, knees
+from stampede import registry
+from stampede.metrics import SATURATED_CPU_PCT, SATURATED_LOOP_LAG_MS
+from stampede.report import knees
+from stampede.slo import Slo
+from stampede.summary import SERVER_TOLERANCE_PCT
 
 # Late chunks are information while under this share of every step's output chunks, a warning from it
 # (docs/metrics.md): a clean run reads a few chunks late, a stalled client many.
@@ -16,9 +19,7 @@ LATE_WARNING_SHARE = 0.01
 st.title("Sweep")
 url = queries.database_url()
 run = widgets.pick_run(url)
-if run is None:
-    st.stop()
-run_slo = SloLimits.of_config(queries.run_detail(url, run["id"])["config"])
+run_slo = Slo.of_config(queries.run_detail(url, run["id"])["config"])
 limits = widgets.slo_limits(run_slo)
 
 
@@ -35,8 +36,8 @@ def page() -> None:
         text = ", ".join(f"{t}: {'none' if v is None else f'{v:g}'}" for t, v in knee_loads.items())
         st.markdown(f"**Knee** (highest load meeting every SLO, ★): {text}")
     if steps["saturated"].any():
-        st.warning("✕ marks steps where a load generator saturated (CPU ≥ 90 % or loop lag ≥ 10 ms): those figures "
-                   "describe the client, not the server.")  # fmt: skip
+        st.warning(f"✕ marks steps where a load generator saturated (CPU ≥ {SATURATED_CPU_PCT:g} % or loop lag ≥ "
+                   f"{SATURATED_LOOP_LAG_MS:g} ms): those figures describe the client, not the server.")  # fmt: skip
     late_chunks(steps.merge(queries.output_chunks(url, run["id"]), on=["target", "step"], how="left"))
 
     short = steps[steps["too_short"]]
@@ -75,9 +76,11 @@ def page() -> None:
     left, right = st.columns(2)
     left.plotly_chart(tokens, key="tokens")
     right.plotly_chart(requests, key="requests")
-    limit = {"ttft": limits.ttft_ms, "itl": None, "e2e": limits.e2e_ms}
-    for column, (metric, label) in zip(st.columns(3), (("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E")), strict=True):
-        column.plotly_chart(charts.latency_by_load(steps, metric, label, knee_loads, limit[metric]), key=metric)
+    limits_ms = limits.latency_limits()
+    for column, name in zip(st.columns(3), ("ttft_ms", "itl_ms", "e2e_ms"), strict=True):
+        metric = registry.get(name)
+        chart = charts.latency_by_load(steps, metric, knee_loads, limits_ms.get(name))
+        column.plotly_chart(chart, key=metric.base)
 
     st.subheader("Steps")
     tables.show(steps)

@@ -24,10 +24,10 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
-from stampede.metrics import StepSummary
 from stampede.report import step_summaries
 from stampede.schema import Request, Step
 from stampede.stepdata import step_window
+from stampede.summary import StepSummary
 from stampede.sweep import locustfiles
 from tests.integration.test_locust_simulator import simulator
 

@@ -31,10 +31,10 @@ from sqlalchemy.orm import Session
 from loadgen.webui import TICK_S
 from stampede.db import upgrade
 from stampede.demo import start_simulator
-from stampede.metrics import StepSummary, summarize_step
 from stampede.processes import free_port, stop
 from stampede.schema import Request
 from stampede.stepdata import overlapping_samples
+from stampede.summary import StepSummary, summarize_step
 from stampede.windows import Window
 
 CHROMIUM = Path("/usr/bin/chromium")

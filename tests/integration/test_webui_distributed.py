@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 from loadgen.live import RELATIVE_ERROR, ZERO_MS
 from stampede.db import upgrade
 from stampede.demo import start_simulator
-from stampede.metrics import StepSummary, summarize_step
 from stampede.processes import free_port, stop
 from stampede.schema import Request
 from stampede.stepdata import overlapping_samples
+from stampede.summary import StepSummary, summarize_step
 from stampede.windows import Window
 
 LOCUSTFILE = str(Path(__file__).parents[2] / "loadgen" / "chat.py")

@@ -13,8 +13,9 @@ import pytest
 
 from loadgen.live import RELATIVE_ERROR, ZERO_MS, LiveStore, LogHistogram, Slices, figures
 from stampede import metrics
-from stampede.metrics import Percentiles, RequestSample, summarize_step
+from stampede.metrics import Percentiles, RequestSample
 from stampede.records import Api, Outcome, RequestRecord
+from stampede.summary import summarize_step
 from stampede.windows import Window
 
 RUN = uuid.uuid4()
@@ -127,7 +128,7 @@ def test_a_model_load_is_left_out_of_ttft() -> None:
     store.add(record(0, ttft_ms=100))
     store.add(record(0, ttft_ms=500).model_copy(update={"server_timings_ms": {"load_ms": 400.0}}))
     summary = store.window("sim", int(T0.timestamp()) + 30)
-    assert summary.ttft_ms.count == 1 and summary.e2e_ms.count == 2
+    assert summary.latencies["ttft_ms"].count == 1 and summary.latencies["e2e_ms"].count == 2
 
 
 def test_worker_slices_merged_on_the_master_equal_one_process_seeing_every_request() -> None:

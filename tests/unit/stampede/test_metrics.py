@@ -6,7 +6,8 @@ from dataclasses import replace
 import pytest
 
 from stampede import metrics, windows
-from stampede.metrics import Percentiles, RequestSample, summarize_step
+from stampede.metrics import Percentiles, RequestSample
+from stampede.summary import summarize_step
 from stampede.windows import ServerCount, Window
 
 MS = 1_000_000

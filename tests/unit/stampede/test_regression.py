@@ -1,8 +1,9 @@
 """Regression findings on hand-made summaries, both ways."""
 
-from stampede.metrics import Percentiles, StepSummary
+from stampede.metrics import Percentiles
 from stampede.regression import compare
 from stampede.report import TargetStep
+from stampede.summary import StepSummary
 from stampede.sweepfile import RegressionSpec
 
 SPEC = RegressionSpec(throughput_drop_pct=10, latency_rise_pct=20)

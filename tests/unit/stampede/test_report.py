@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from stampede import baseline, store
 from stampede.db import make_engine, upgrade
-from stampede.metrics import Percentiles, StepSummary
+from stampede.metrics import Percentiles
 from stampede.records import (
     Api,
     LoadgenCountRecord,
@@ -24,9 +24,11 @@ from stampede.records import (
     RunStatus,
     StepRecord,
 )
-from stampede.report import SloLimits, TargetStep, knees, step_summaries
+from stampede.report import TargetStep, knees, step_summaries
 from stampede.samples import RuntimeSampleRecord
 from stampede.schema import Step, StepStats
+from stampede.slo import Slo
+from stampede.summary import StepSummary
 from stampede.sweepfile import RegressionSpec
 from tests.builders import request_record
 
@@ -200,17 +202,17 @@ def test_the_knee_is_the_highest_load_meeting_every_slo() -> None:
         TargetStep("a", 3, summary(8, 900)),
         TargetStep("b", 0, summary(1, 600)),
     ]
-    limits = SloLimits(ttft_ms=500, max_error_rate=0.1)
+    limits = Slo(ttft_ms=500, max_error_rate=0.1)
     found = knees(steps, limits)
     assert found["a"] is steps[1] and found["b"] is None
-    assert knees(steps, SloLimits(ttft_ms=500))["a"] is steps[2]
+    assert knees(steps, Slo(ttft_ms=500))["a"] is steps[2]
 
 
 def test_slo_limits_come_from_the_sweep_file_in_the_run_config() -> None:
-    limits = SloLimits.of_config({"sweep": {"slo": {"ttft_ms": 500, "max_error_rate": 0.01}}})
-    assert limits == SloLimits(ttft_ms=500, max_error_rate=0.01)
-    assert limits.request_slo() is not None and SloLimits(max_error_rate=0.1).request_slo() is None
-    assert not SloLimits.of_config({}).any_set
+    limits = Slo.of_config({"sweep": {"slo": {"ttft_ms": 500, "max_error_rate": 0.01}}})
+    assert limits == Slo(ttft_ms=500, max_error_rate=0.01)
+    assert limits.request_slo() is not None and Slo(max_error_rate=0.1).request_slo() is None
+    assert not Slo.of_config({}).any_set
 
 
 def test_a_steps_window_opens_by_state_once_and_counts_tokens_by_arrival(session: Session) -> None:

@@ -1,7 +1,8 @@
 """The end-of-sweep table: one aligned line per step, goodput only with SLOs, saturation called out."""
 
-from stampede.metrics import Percentiles, StepSummary
+from stampede.metrics import Percentiles
 from stampede.report import TargetStep
+from stampede.summary import StepSummary
 from stampede.table import format_summary
 
 
