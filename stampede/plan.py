@@ -169,9 +169,10 @@ class RunConfig(BaseModel):
     model: str = Field(description="Model requested.")
     max_tokens: int = Field(description="Most output tokens asked per request.")
     prompt_set: str = Field(description="Prompt set of the requests.")
-    steps: list[int] = Field(description="Users of each step (open loop: the cap on requests in flight).")
-    rates: list[float] = Field(description="Open loop: requests/s of each step; empty for a closed loop.")
-    step_duration_s: float | Literal["auto"] = Field(description="Seconds each step lasts, or auto.")
+    # A stepped load shape's; None for a plain Locust run (its users and time limit make the load).
+    steps: list[int] | None = Field(default=None, description="Users of each step (open loop: the cap in flight).")
+    rates: list[float] | None = Field(default=None, description="Open loop: requests/s of each step.")
+    step_duration_s: float | Literal["auto"] | None = Field(default=None, description="Seconds each step lasts.")
     warmup_s: float = Field(description="Seconds left out of each step's figures.")
     min_completions: int = Field(description="Completions a step's window needs.")
     request_rate: float = Field(description="Open loop without a step shape: requests/s (0: closed loop).")
