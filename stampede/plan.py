@@ -48,7 +48,7 @@ FLAG_LABELS = {
     "burstiness": "--burstiness",
     "seed": "--seed",
 }
-# Flags copied as they are when given (None: left to the sweep file's default).
+# Flags copied as they are when given, else their default on that command line.
 _PLAIN_FLAGS = (
     "warmup_s", "max_step_duration_s", "min_completions", "max_tokens", "ignore_eos", "prompt_set", "processes",
     "arrival", "burstiness", "seed",
@@ -96,7 +96,7 @@ def sweep_from_flags(flags: Mapping[str, Any], defaults: FlagDefaults) -> SweepF
     """The sweep that command-line flags describe (one target); ValueError naming every bad flag.
 
     ``flags`` holds the flags by their option names (``host``, ``steps``, ``step_duration_s`` ...), as
-    text where the user typed a list; ``defaults`` fills ``steps`` and ``step_duration_s`` left empty.
+    text where the user typed a list; ``defaults`` fills those left out or empty.
     Without ``steps``, an open loop (``rates``) gets :data:`~stampede.sweepfile.OPEN_LOOP_IN_FLIGHT`.
     """
     host = str(flags.get("host") or "")
@@ -121,7 +121,10 @@ def sweep_from_flags(flags: Mapping[str, Any], defaults: FlagDefaults) -> SweepF
         data["steps"] = parse_list(flags["steps"], int, "--steps")
     elif not rates:
         data["steps"] = list(defaults.steps)
-    data.update({key: flags[key] for key in _PLAIN_FLAGS if flags.get(key) is not None})
+    for key in _PLAIN_FLAGS:
+        value = flags[key] if flags.get(key) is not None else getattr(defaults, key, None)
+        if value is not None:
+            data[key] = value
     return validate_sweep(data, {**FLAG_LABELS, **names_from})
 
 
@@ -155,7 +158,8 @@ def locust_plan(flags: Mapping[str, Any], target_name: str) -> LocustPlan:
             raise ValueError(f"--target-name: {target_name!r} is not a target of --sweep-config")
         return LocustPlan(sweep, target, from_sweep=True)
     # Locust's own --processes forks this one: no field of the plan.
-    sweep = sweep_from_flags({**flags, "target_name": target_name, "processes": None}, LOCUST_FLAGS)
+    flags = {key: value for key, value in flags.items() if key != "processes"}
+    sweep = sweep_from_flags({**flags, "target_name": target_name}, LOCUST_FLAGS)
     return LocustPlan(sweep, sweep.targets[0], from_sweep=False)
 
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from stampede.demo import free_port, start_simulator, stop
-from stampede.sweep import locustfiles
+from stampede.locust_launch import locustfiles
 from tests.integration.fleet_helpers import stored_requests, wait_until
 
 pytest_plugins = ["tests.integration.fleet_fixtures"]
