@@ -9,8 +9,18 @@ the delay: latency measured from the intended time then shows what a slow server
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from enum import Enum
+
+import gevent
+import gevent.event
+import gevent.queue
+
+from stampede.records import StepMessage
+
+PAUSED_POLL_S = 0.05
+"""How often an open-loop pacer with no rate (a closed-loop step) looks again."""
 
 
 class Arrival(str, Enum):
@@ -80,3 +90,60 @@ class Pacer:
         due = self._next_ns
         self._next_ns += int(self._schedule.gap_s(self._rate_per_s) * 1e9)
         return due
+
+
+class OpenLoop:
+    """A process's open-loop sends: one greenlet paces them and hands each due time to the first user
+    waiting, so idle users hold no sends booked ahead: a new rate applies from the next send, and the
+    run stops with its last step. Step messages set its rate and arrivals."""
+
+    def __init__(self, worker_index: Callable[[], int]) -> None:
+        self._worker_index = worker_index
+        self.pacer = Pacer(ArrivalSchedule(Arrival.POISSON), time.perf_counter_ns)
+        self._due: gevent.queue.Queue[int] = gevent.queue.Queue(maxsize=1)
+        self._ticker: gevent.Greenlet[[], None] | None = None
+        self._rate_changed = gevent.event.Event()
+        self._arrivals: tuple[str, float, int] | None = None
+
+    @property
+    def rate_per_s(self) -> float:
+        return self.pacer.rate_per_s
+
+    def follow(self, step: StepMessage) -> None:
+        """Pace this process's share of the step's rate, with the step's arrivals."""
+        arrivals = (step.arrival, step.burstiness, step.seed)
+        if arrivals != self._arrivals:
+            # Each worker draws its own gaps: the same sequence everywhere would line bursts up.
+            seed = hash((step.seed, self._worker_index()))
+            self.pacer.set_schedule(ArrivalSchedule(Arrival(step.arrival), step.burstiness, seed))
+            self._arrivals = arrivals
+        if self.pacer.set_rate(step.rate_per_s * step.share):
+            self._rate_changed.set()
+
+    def next_due_ns(self) -> int:
+        """Wait until a send is due, then return when it was due (in the past when every user was busy:
+        the send is late, and its delay is recorded)."""
+        if self._ticker is None:
+            self._ticker = gevent.spawn(self._pace)
+        return self._due.get()
+
+    def stop(self) -> None:
+        """End pacing; a run started again (the web UI) starts its schedule afresh."""
+        if self._ticker is not None:
+            self._ticker.kill()
+            self._ticker = None
+        self._due = gevent.queue.Queue(maxsize=1)
+        self.pacer.set_rate(0.0)
+
+    def _pace(self) -> None:
+        self._rate_changed.clear()  # the rate this pacer starts with is no change
+        while True:
+            due_ns = self.pacer.reserve()
+            if due_ns is None:  # paused: a closed-loop step
+                gevent.sleep(PAUSED_POLL_S)
+                continue
+            wait_ns = due_ns - time.perf_counter_ns()
+            if wait_ns > 0 and self._rate_changed.wait(wait_ns / 1e9):
+                self._rate_changed.clear()  # a new rate: its schedule starts now, not after this gap
+                continue
+            self._due.put(due_ns)  # waits while every user is busy; the due time keeps its place

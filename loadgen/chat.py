@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import gevent
 from gevent import GreenletExit
@@ -29,14 +29,14 @@ from locust.runners import MasterRunner
 from loadgen.backoff import Backoff
 from loadgen.clients import APIS, ChatApi, Measurement, encode_body, send_chat
 from loadgen.fleetwatch import WorkerWatch
-from loadgen.options import add_chat_arguments, ensure_run_id
+from loadgen.options import add_chat_arguments, chat_options, ensure_run_id
 from loadgen.prompts import PromptPicker
-from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext
+from loadgen.run import HOSTNAME, STEP_MESSAGE, RunContext, attach, context_of
 from loadgen.rxstamps import StampedHTTPClient
 from loadgen.sinks import make_sink
 from loadgen.webui import live_view
 from stampede.preflight import StoreUnavailable, check_stores, database_named
-from stampede.records import Api, Outcome, RequestRecord, utc_now
+from stampede.records import Api, Outcome, RequestRecord, StepMessage, utc_now
 from stampede.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,23 @@ def _add_arguments(parser: Any) -> None:
 def _on_init(environment: Environment, **_: Any) -> None:
     if environment.parsed_options is None:
         return  # a library user building an Environment by hand wires its own context
-    ensure_run_id(environment.parsed_options)
+    ensure_run_id(chat_options(environment.parsed_options))
     settings = get_settings()
     # The context and the step message first: a Locust worker is already connected to its master,
     # which may start users and send the step while the checks below wait on the network.
     context = RunContext(environment, live_view(environment, make_sink(settings)))
-    environment.stampede = context  # type: ignore[attr-defined]
+    attach(environment, context)
     if environment.runner is not None:
-        environment.runner.register_message(STEP_MESSAGE, lambda msg, **_: context.on_step(msg.data))
+        environment.runner.register_message(
+            STEP_MESSAGE, lambda msg, **_: context.on_step(StepMessage.model_validate(msg.data))
+        )
+    if context.is_coordinator and environment.host:
+        try:
+            context.read_plan()  # a mistake in the flags is said now, in one line, before any load
+        except ValueError as exc:
+            log.error("%s", exc)
+            context.sink.close(0, keep=False)  # nothing was sent: nothing to keep
+            raise SystemExit(2) from None
     try:
         # Before any load: a store that cannot take the records is named now, not after the run. An
         # embedded process stores into the database itself (a new SQLite file gets its schema here); a
@@ -88,7 +97,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
 
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_: Any) -> None:
-    context: RunContext = environment.stampede  # type: ignore[attr-defined]
+    context = context_of(environment)
     if not isinstance(environment.runner, MasterRunner):
         context.health.start()  # the processes that send requests watch themselves
         context.tally.start()
@@ -103,24 +112,25 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         return
     context.start_run()
     if environment.shape_class is None:
-        opts = environment.parsed_options
-        context.enter_step(0, opts.num_users or 1, opts.warmup_s, opts.request_rate or None)
+        opts = context.options
+        context.enter_step(0, opts.num_users or 1, context.plan.sweep.warmup_s, opts.request_rate or None)
 
 
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
-    context: RunContext = environment.stampede  # type: ignore[attr-defined]
+    context = context_of(environment)
     context.health.stop()
     context.tally.stop()  # the final counts, queued after the last records
-    context.stop_pacing()
+    context.open_loop.stop()
     if context.is_coordinator:
         context.end_run()
     context.sink.drain(get_settings().exit_wait_s)
+    context.forget_plan()
 
 
 @events.quitting.add_listener
 def _on_quitting(environment: Environment, **_: Any) -> None:
-    context: RunContext = environment.stampede  # type: ignore[attr-defined]
+    context = context_of(environment)
     # Waits only while the store takes records; what it did not take is kept in a file, named in one
     # line with the command that delivers it (see loadgen.sinks).
     context.sink.drain(get_settings().exit_wait_s)
@@ -137,7 +147,7 @@ class ChatUser(User):
     network_timeout_s = 120.0
 
     def on_start(self) -> None:
-        self._context: RunContext = self.environment.stampede  # type: ignore[attr-defined]
+        self._context: RunContext = context_of(self.environment)
         self._http: StampedHTTPClient | None = None  # before anything can fail: on_stop reads it
         self._backoff = Backoff()
         self._due_ns: int | None = None
@@ -155,9 +165,9 @@ class ChatUser(User):
 
     def wait_time(self) -> float:
         """Locust's pause between tasks, which stopping the run cuts short. Open loop: until a send is due
-        and this user, free, takes it (:meth:`RunContext.next_due_ns`). Closed loop: the backoff."""
-        if self._context.pacer.rate_per_s > 0:
-            self._due_ns = self._context.next_due_ns()
+        and this user, free, takes it (:meth:`loadgen.arrivals.OpenLoop.next_due_ns`). Closed loop: the backoff."""
+        if self._context.open_loop.rate_per_s > 0:
+            self._due_ns = self._context.open_loop.next_due_ns()
             return 0.0
         return self._backoff.wait_s
 
@@ -166,12 +176,13 @@ class ChatUser(User):
 
     def _connection(self) -> StampedHTTPClient:
         if self._http is None:
-            self._http = StampedHTTPClient.from_url(
-                self.host,
+            client = StampedHTTPClient.from_url(
+                self.host or "",
                 concurrency=1,
                 connection_timeout=self.connection_timeout_s,
                 network_timeout=self.network_timeout_s,
             )
+            self._http = cast(StampedHTTPClient, client)  # from_url builds its class; typed as the base class
         return self._http
 
     def _drop_connection(self) -> None:
@@ -188,19 +199,19 @@ class ChatUser(User):
 
     @task
     def chat(self) -> None:
-        opts = self.environment.parsed_options
         context = self._context
+        plan = context.plan
         due_ns, self._due_ns = self._due_ns, None
-        if due_ns is None and context.pacer.rate_per_s > 0:
+        if due_ns is None and context.open_loop.rate_per_s > 0:
             return  # open loop's first pass: the pause after it hands this user its first send
         prompt = self._picker.next()
-        max_tokens = prompt.max_tokens or opts.max_tokens
-        body = encode_body(self.chat_api.body(opts.model, prompt.messages, max_tokens, opts.ignore_eos))
+        max_tokens = prompt.max_tokens or plan.sweep.max_tokens
+        body = encode_body(self.chat_api.body(plan.target.model, prompt.messages, max_tokens, plan.sweep.ignore_eos))
         step_index, in_warmup = context.step_index, context.in_warmup()
         started_at = utc_now()
         m = Measurement()
         try:
-            send_chat(self._connection(), self.chat_api, body, self._headers, opts.request_timeout_s, m)
+            send_chat(self._connection(), self.chat_api, body, self._headers, context.options.request_timeout_s, m)
         except GreenletExit:
             # Locust stops a user it need not wait for by killing its greenlet, mid-request: the chunks
             # that came still count in their window's token throughput, so they are kept as a record.
@@ -222,7 +233,6 @@ class ChatUser(User):
         A cancelled request is no outcome of the server's: in Locust's statistics it would count as a
         failure, and every plain ``locust -t`` run would end with failures and exit status 1.
         """
-        opts = self.environment.parsed_options
         context = self._context
         chunk_tokens, client_tokens = self._count_tokens(m)
         record = RequestRecord(
@@ -233,7 +243,7 @@ class ChatUser(User):
             host=HOSTNAME,
             pid=os.getpid(),  # read per record: --processes forks after this module is imported
             api=self.chat_api.api,
-            model=opts.model,
+            model=context.plan.target.model,
             prompt_id=prompt_id,
             outcome=m.outcome,
             http_status=m.http_status,

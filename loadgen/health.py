@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable
 
 import gevent
@@ -23,7 +24,7 @@ class HealthMonitor:
     def __init__(
         self,
         emit: Callable[[LoadgenSampleRecord], None],
-        describe: Callable[[], tuple[str, str, int]],
+        describe: Callable[[], tuple[uuid.UUID, str, int]],
         host: str,
         interval_s: float = 1.0,
     ) -> None:

@@ -13,30 +13,25 @@ import logging
 import socket
 import time
 import uuid
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import gevent
-import gevent.event
-import gevent.queue
-import orjson
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadgen.arrivals import Arrival, ArrivalSchedule, Pacer
+from loadgen.arrivals import OpenLoop
 from loadgen.clients import APIS, ChatApi
 from loadgen.health import HealthMonitor
+from loadgen.options import ChatOptions, chat_options, plan_of
 from loadgen.prompts import Prompt, get_prompt_set
 from loadgen.sinks import Sink
 from loadgen.tally import RequestTally
 from loadgen.tokenizers import TokenCounter, load_tokenizer
-from stampede.records import Api, RunRecord, RunStatus, StepRecord, utc_now
+from stampede.plan import LocustPlan, RunConfig
+from stampede.records import Api, RunRecord, RunStatus, StepMessage, StepRecord, utc_now
 
 log = logging.getLogger(__name__)
 
 STEP_MESSAGE = "stampede_step"
-PAUSED_POLL_S = 0.05
-"""How often an open-loop pacer with no rate (a closed-loop step) looks again."""
 HOSTNAME = socket.gethostname()
 
 
@@ -50,7 +45,7 @@ def public_url(url: str) -> str:
 
 
 class RunContext:
-    """Per-process run state; attached to the Locust environment as ``environment.stampede``."""
+    """Per-process run state; attached to the Locust environment by :func:`attach` (read with :func:`context_of`)."""
 
     def __init__(self, environment: Environment, sink: Sink) -> None:
         self.environment = environment
@@ -61,12 +56,9 @@ class RunContext:
         self._run: RunRecord | None = None
         self._steps_end_ns = 0
         """When a stepped load shape's last step ends (monotonic), while it has steps to run; else 0."""
-        # Arrivals are configured by the step messages, which carry the master's options to workers.
-        self.pacer = Pacer(ArrivalSchedule(Arrival.POISSON), time.perf_counter_ns)
-        self._due: gevent.queue.Queue[int] = gevent.queue.Queue(maxsize=1)
-        self._ticker: gevent.Greenlet | None = None
-        self._rate_changed = gevent.event.Event()
-        self._arrivals: tuple[str, float, int] | None = None
+        # Arrivals are configured by the step messages, which carry the master's plan to workers.
+        self.open_loop = OpenLoop(lambda: getattr(self.environment.runner, "worker_index", 0))
+        self._plan: LocustPlan | None = None
         self.health = HealthMonitor(sink.add_loadgen_sample, self._describe, HOSTNAME)
         self.tally = RequestTally(sink, HOSTNAME)
         self._users = itertools.count()
@@ -74,8 +66,24 @@ class RunContext:
         self._tokenizers: dict[str, TokenCounter] = {}
 
     @property
-    def options(self) -> Any:
-        return self.environment.parsed_options
+    def options(self) -> ChatOptions:
+        return chat_options(self.environment.parsed_options)
+
+    @property
+    def plan(self) -> LocustPlan:
+        """The run's plan, read from the options once per test (ValueError naming a bad flag). On a worker,
+        after the master's options arrive with its first users."""
+        if self._plan is None:
+            self._plan = self.read_plan()
+        return self._plan
+
+    def read_plan(self) -> LocustPlan:
+        """The plan the options give now (ValueError naming a bad flag); :attr:`plan` keeps it for the test."""
+        return plan_of(self.environment.parsed_options, self.environment.host or "", self.chat_api.api, self.target)
+
+    def forget_plan(self) -> None:
+        """The test ended: the next one (the web UI's) reads its options again."""
+        self._plan = None
 
     @property
     def run_id(self) -> uuid.UUID:
@@ -105,14 +113,14 @@ class RunContext:
     def user_seed(self) -> int:
         """A seed for the next user of this process: runs with the same ``--seed`` repeat."""
         worker = getattr(self.environment.runner, "worker_index", 0)
-        return hash((self.options.seed, worker, next(self._users)))
+        return hash((self.plan.sweep.seed, worker, next(self._users)))
 
     def in_warmup(self) -> bool:
         return time.perf_counter_ns() < self._measure_from_ns
 
     def prompts(self) -> tuple[Prompt, ...]:
         """The run's prompt set, loaded once per process (ValueError if it cannot be)."""
-        spec = self.options.prompt_set  # read now: a worker learns the master's options at spawn
+        spec = self.plan.sweep.prompt_set
         if spec not in self._prompts:
             self._prompts[spec] = get_prompt_set(spec)
         return self._prompts[spec]
@@ -128,27 +136,32 @@ class RunContext:
 
     def start_run(self) -> None:
         self._steps_end_ns = 0  # a test the web UI started again starts over
-        opts = self.options
-        config = {
-            "host": public_url(self.environment.host or ""),
-            "user_classes": [u.__name__ for u in self.environment.user_classes],
-            "model": opts.model,
-            "max_tokens": opts.max_tokens,
-            "prompt_set": opts.prompt_set,
-        }
-        for name in (
-            "steps", "rates", "step_duration_s", "warmup_s", "min_completions", "request_rate", "arrival", "burstiness"
-        ):  # fmt: skip
-            if hasattr(opts, name):
-                config[name] = getattr(opts, name)
-        if opts.sweep_config:
-            config["sweep"] = orjson.loads(opts.sweep_config)
+        plan, shaped = self.plan, self.environment.shape_class is not None
+        sweep = plan.sweep
+        config = RunConfig(
+            host=public_url(self.environment.host or ""),
+            user_classes=[u.__name__ for u in self.environment.user_classes],
+            model=plan.target.model,
+            max_tokens=sweep.max_tokens,
+            prompt_set=sweep.prompt_set,
+            steps=sweep.step_users if shaped else None,
+            rates=sweep.rates if shaped else None,
+            step_duration_s=sweep.step_duration_s if shaped else None,
+            warmup_s=sweep.warmup_s,
+            min_completions=sweep.min_completions,
+            request_rate=self.options.request_rate,
+            arrival=sweep.arrival,
+            burstiness=sweep.burstiness,
+            sweep=sweep if plan.from_sweep else None,
+        )
         self._run = RunRecord(
             id=self.run_id,
-            name=opts.run_name or f"{self.target} {utc_now():%Y-%m-%d %H:%M}",
+            name=sweep.name
+            if plan.from_sweep
+            else self.options.run_name or f"{self.target} {utc_now():%Y-%m-%d %H:%M}",
             status=RunStatus.RUNNING,
             started_at=utc_now(),
-            config=config,
+            config=config.model_dump(mode="json"),
         )
         self.sink.add_run(self._run)
 
@@ -165,7 +178,7 @@ class RunContext:
             users=users,
             request_rate_per_s=rate_per_s,
             api=self.chat_api.api,
-            model=self.options.model,
+            model=self.plan.target.model,
             base_url=public_url(self.environment.host or ""),
             started_at=utc_now(),
             warmup_s=warmup_s,
@@ -208,69 +221,42 @@ class RunContext:
 
     def _broadcast(self) -> None:
         assert self._step is not None
-        runner = self.environment.runner
-        data = {
-            "run_id": str(self.run_id),
-            "index": self._step.index,
-            "warmup_s": self._step.warmup_s,
-            "rate_per_s": self._step.request_rate_per_s or 0.0,
-            "share": 1.0,
-            "arrival": self.options.arrival,
-            "burstiness": self.options.burstiness,
-            "seed": self.options.seed,
-        }
+        runner, sweep = self.environment.runner, self.plan.sweep
+        step = StepMessage(
+            run_id=self.run_id,
+            index=self._step.index,
+            warmup_s=self._step.warmup_s,
+            rate_per_s=self._step.request_rate_per_s or 0.0,
+            arrival=sweep.arrival,
+            burstiness=sweep.burstiness,
+            seed=sweep.seed,
+        )
         if isinstance(runner, MasterRunner):
             # Each worker paces its share of the rate; the share follows workers joining or leaving.
-            data["share"] = 1.0 / max(1, runner.worker_count)
-            runner.send_message(STEP_MESSAGE, data)
-        self.on_step(data)
+            step = step.model_copy(update={"share": 1.0 / max(1, runner.worker_count)})
+            runner.send_message(STEP_MESSAGE, step.model_dump(mode="json"))
+        self.on_step(step)
 
     # Every process
 
-    def next_due_ns(self) -> int:
-        """Open loop: wait until a send is due, then return when it was due (in the past when every user
-        was busy: the send is late, and its delay is recorded).
-
-        One greenlet paces the whole process and hands each due time to the first user waiting, so
-        idle users hold no sends booked ahead: a new rate applies from the next send, and the run
-        stops with its last step.
-        """
-        if self._ticker is None:
-            self._ticker = gevent.spawn(self._pace)
-        return self._due.get()
-
-    def stop_pacing(self) -> None:
-        """End open-loop pacing; a run started again (the web UI) starts its schedule afresh."""
-        if self._ticker is not None:
-            self._ticker.kill()
-            self._ticker = None
-        self._due = gevent.queue.Queue(maxsize=1)
-        self.pacer.set_rate(0.0)
-
-    def _pace(self) -> None:
-        self._rate_changed.clear()  # the rate this pacer starts with is no change
-        while True:
-            due_ns = self.pacer.reserve()
-            if due_ns is None:  # paused: a closed-loop step
-                gevent.sleep(PAUSED_POLL_S)
-                continue
-            wait_ns = due_ns - time.perf_counter_ns()
-            if wait_ns > 0 and self._rate_changed.wait(wait_ns / 1e9):
-                self._rate_changed.clear()  # a new rate: its schedule starts now, not after this gap
-                continue
-            self._due.put(due_ns)  # waits while every user is busy; the due time keeps its place
-
-    def on_step(self, data: dict[str, Any]) -> None:
-        arrivals = (data["arrival"], data["burstiness"], data["seed"])
-        if arrivals != self._arrivals:
-            # Each worker draws its own gaps: the same sequence everywhere would line bursts up.
-            worker = getattr(self.environment.runner, "worker_index", 0)
-            self.pacer.set_schedule(ArrivalSchedule(Arrival(arrivals[0]), arrivals[1], hash((arrivals[2], worker))))
-            self._arrivals = arrivals
-        if self.pacer.set_rate(data["rate_per_s"] * data["share"]):
-            self._rate_changed.set()
-        if data["index"] == self.step_index and self._measure_from_ns:
+    def on_step(self, step: StepMessage) -> None:
+        """Follow the coordinator's step: its run, its warm-up and its share of an open-loop rate."""
+        self.open_loop.follow(step)
+        if step.index == self.step_index and self._measure_from_ns:
             return
-        self.options.run_id = data["run_id"]
-        self.step_index = data["index"]
-        self._measure_from_ns = time.perf_counter_ns() + int(data["warmup_s"] * 1e9)
+        self.options.run_id = str(step.run_id)
+        self.step_index = step.index
+        self._measure_from_ns = time.perf_counter_ns() + int(step.warmup_s * 1e9)
+
+
+def attach(environment: Environment, context: RunContext) -> None:
+    """Make ``context`` the run context of ``environment``."""
+    environment.stampede = context  # type: ignore[attr-defined]  # Locust's Environment has no slot of ours
+
+
+def context_of(environment: Environment) -> RunContext:
+    """The run context :func:`attach` gave ``environment``."""
+    context = getattr(environment, "stampede", None)
+    if not isinstance(context, RunContext):
+        raise RuntimeError("no Stampede run context: load loadgen/chat.py as a locustfile")
+    return context

@@ -8,6 +8,7 @@ Kept apart from chat.py because Locust lets a shape class override ``-u``: plain
 
 from __future__ import annotations
 
+import argparse
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -16,13 +17,14 @@ from locust import LoadTestShape, events
 from locust.env import Environment
 from locust.stats import RequestStats, calculate_response_time_percentile, diff_response_time_dicts
 
-from loadgen.options import add_step_arguments, parse_rates, parse_step_duration, step_users
-from loadgen.run import RunContext
+from loadgen.options import add_step_arguments
+from loadgen.run import context_of
 from stampede.processes import sigterm_as_interrupt
+from stampede.sweepfile import SweepFile
 
 
 @events.init_command_line_parser.add_listener
-def _add_arguments(parser: Any) -> None:
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_step_arguments(parser)
 
 
@@ -84,36 +86,33 @@ class StepLoadShape(LoadTestShape):
 
     def tick(self) -> tuple[int, float] | None:
         assert self.runner is not None
-        environment = self.runner.environment
-        opts = environment.parsed_options
-        rates = parse_rates(opts.rates)
-        users = step_users(opts.steps, rates)
-        duration_s = parse_step_duration(opts.step_duration_s)
+        context = context_of(self.runner.environment)
+        plan = context.plan.sweep  # read from the options once per test
+        users, rates, duration_s = plan.step_users, plan.rates, plan.step_duration_s
         now_s = self.get_run_time()
-        if duration_s is not None:
+        if duration_s != "auto":
             index, remaining_s = int(now_s // duration_s), len(users) * duration_s - now_s
         else:
-            index = self._auto_index(now_s, opts)
-            remaining_s = (len(users) - index) * opts.max_step_duration_s  # at most
-        context: RunContext = environment.stampede  # type: ignore[attr-defined]
+            index = self._auto_index(now_s, plan)
+            remaining_s = (len(users) - index) * plan.max_step_duration_s  # at most
         if index >= len(users):
             context.end_steps()  # the last window closes now, not after in-flight requests drain
             return None
         context.steps_ahead(remaining_s)
-        context.enter_step(index, users[index], opts.warmup_s, rates[index] if rates else None)
+        context.enter_step(index, users[index], plan.warmup_s, rates[index] if rates else None)
         # Start every step's users within about a second; the warm-up covers the ramp.
         return users[index], float(max(users[index], 1))
 
-    def _auto_index(self, now_s: float, opts: Any) -> int:
+    def _auto_index(self, now_s: float, plan: SweepFile) -> int:
         assert self.runner is not None
         step = self.auto
         if step is None or now_s < step.started_s:  # a run started (again)
             step = self.auto = AutoStep(0, now_s, Completions(self.runner.stats))
         elapsed_s = now_s - step.started_s
-        if step.marked_s is None and elapsed_s >= opts.warmup_s + RAMP_S:
+        if step.marked_s is None and elapsed_s >= plan.warmup_s + RAMP_S:
             step.completions.mark()
             step.marked_s = now_s
-        enough = step.marked_s is not None and step.completions.enough(now_s - step.marked_s, opts.min_completions)
-        if enough or elapsed_s >= opts.max_step_duration_s:
+        enough = step.marked_s is not None and step.completions.enough(now_s - step.marked_s, plan.min_completions)
+        if enough or elapsed_s >= plan.max_step_duration_s:
             step = self.auto = AutoStep(step.index + 1, now_s, Completions(self.runner.stats))
         return step.index

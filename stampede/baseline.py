@@ -12,6 +12,7 @@ import uuid
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
+from stampede.plan import RunConfig
 from stampede.regression import Finding, compare
 from stampede.report import step_summaries
 from stampede.schema import Run, Step
@@ -22,7 +23,8 @@ BASELINE_CANDIDATES = 200
 
 def sweep_name(run: Run) -> str:
     """The name of the sweep behind a run (its sweep file's, else the run's)."""
-    return str((run.config.get("sweep") or {}).get("name") or run.name)
+    sweep = RunConfig.stored_sweep(run.config)
+    return sweep.name if sweep is not None else run.name
 
 
 def find_baseline(session: Session, run: Run, target: str) -> Run | None:

@@ -6,38 +6,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from stampede import baseline, db, demo, report, schedules, store
-from stampede.metrics import MIN_COMPLETIONS
-from stampede.preflight import StoreUnavailable, check_stores
+from stampede import baseline, db, demo, report, schedules
+from stampede.locust_launch import SweepError
+from stampede.plan import FLAG_LABELS, SWEEP_FLAGS, SweepPlan, parse_list, sweep_from_flags
 from stampede.processes import sigterm_as_interrupt
 from stampede.records import Api
 from stampede.schema import Run
 from stampede.settings import get_settings, redact_url
-from stampede.sweep import (
-    Progress,
-    SweepError,
-    SweepPlan,
-    check_reachable,
-    common_errors,
-    kept_records,
-    read_progress,
-    run_target,
-    wait_until_stored,
-)
-from stampede.sweepfile import OPEN_LOOP_IN_FLIGHT, SweepFile, TargetSpec, load_sweep_file, validate_sweep
+from stampede.sweep import LOG_DIR, REGRESSION_EXIT, check_baseline, mark_interrupted, run_sweep
+from stampede.sweepfile import OPEN_LOOP_IN_FLIGHT, load_sweep_file, validate_sweep
 from stampede.table import format_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -45,13 +34,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Manage the results database sch
 app.add_typer(db_app, name="db")
 schedule_app = typer.Typer(no_args_is_help=True, help="Sweeps run by the worker fleet on a cron expression.")
 app.add_typer(schedule_app, name="schedule")
-REGRESSION_EXIT = 3
-# In a fleet, records reach the database through RQ workers: give them this long to catch up.
-STORE_WAIT_S = 120.0
-
 FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 DEMO_STEPS = "1,2,4,8,16,32,50"
-LOG_DIR = Path(".stampede/logs")
 
 StepsOpt = Annotated[str, typer.Option(help="Comma-separated concurrency levels, one step each.")]
 StepDurationOpt = Annotated[
@@ -67,7 +51,12 @@ MinCompletionsOpt = Annotated[
     int, typer.Option(help="Completed requests a step's window needs; fewer marks the step too short.")
 ]
 MaxTokensOpt = Annotated[int, typer.Option(help="Most output tokens asked per request.")]
+PromptSetOpt = Annotated[str, typer.Option(help="seeds, synthetic:..., jsonl:PATH or sharegpt:PATH.")]
 ProcessesOpt = Annotated[int, typer.Option(help="Locust processes (one per core that load needs).")]
+
+
+def _text(numbers: tuple[int, ...]) -> str:
+    return ",".join(map(str, numbers))
 
 
 def _fail(message: str) -> typer.Exit:
@@ -79,132 +68,38 @@ def _database_url() -> str:
     return get_settings().database_url.get_secret_value()
 
 
-def _parse_list(text: str, kind: type[int] | type[float], flag: str) -> list[Any]:
-    try:
-        return [kind(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise _fail(f"{flag} must be comma-separated numbers, got {text!r}") from None
+class _Terminal:
+    """A sweep's progress on stderr: one line redrawn on a terminal, else a line per step."""
 
+    def __init__(self) -> None:
+        self.interactive = sys.stderr.isatty()
+        self.last_step = ""
 
-# The sweep fields that command-line options set, named as the user typed them in error messages.
-FLAGS = {
-    "name": "--run-name",
-    "targets.0.name": "--target-name",
-    "targets.0.url": "--host",
-    "targets.0.api": "--api",
-    "targets.0.model": "--model",
-    "targets.0.runtime": "--runtime",
-    "steps": "--steps",
-    "rates": "--rates",
-    "step_duration_s": "--step-duration-s",
-    "max_step_duration_s": "--max-step-duration-s",
-    "warmup_s": "--warmup-s",
-    "min_completions": "--min-completions",
-    "max_tokens": "--max-tokens",
-    "prompt_set": "--prompt-set",
-    "processes": "--processes",
-}
+    def progress(self, step: str, line: str) -> None:
+        if self.interactive:
+            typer.echo(f"\r{line:<100}", nl=False, err=True)
+        elif step != self.last_step:
+            typer.echo(line, err=True)
+        self.last_step = step
 
+    def target_done(self) -> None:
+        self.last_step = ""
+        if self.interactive:
+            typer.echo("", err=True)
 
-def _spec(labels: dict[str, str] = FLAGS, **fields: Any) -> SweepFile:
-    try:
-        return validate_sweep(fields, labels)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    def note(self, line: str) -> None:
+        typer.echo(line, err=True)
 
 
 def _sweep(plan: SweepPlan, check: bool = False) -> None:
-    """Run ``plan`` on each target in turn, with a progress line, then print the summary.
-
-    With ``check``, compare the run with its baseline and exit with status 3 on a regression.
-    """
-    url = _database_url()
-    prompt_file = plan.spec.prompt_file
-    if prompt_file is not None and not prompt_file.is_file():
-        raise SweepError(f"prompt file {prompt_file} not found (--prompt-set {plan.spec.prompt_set})")
-    api_key = get_settings().api_key
-    for target in plan.spec.targets:  # all of them before any load, so a typo fails in seconds
-        check_reachable(target, api_key.get_secret_value() if api_key is not None else None)
-    try:
-        # The sweep reads its results back, so the database is checked in a fleet too (a SQLite file
-        # is created or upgraded; a PostgreSQL one behind is refused, naming `stampede db upgrade`).
-        check_stores(get_settings(), database=True)
-    except StoreUnavailable as exc:
-        raise SweepError(str(exc)) from None
-    engine = db.get_engine(url)
-    interactive = sys.stderr.isatty()
-    loads = plan.loads
-    unit = "req/s" if plan.spec.rates else "users"
-    typer.echo(f"run {plan.run_id}: results in {redact_url(url)}", err=True)
-    failed_targets: list[str] = []
-    unstored_targets: list[str] = []
-    for target in plan.spec.targets:
-        last_step = ""
-
-        def tick(elapsed_s: float, target: TargetSpec = target) -> Progress:
-            """Print the target's progress (a line per step when not a terminal); returns it."""
-            nonlocal last_step
-            with Session(engine) as session:
-                progress = read_progress(session, plan.run_id, target.name)
-            index = progress.step_index
-            # Step numbers as the summary table, the dashboard and the store give them: from 0.
-            step = "starting" if index is None else f"step {index} ({loads[index]} {unit}), {index + 1} of {len(loads)}"
-            line = (
-                f"{target.name}: {step}  {elapsed_s:4.0f}/{plan.duration_s:.0f} s"
-                f"  {progress.requests} requests stored, {progress.errors} errors"
-            )
-            if interactive:
-                typer.echo(f"\r{line:<100}", nl=False, err=True)
-            elif step != last_step:
-                typer.echo(line, err=True)
-            last_step = step
-            return progress
-
-        log_path = LOG_DIR / f"{plan.run_id}-{target.name}.log"
-        sent = run_target(target, plan, log_path, tick)
-        kept = kept_records(log_path)
-        # Records Locust kept in a file will not arrive by waiting: no wait then.
-        wait_s = 0.0 if kept else STORE_WAIT_S
-        stored = wait_until_stored(lambda: Session(engine), plan.run_id, target.name, sent, wait_s)
-        progress = tick(plan.duration_s)
-        if interactive:
-            typer.echo("", err=True)
-        for line in kept:
-            typer.echo(f"{target.name}: {line}", err=True)
-            unstored_targets.append(target.name)
-        if stored < sent:
-            typer.echo(f"warning: {sent - stored} of {sent} requests to {target.name} not stored yet", err=True)
-            settings = get_settings()
-            if settings.redis_url is not None and stored == 0 and not kept:
-                typer.echo(
-                    f"hint: records go through the RQ queue {settings.queue_name!r}; is a worker consuming it? "
-                    "Start one with `stampede worker` (same STAMPEDE_REDIS_URL and STAMPEDE_DATABASE_URL); "
-                    "what is queued is stored once it runs",
-                    err=True,
-                )
-        with Session(engine) as session:
-            errors = common_errors(session, plan.run_id, target.name)
-        for message, count in errors:
-            typer.echo(f"{target.name}: {count} of {progress.requests} requests failed: {message}", err=True)
-        if progress.requests and progress.errors == progress.requests:
-            failed_targets.append(target.name)
-        with Session(engine) as session, session.begin():
-            # Summarised now, at the end of the target's steps, and cached: reports need not rescan rows.
-            summaries = report.step_summaries(session, plan.run_id)
-    typer.echo(format_summary(summaries))
-    if unstored_targets:
-        raise SweepError(
-            f"records of {', '.join(sorted(set(unstored_targets)))} were not stored, so the table above lacks them: "
-            f"deliver them with the `stampede replay` command above, then `stampede report {plan.run_id}`"
-        )
-    if failed_targets:
-        raise SweepError(f"every request to {', '.join(failed_targets)} failed: nothing was measured (see above)")
+    """Run ``plan``, print the summary and, with ``check``, exit with status 3 on a regression."""
+    result = run_sweep(plan, _Terminal())
+    typer.echo(format_summary(result.summaries))
+    problem = result.problem(plan.run_id)
+    if problem is not None:
+        raise SweepError(problem)
     if check:
-        with Session(engine) as session, session.begin():
-            try:
-                findings = baseline.check_run(session, plan.run_id, plan.spec.regression)
-            except baseline.IncompleteRun as exc:
-                raise SweepError(str(exc)) from None
+        findings = check_baseline(plan)
         for finding in findings:
             typer.echo(f"regression: {finding.describe()}", err=True)
         if findings:
@@ -219,10 +114,7 @@ def _run(plan: SweepPlan, check: bool) -> None:
     except SweepError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
-        # Locust marks a run it stopped itself; this also catches one stopped between two targets.
-        steps = len(plan.loads) * len(plan.spec.targets)
-        with contextlib.suppress(SQLAlchemyError), Session(db.get_engine(_database_url())) as session, session.begin():
-            store.mark_stopped_unless_complete(session, plan.run_id, steps)
+        mark_interrupted(plan)  # Locust marks a run it stopped itself; this also catches one between two targets
         typer.echo(
             f"interrupted: run {plan.run_id} and its load stopped; records not yet stored wait in $TMPDIR for "
             "`stampede replay`",
@@ -236,7 +128,7 @@ def sweep(
     host: Annotated[str, typer.Option(help="Base URL of the target runtime.")] = "",
     file: Annotated[Path | None, typer.Option(help="A sweep file (TOML or JSON); replaces the other options.")] = None,
     api: Annotated[Api, typer.Option(help="Wire protocol: Ollama's native API or the OpenAI API.")] = Api.OPENAI_CHAT,
-    model: Annotated[str, typer.Option(help="Model name to request.")] = "stampede-sim",
+    model: Annotated[str, typer.Option(help="Model name to request.")] = SWEEP_FLAGS.model,
     target_name: Annotated[str, typer.Option(help="Label of the target in reports.")] = "",
     runtime: Annotated[
         str, typer.Option(help="Sample the runtime's own statistics: vllm, llamacpp, ollama or none.")
@@ -244,19 +136,19 @@ def sweep(
     steps: Annotated[
         str,
         typer.Option(
-            help="Comma-separated concurrency levels, one step each (default 1,2,4,8,16,32); with --rates, one "
-            f"value: the cap on requests in flight (default {OPEN_LOOP_IN_FLIGHT})."
+            help=f"Comma-separated concurrency levels, one step each (default {_text(SWEEP_FLAGS.steps)}); with "
+            f"--rates, one value: the cap on requests in flight (default {OPEN_LOOP_IN_FLIGHT})."
         ),
     ] = "",
     rates: Annotated[str, typer.Option(help="Open loop: requests/s per step; --steps then caps in flight.")] = "",
-    step_duration_s: StepDurationOpt = "20",
-    max_step_duration_s: MaxStepDurationOpt = 600.0,
-    warmup_s: WarmupOpt = 5.0,
-    min_completions: MinCompletionsOpt = MIN_COMPLETIONS,
-    max_tokens: MaxTokensOpt = 128,
+    step_duration_s: StepDurationOpt = SWEEP_FLAGS.step_duration_s,
+    max_step_duration_s: MaxStepDurationOpt = SWEEP_FLAGS.max_step_duration_s,
+    warmup_s: WarmupOpt = SWEEP_FLAGS.warmup_s,
+    min_completions: MinCompletionsOpt = SWEEP_FLAGS.min_completions,
+    max_tokens: MaxTokensOpt = SWEEP_FLAGS.max_tokens,
     ignore_eos: Annotated[bool, typer.Option(help="Ask for exactly max tokens (vLLM, llama.cpp).")] = False,
-    prompt_set: Annotated[str, typer.Option(help="seeds, synthetic:..., jsonl:PATH or sharegpt:PATH.")] = "seeds",
-    processes: ProcessesOpt = 1,
+    prompt_set: PromptSetOpt = SWEEP_FLAGS.prompt_set,
+    processes: ProcessesOpt = SWEEP_FLAGS.processes,
     run_name: Annotated[str, typer.Option(help="Human label for the run.")] = "",
     run_id: Annotated[str, typer.Option(help="Id for the new run (default: a new UUID).")] = "",
     check: Annotated[
@@ -272,27 +164,10 @@ def sweep(
     elif not host:
         raise _fail("give --host URL (or --file SWEEP.toml)")
     else:
-        name = target_name or host.split("://")[-1].rstrip("/")
-        # Names not given are taken from the host: a mistake in them is one in --host.
-        names_from = {
-            "name": "--run-name" if run_name else "--host",
-            "targets.0.name": "--target-name" if target_name else "--host",
-        }
-        spec = _spec(
-            {**FLAGS, **names_from},
-            name=run_name or name,
-            targets=[{"name": name, "url": host, "api": api, "model": model, "runtime": runtime or None}],
-            rates=_parse_list(rates, float, "--rates"),
-            step_duration_s=step_duration_s,
-            max_step_duration_s=max_step_duration_s,
-            warmup_s=warmup_s,
-            min_completions=min_completions,
-            max_tokens=max_tokens,
-            ignore_eos=ignore_eos,
-            prompt_set=prompt_set,
-            processes=processes,
-            **({"steps": _parse_list(steps, int, "--steps")} if steps else {}),
-        )
+        try:
+            spec = sweep_from_flags(locals(), SWEEP_FLAGS)  # the options by name, as flags
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
     try:
         chosen_id = uuid.UUID(run_id) if run_id else uuid.uuid4()
     except ValueError:
@@ -312,15 +187,21 @@ def demo_command(
     sigterm_as_interrupt()
     try:
         with demo.simulators(LOG_DIR) as targets:  # stopped on the way out, however the sweep ends
-            spec = _spec(
-                name=f"demo {time.strftime('%Y-%m-%d %H:%M')}",
-                targets=[t.model_dump() for t in targets],
-                steps=_parse_list(steps, int, "--steps"),
-                step_duration_s=step_duration_s,
-                warmup_s=warmup_s,
-                max_tokens=max_tokens,
-                processes=processes,
-            )
+            try:
+                spec = validate_sweep(
+                    {
+                        "name": f"demo {time.strftime('%Y-%m-%d %H:%M')}",
+                        "targets": [t.model_dump() for t in targets],
+                        "steps": parse_list(steps, int, "--steps"),
+                        "step_duration_s": step_duration_s,
+                        "warmup_s": warmup_s,
+                        "max_tokens": max_tokens,
+                        "processes": processes,
+                    },
+                    FLAG_LABELS,
+                )
+            except ValueError as exc:
+                raise _fail(str(exc)) from None
             _run(SweepPlan(spec), check=False)
     except KeyboardInterrupt:  # while the simulators start
         raise typer.Exit(130) from None

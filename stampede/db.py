@@ -21,9 +21,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from stampede.settings import redact_url
+from stampede.settings import get_settings, redact_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -71,6 +72,11 @@ def get_engine(url: str) -> Engine:
     engine = make_engine(url)
     event.listen(engine, "first_connect", lambda *_: prepare_schema(url))
     return engine
+
+
+def settings_session() -> Session:
+    """A session on the database the settings name (``STAMPEDE_DATABASE_URL``)."""
+    return Session(get_engine(get_settings().database_url.get_secret_value()))
 
 
 def alembic_config(url: str) -> Any:

@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from stampede.locust_launch import SweepError
 from stampede.processes import free_port, stop
 from stampede.records import Api
-from stampede.sweep import SweepError
 from stampede.sweepfile import TargetSpec
 
 READY_TIMEOUT_S = 30.0

@@ -228,3 +228,16 @@ class LoadgenCountRecord(_Record):
 def utc_now() -> datetime:
     """Timezone-aware UTC now."""
     return datetime.now(UTC)
+
+
+class StepMessage(_Record):
+    """The current load step, as the coordinating Locust process tells every process (a custom message)."""
+
+    run_id: uuid.UUID = Field(description="Run the step belongs to (workers learn it from here).")
+    index: int = Field(ge=0, description="Step number, from 0.")
+    warmup_s: float = Field(ge=0, description="Seconds from the step's start left out of its figures.")
+    rate_per_s: float = Field(default=0.0, ge=0, description="Open loop: requests/s over all processes; 0: closed.")
+    share: float = Field(default=1.0, gt=0, le=1, description="Share of the rate this process paces.")
+    arrival: str = Field(pattern="^(constant|poisson|gamma)$", description="Distribution of open-loop gaps.")
+    burstiness: float = Field(gt=0, description="Gamma arrivals: squared CV of the gaps (1 = Poisson).")
+    seed: int = Field(description="The run's seed; each process draws its own gaps from it.")

@@ -1,62 +1,45 @@
-"""Drive Locust headless through a ladder of concurrency steps, one target after another.
+"""A sweep: each target of a plan in turn through its steps, its results read back and summarised.
 
-Locust runs as a subprocess with ``loadgen/chat.py`` and the step shape ``loadgen/steps.py``, exactly
-as a user would run it, so a sweep and a hand-run Locust test share every line of load code. This
-module only plans, launches, watches and reports; it imports nothing from ``loadgen``.
+:func:`run_sweep` checks everything it can before any load (targets reachable, prompt file, stores),
+runs Locust per target (:mod:`stampede.locust_launch`), waits for the records to be stored and
+summarises them; :func:`check_baseline` compares the run with its baseline. They return what the
+caller prints; progress goes to a :class:`SweepOutput` as it happens.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
-import re
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from stampede.processes import stop
+from stampede import baseline, db, report, store
+from stampede.locust_launch import SweepError, kept_records, run_target
+from stampede.plan import SweepPlan
+from stampede.preflight import StoreUnavailable, check_stores
 from stampede.records import Api, Outcome
+from stampede.regression import Finding
+from stampede.report import TargetStep
 from stampede.schema import Request, Step
-from stampede.sweepfile import SweepFile, TargetSpec
+from stampede.settings import get_settings, redact_url
+from stampede.sweepfile import TargetSpec
 
-USER_CLASSES = {Api.OLLAMA_CHAT: "OllamaChatUser", Api.OPENAI_CHAT: "OpenAIChatUser"}
+REGRESSION_EXIT = 3
+"""Exit status of ``stampede sweep --check`` when the run regressed against its baseline."""
 PROBE_PATHS = {Api.OLLAMA_CHAT: "/api/tags", Api.OPENAI_CHAT: "/v1/models"}
 PROBE_TIMEOUT_S = 3.0
-
-
-class SweepError(Exception):
-    """A sweep that cannot start or finish; the message is meant for the user as is."""
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """A sweep file bound to a run."""
-
-    spec: SweepFile
-    run_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    stop_timeout_s: float = 120.0
-
-    @property
-    def loads(self) -> list[int] | list[float]:
-        """The load of each step: users (closed loop) or requests/s (open loop)."""
-        return self.spec.rates or self.spec.steps
-
-    @property
-    def duration_s(self) -> float:
-        """Longest the sweep of one target may take (auto steps may end sooner)."""
-        return len(self.loads) * self.spec.longest_step_s
+# In a fleet, records reach the database through RQ workers: give them this long to catch up.
+STORE_WAIT_S = 120.0
+LOG_DIR = Path(".stampede/logs")
 
 
 def check_reachable(target: TargetSpec, api_key: str | None = None) -> None:
@@ -78,50 +61,6 @@ def check_reachable(target: TargetSpec, api_key: str | None = None) -> None:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise SweepError(f"cannot reach target {target.name} at {target.url}: {reason}") from None
-
-
-def locustfiles() -> str:
-    """Comma-separated paths of the chat locustfile and the step shape."""
-    spec = importlib.util.find_spec("loadgen")
-    if spec is None or not spec.submodule_search_locations:
-        raise SweepError("the loadgen package is not installed: run `pip install -e .` in the repository")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    return f"{folder / 'chat.py'},{folder / 'steps.py'}"
-
-
-def locust_command(target: TargetSpec, plan: SweepPlan) -> list[str]:
-    """The Locust command line that runs ``plan`` against ``target``."""
-    spec = plan.spec
-    command = [
-        sys.executable, "-m", "locust",
-        "-f", locustfiles(),
-        "--headless", "--json",
-        "--host", target.url,
-        "--steps", ",".join(str(s) for s in spec.steps),
-        "--step-duration-s", str(spec.step_duration_s),
-        "--warmup-s", str(spec.warmup_s),
-        "--min-completions", str(spec.min_completions),
-        "--max-step-duration-s", str(spec.max_step_duration_s),
-        "--max-tokens", str(spec.max_tokens),
-        "--model", target.model,
-        "--prompt-set", spec.prompt_set,
-        "--arrival", spec.arrival,
-        "--burstiness", str(spec.burstiness),
-        "--seed", str(spec.seed),
-        "--target-name", target.name,
-        "--run-id", str(plan.run_id),
-        "--run-name", spec.name,
-        "--sweep-config", spec.model_dump_json(),
-        "--stop-timeout", f"{plan.stop_timeout_s:.0f}s",
-        "--exit-code-on-error", "0",
-    ]  # fmt: skip
-    if spec.rates:
-        command += ["--rates", ",".join(str(r) for r in spec.rates)]
-    if spec.ignore_eos:
-        command.append("--ignore-eos")
-    if spec.processes > 1:
-        command += ["--processes", str(spec.processes)]
-    return [*command, USER_CLASSES[target.api]]
 
 
 @dataclass(frozen=True)
@@ -157,84 +96,6 @@ def common_errors(session: Session, run_id: uuid.UUID, target: str, limit: int =
     return [(str(message), int(n)) for message, n in rows]
 
 
-def sent_requests(locust_stdout: str) -> int:
-    """Requests Locust counted, from its ``--json`` output (the master's list comes last)."""
-    decoder, text = json.JSONDecoder(), locust_stdout.strip()
-    last: list[dict[str, Any]] = []
-    while text:
-        last, end = decoder.raw_decode(text)  # with --processes each worker prints its own list first
-        text = text[end:].strip()
-    return sum(int(entry["num_requests"]) for entry in last)
-
-
-def agent_command(target: TargetSpec, plan: SweepPlan) -> list[str] | None:
-    """The sampling agent that scrapes the target's own statistics during its load, if it has any.
-
-    It also samples this host's NVIDIA GPUs, if it has any (the target's, when both run here).
-    """
-    kind = target.scraped_runtime
-    if kind is None:
-        return None
-    return [sys.executable, "-m", "workers", "agent", "--run-id", str(plan.run_id),
-            "--scrape", kind, target.url, target.name]  # fmt: skip
-
-
-def run_target(
-    target: TargetSpec,
-    plan: SweepPlan,
-    log_path: Path,
-    on_tick: Callable[[float], object],
-    tick_s: float = 1.0,
-) -> int:
-    """Run Locust for one target, calling ``on_tick(elapsed_s)`` while it runs; returns requests sent."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log, tempfile.TemporaryFile("w+") as stats, _agent(target, plan, log_path):
-        process = subprocess.Popen(locust_command(target, plan), stdout=stats, stderr=log)
-        started = time.monotonic()
-        try:
-            while process.poll() is None:
-                on_tick(time.monotonic() - started)
-                time.sleep(tick_s)
-        except BaseException:
-            # Interrupted, terminated (see processes.sigterm_as_interrupt) or the progress read failed: never leave
-            # the load running. Locust stops its users and flushes its records on SIGTERM.
-            stop(process, plan.stop_timeout_s)
-            raise
-        if process.returncode != 0:
-            raise SweepError(f"locust exited with status {process.returncode} for {target.name}; see {log_path}")
-        stats.seek(0)
-        try:
-            return sent_requests(stats.read())
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SweepError(f"could not read Locust's statistics for {target.name} ({exc}); see {log_path}") from None
-
-
-@contextlib.contextmanager
-def _agent(target: TargetSpec, plan: SweepPlan, log_path: Path) -> Iterator[None]:
-    command = agent_command(target, plan)
-    if command is None:
-        yield
-        return
-    with log_path.with_suffix(".agent.log").open("w") as log:
-        agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield
-        finally:
-            stop(agent)
-
-
-# What a Locust process's sink says when it ends with records it could not deliver (loadgen.sinks).
-_KEPT_LINE = re.compile(r"(\d+ records not stored.*`stampede replay [^`]*`)")
-
-
-def kept_records(log_path: Path) -> list[str]:
-    """The lines in a Locust log that say which records were kept in a file instead of stored, and
-    the command that delivers them."""
-    if not log_path.exists():
-        return []
-    return [m.group(1) for line in log_path.read_text(errors="replace").splitlines() if (m := _KEPT_LINE.search(line))]
-
-
 def wait_until_stored(
     session_factory: Callable[[], Session], run_id: uuid.UUID, target: str, expected: int, timeout_s: float
 ) -> int:
@@ -246,3 +107,128 @@ def wait_until_stored(
         if stored >= expected or time.monotonic() > deadline:
             return stored
         time.sleep(0.5)
+
+
+class SweepOutput(Protocol):
+    """Where a sweep says how it goes while it runs."""
+
+    def progress(self, step: str, line: str) -> None:
+        """A target's progress: ``line`` in full, ``step`` the part that changes once per step."""
+
+    def target_done(self) -> None:
+        """The target's last progress line was shown."""
+
+    def note(self, line: str) -> None:
+        """A line to show as it is (warnings, hints, errors of requests)."""
+
+
+@dataclass
+class SweepResult:
+    """What a sweep measured, and which of its targets lack records or failed whole."""
+
+    summaries: list[TargetStep]
+    unstored_targets: list[str] = field(default_factory=list)
+    failed_targets: list[str] = field(default_factory=list)
+
+    def problem(self, run_id: uuid.UUID) -> str | None:
+        """Why the sweep failed, said for the user, or None."""
+        if self.unstored_targets:
+            return (
+                f"records of {', '.join(sorted(set(self.unstored_targets)))} were not stored, so the table above lacks "
+                f"them: deliver them with the `stampede replay` command above, then `stampede report {run_id}`"
+            )
+        if self.failed_targets:
+            return f"every request to {', '.join(self.failed_targets)} failed: nothing was measured (see above)"
+        return None
+
+
+def _database_url() -> str:
+    return get_settings().database_url.get_secret_value()
+
+
+def _preflight(plan: SweepPlan) -> None:
+    """Refuse, in one line, a sweep whose prompt file, targets or stores are not there, before any load."""
+    prompt_file = plan.spec.prompt_file
+    if prompt_file is not None and not prompt_file.is_file():
+        raise SweepError(f"prompt file {prompt_file} not found (--prompt-set {plan.spec.prompt_set})")
+    api_key = get_settings().api_key
+    for target in plan.spec.targets:  # all of them before any load, so a typo fails in seconds
+        check_reachable(target, api_key.get_secret_value() if api_key is not None else None)
+    try:
+        # The sweep reads its results back, so the database is checked in a fleet too (a SQLite file
+        # is created or upgraded; a PostgreSQL one behind is refused, naming `stampede db upgrade`).
+        check_stores(get_settings(), database=True)
+    except StoreUnavailable as exc:
+        raise SweepError(str(exc)) from None
+
+
+def run_sweep(plan: SweepPlan, output: SweepOutput) -> SweepResult:
+    """Run ``plan`` on each target in turn, telling ``output`` how it goes; SweepError if it cannot."""
+    _preflight(plan)
+    url = _database_url()
+    engine = db.get_engine(url)
+    loads, spec = plan.spec.loads, plan.spec
+    unit = "req/s" if spec.rates else "users"
+    output.note(f"run {plan.run_id}: results in {redact_url(url)}")
+    result = SweepResult(summaries=[])
+    for target in spec.targets:
+
+        def tick(elapsed_s: float, target: TargetSpec = target) -> Progress:
+            """Show the target's progress; returns it."""
+            with Session(engine) as session:
+                progress = read_progress(session, plan.run_id, target.name)
+            index = progress.step_index
+            # Step numbers as the summary table, the dashboard and the store give them: from 0.
+            step = "starting" if index is None else f"step {index} ({loads[index]} {unit}), {index + 1} of {len(loads)}"
+            output.progress(
+                step,
+                f"{target.name}: {step}  {elapsed_s:4.0f}/{spec.target_duration_s:.0f} s"
+                f"  {progress.requests} requests stored, {progress.errors} errors",
+            )
+            return progress
+
+        log_path = LOG_DIR / f"{plan.run_id}-{target.name}.log"
+        sent = run_target(target, plan, log_path, tick)
+        kept = kept_records(log_path)
+        # Records Locust kept in a file will not arrive by waiting: no wait then.
+        stored = wait_until_stored(lambda: Session(engine), plan.run_id, target.name, sent, 0 if kept else STORE_WAIT_S)
+        progress = tick(spec.target_duration_s)
+        output.target_done()
+        for line in kept:
+            output.note(f"{target.name}: {line}")
+            result.unstored_targets.append(target.name)
+        if stored < sent:
+            output.note(f"warning: {sent - stored} of {sent} requests to {target.name} not stored yet")
+            settings = get_settings()
+            if settings.redis_url is not None and stored == 0 and not kept:
+                output.note(
+                    f"hint: records go through the RQ queue {settings.queue_name!r}; is a worker consuming it? "
+                    "Start one with `stampede worker` (same STAMPEDE_REDIS_URL and STAMPEDE_DATABASE_URL); "
+                    "what is queued is stored once it runs"
+                )
+        with Session(engine) as session:
+            errors = common_errors(session, plan.run_id, target.name)
+        for message, count in errors:
+            output.note(f"{target.name}: {count} of {progress.requests} requests failed: {message}")
+        if progress.requests and progress.errors == progress.requests:
+            result.failed_targets.append(target.name)
+        with Session(engine) as session, session.begin():
+            # Summarised now, at the end of the target's steps, and cached: reports need not rescan rows.
+            result.summaries = report.step_summaries(session, plan.run_id)
+    return result
+
+
+def check_baseline(plan: SweepPlan) -> list[Finding]:
+    """Compare the run with its sweep's baseline and record the verdict; SweepError if it is incomplete."""
+    with Session(db.get_engine(_database_url())) as session, session.begin():
+        try:
+            return baseline.check_run(session, plan.run_id, plan.spec.regression)
+        except baseline.IncompleteRun as exc:
+            raise SweepError(str(exc)) from None
+
+
+def mark_interrupted(plan: SweepPlan) -> None:
+    """Close a run stopped between two targets (Locust closes one it stopped itself) as stopped."""
+    steps = len(plan.spec.loads) * len(plan.spec.targets)
+    with contextlib.suppress(SQLAlchemyError), Session(db.get_engine(_database_url())) as session, session.begin():
+        store.mark_stopped_unless_complete(session, plan.run_id, steps)

@@ -159,6 +159,27 @@ class SweepFile(_Spec):
         """How long a step may last: its duration, or the auto maximum."""
         return self.max_step_duration_s if self.step_duration_s == "auto" else self.step_duration_s
 
+    @property
+    def loads(self) -> list[int] | list[float]:
+        """The load of each step: users (closed loop) or requests/s (open loop)."""
+        return self.rates or self.steps
+
+    @property
+    def step_users(self) -> list[int]:
+        """Users of each step: ``steps``, or in an open loop its first value (the cap on requests in
+        flight) for every rate."""
+        return self.steps[:1] * len(self.rates) if self.rates else self.steps
+
+    @property
+    def target_duration_s(self) -> float:
+        """Longest the sweep of one target may take: steps x their longest (auto steps may end sooner)."""
+        return len(self.loads) * self.longest_step_s
+
+    @property
+    def duration_s(self) -> float:
+        """Longest the whole sweep's load may take, one target after another."""
+        return self.target_duration_s * len(self.targets)
+
     @field_validator("warmup_s")
     @classmethod
     def _warmup_inside_step(cls, warmup_s: float, info: ValidationInfo) -> float:

@@ -29,37 +29,27 @@ from rq.cron import CronJob
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from stampede.db import SchemaError, get_engine, store_problem
+from stampede.db import SchemaError, settings_session, store_problem
 from stampede.schedules import list_schedules
 from stampede.schema import Run, Schedule
 from stampede.settings import get_settings, redact_url
+from stampede.sweep import REGRESSION_EXIT
 from stampede.sweepfile import SweepFile
 
 SWEEPS_QUEUE = "stampede-sweeps"
 RUN_SCHEDULED_SWEEP = "workers.sweeps.run_scheduled_sweep"
 RELOAD_S = 60.0
 RETRY_S = 5.0
-REGRESSION_EXIT = 3
 # Headroom over a sweep's planned length: start-up, draining in-flight requests, the summary.
 JOB_MARGIN_S = 600
 
 log = logging.getLogger(__name__)
 
 
-def _session() -> Session:
-    return Session(get_engine(get_settings().database_url.get_secret_value()))
-
-
-def planned_s(spec: SweepFile) -> float:
-    """How long a sweep's load lasts: steps x step duration, per target."""
-    return len(spec.rates or spec.steps) * spec.longest_step_s * len(spec.targets)
-
-
 def run_scheduled_sweep(name: str) -> dict[str, Any]:
     """Run the scheduled sweep ``name`` and compare it with its baseline; returns the verdict."""
-    with _session() as session:
+    with settings_session() as session:
         schedule = session.get(Schedule, name)
         if schedule is None:
             raise ValueError(f"no schedule named {name!r} (removed since it was enqueued?)")
@@ -69,10 +59,10 @@ def run_scheduled_sweep(name: str) -> dict[str, Any]:
         path = Path(folder) / "sweep.json"
         path.write_text(spec.model_dump_json())
         command = [sys.executable, "-m", "stampede", "sweep", "--file", str(path), "--run-id", str(run_id), "--check"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=planned_s(spec) + JOB_MARGIN_S)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=spec.duration_s + JOB_MARGIN_S)
     if result.returncode not in (0, REGRESSION_EXIT):
         raise RuntimeError(f"sweep {name!r} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
-    with _session() as session:
+    with settings_session() as session:
         run = session.get(Run, run_id)
         findings = run.findings if run is not None else []
     log.info("scheduled sweep %s: run %s, %d finding(s)", name, run_id, len(findings))
@@ -96,7 +86,7 @@ def cron_job(schedule: Schedule, queue_name: str) -> JsonCronJob:
         func_name=RUN_SCHEDULED_SWEEP,
         args=(schedule.name,),
         cron=schedule.cron,
-        job_timeout=int(planned_s(SweepFile.model_validate(schedule.sweep)) + JOB_MARGIN_S),
+        job_timeout=int(SweepFile.model_validate(schedule.sweep).duration_s + JOB_MARGIN_S),
         name=f"stampede-schedule:{schedule.name}",
     )
 
@@ -113,7 +103,7 @@ class SweepScheduler:
 
     def reload(self) -> None:
         """Add, replace or drop cron jobs so they match the schedules table."""
-        with _session() as session:
+        with settings_session() as session:
             current = {s.name: s for s in list_schedules(session)}
         for name in set(self.jobs) - set(current):
             del self.jobs[name]

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 from loadgen.sinks import Sink
 from stampede.db import make_engine
 from stampede.demo import free_port, start_simulator, stop
+from stampede.locust_launch import locustfiles
 from stampede.records import Api, Outcome, RequestRecord
 from stampede.schema import Request
-from stampede.sweep import locustfiles
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.1) -> None:

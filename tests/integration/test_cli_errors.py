@@ -11,9 +11,10 @@ import pytest
 
 from simulator.profiles import Flavor, build_profile
 from simulator.server import SimServer, serve_in_thread
+from stampede.locust_launch import SweepError
 from stampede.processes import free_port
 from stampede.records import Api
-from stampede.sweep import SweepError, check_reachable
+from stampede.sweep import check_reachable
 from stampede.sweepfile import TargetSpec
 
 

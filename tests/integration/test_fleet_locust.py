@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from stampede.demo import free_port
-from stampede.sweep import locustfiles, sent_requests
+from stampede.locust_launch import locustfiles, sent_requests
 from tests.integration.fleet_helpers import run_locust, simulator_port, stored_requests, wait_until
 
 pytest_plugins = ["tests.integration.fleet_fixtures"]

@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
 from stampede.demo import start_simulator
+from stampede.locust_launch import locustfiles, sent_requests
 from stampede.processes import free_port, stop
 from stampede.report import step_summaries
 from stampede.schema import LoadgenSample, Request, Run, RuntimeSample, Step, StepStats
-from stampede.sweep import locustfiles, sent_requests
 
 RUN_TIMEOUT_S = 120
 

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
 from stampede.demo import start_simulator
+from stampede.locust_launch import locustfiles
 from stampede.processes import free_port, stop
 from stampede.schema import Request, Run, Step
-from stampede.sweep import locustfiles
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,9 +24,9 @@ from streamlit.testing.v1 import AppTest
 
 from stampede.db import get_engine
 from stampede.demo import start_simulator
+from stampede.locust_launch import sent_requests
 from stampede.processes import free_port, stop
 from stampede.settings import get_settings
-from stampede.sweep import sent_requests
 from tests.integration.locust_runs import BIN, REPO, locust, no_stray_files, start, user_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

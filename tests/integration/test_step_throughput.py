@@ -24,11 +24,11 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
+from stampede.locust_launch import locustfiles
 from stampede.report import step_summaries
 from stampede.schema import Request, Step
 from stampede.stepdata import step_window
 from stampede.summary import StepSummary
-from stampede.sweep import locustfiles
 from tests.integration.test_locust_simulator import simulator
 
 DECODE_20_MS = ("--step-base-ms", "20", "--step-per-seq-ms", "0", "--seed", "3")

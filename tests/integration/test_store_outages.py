@@ -18,8 +18,8 @@ from sqlalchemy import create_engine, text
 
 from stampede.db import upgrade
 from stampede.demo import start_simulator
+from stampede.locust_launch import sent_requests
 from stampede.processes import free_port, stop
-from stampede.sweep import sent_requests
 from tests.integration.fleet_helpers import create_database, stored_requests, wait_until
 from tests.integration.locust_runs import BIN, counting_target, locust, user_env
 

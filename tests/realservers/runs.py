@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from stampede.db import upgrade
-from stampede.sweep import locustfiles, sent_requests
+from stampede.locust_launch import locustfiles, sent_requests
 
 RUN_TIMEOUT_S = 240
 LOCUST = [sys.executable, "-m", "locust", "-f", locustfiles().split(",")[0]]

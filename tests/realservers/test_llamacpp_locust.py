@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
+from stampede.locust_launch import sent_requests
 from stampede.processes import free_port, stop
 from stampede.schema import Request
-from stampede.sweep import sent_requests
 from tests.realservers.runs import (
     HEADLESS,
     LOCUST,

@@ -13,8 +13,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from stampede.db import upgrade
+from stampede.locust_launch import locustfiles, sent_requests
 from stampede.schema import Request, RuntimeSample
-from stampede.sweep import locustfiles, sent_requests
 from tests.realservers.vllm_server import VllmServer
 
 RUN_TIMEOUT_S = 240
