@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install --quiet -e ".[test]"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy stampede
+.venv/bin/mypy stampede loadgen workers dashboard simulator
 .venv/bin/pytest "$@"
