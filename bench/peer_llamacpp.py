@@ -10,10 +10,13 @@ the other's CPU. It prints the output-token throughput each tool measured and th
 AIPerf is installed once into its own venv in the cache directory (about 1.2 GB); llama.cpp is the
 tests' cached build (``tests/realservers/llamacpp.py``). Run from the repository root:
 
-    .venv/bin/python bench/peer_llamacpp.py [--users 4] [--duration-s 60] [--output-tokens 64]
+    .venv/bin/python bench/peer_llamacpp.py [--users 4] [--duration-s 60] [--output-tokens 64] [--rate R]
 
 AIPerf opens a new connection per request (``--connection-reuse-strategy never``), as its authors
-recommend against servers that close keep-alive connections; Stampede keeps its connections.
+recommend against servers that close keep-alive connections; Stampede keeps its connections. In a
+closed loop that changes the load each offers (a slot waits for each new connection), so with
+``--rate R`` both send the same open-loop load instead: ``R`` requests/s at constant gaps, at most
+``--users`` in flight, and each measures what the server made of it.
 """
 
 from __future__ import annotations
@@ -72,13 +75,19 @@ def predicted_tokens(url: str) -> float:
     return prometheus_counters(url)["llamacpp:tokens_predicted_total"]
 
 
-def run_stampede(url: str, prompts: Path, users: int, duration_s: float, workdir: Path) -> float:
-    """Output tokens/s that ``stampede sweep`` measured over one step of ``users``."""
-    db_url = f"sqlite:///{workdir}/stampede-{uuid.uuid4().hex[:8]}.db"
+def run_stampede(url: str, prompts: Path, users: int, rate: float | None, duration_s: float, workdir: Path) -> float:
+    """Output tokens/s that ``stampede sweep`` measured over one step of ``users`` (in flight, at ``rate``)."""
+    name = uuid.uuid4().hex[:8]
+    db_url = f"sqlite:///{workdir}/stampede-{name}.db"
     run_id = uuid.uuid4()
-    command = ["taskset", "-c", LOADGEN_CORE, sys.executable, "-m", "stampede", "sweep", "--host", url,
-               "--model", MODEL_NAME, "--steps", str(users), "--step-duration-s", str(duration_s),
-               "--warmup-s", "0", "--ignore-eos", "--prompt-set", f"jsonl:{prompts}",
+    sweep = workdir / f"sweep-{name}.toml"
+    sweep.write_text(
+        f'name = "peer"\nsteps = [{users}]\nstep_duration_s = {duration_s}\nwarmup_s = 0\n'
+        f'ignore_eos = true\nprompt_set = "jsonl:{prompts}"\narrival = "constant"\n'
+        + (f"rates = [{rate}]\n" if rate else "")
+        + f'[[targets]]\nname = "llama-server"\nurl = "{url}"\nmodel = "{MODEL_NAME}"\n'
+    )
+    command = ["taskset", "-c", LOADGEN_CORE, sys.executable, "-m", "stampede", "sweep", "--file", str(sweep),
                "--run-id", str(run_id)]  # fmt: skip
     env = {"STAMPEDE_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin", "HOME": str(workdir)}
     run(command, env=env, cwd=workdir)
@@ -87,8 +96,10 @@ def run_stampede(url: str, prompts: Path, users: int, duration_s: float, workdir
     return step.summary.output_tokens_per_s
 
 
-def run_aiperf(url: str, prompts: Path, tokenizer: Path, users: int, duration_s: float, workdir: Path) -> float:
-    """Output tokens/s that AIPerf measured at concurrency ``users``."""
+def run_aiperf(
+    url: str, prompts: Path, tokenizer: Path, users: int, rate: float | None, duration_s: float, workdir: Path
+) -> float:
+    """Output tokens/s that AIPerf measured at concurrency ``users`` (and ``rate``)."""
     python = llamacpp.cached_venv("aiperf-0.13.0", [AIPERF])
     out = workdir / f"aiperf-{uuid.uuid4().hex[:8]}"
     command = ["taskset", "-c", LOADGEN_CORE, str(python.parent / "aiperf"), "profile", "--model", MODEL_NAME,
@@ -97,6 +108,8 @@ def run_aiperf(url: str, prompts: Path, tokenizer: Path, users: int, duration_s:
                "--input-file", str(prompts), "--custom-dataset-type", "single_turn",
                "--extra-inputs", "ignore_eos:true", "--use-server-token-count",
                "--connection-reuse-strategy", "never", "--ui", "none", "--artifact-dir", str(out)]  # fmt: skip
+    if rate:
+        command += ["--request-rate", str(rate), "--arrival-pattern", "constant"]
     run(command, cwd=workdir)
     export = json.loads((out / "profile_export_aiperf.json").read_text())
     return float(export["output_token_throughput"]["avg"])
@@ -109,6 +122,7 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=10.0, help="unmeasured seconds per tool first")
     parser.add_argument("--output-tokens", type=int, default=64, help="output tokens per request (ignore_eos)")
     parser.add_argument("--prompt-words", type=int, default=32, help="words per prompt")
+    parser.add_argument("--rate", type=float, help="open loop: requests/s both tools send (default: closed loop)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="peer-llamacpp-") as tmp:
         workdir = Path(tmp)
@@ -120,15 +134,16 @@ def main() -> None:
         prefix = ["taskset", "-c", SERVER_CORE]
         with serve_llama_server(model, workdir / "llama-server.log", slots=args.users, prefix=prefix) as server:
             started = time.monotonic()
-            run_stampede(server.url, ours, args.users, args.warmup_s, workdir)
-            run_aiperf(server.url, theirs, tokenizer, args.users, args.warmup_s, workdir)
+            run_stampede(server.url, ours, args.users, args.rate, args.warmup_s, workdir)
+            run_aiperf(server.url, theirs, tokenizer, args.users, args.rate, args.warmup_s, workdir)
             made = {}
             before = predicted_tokens(server.url)
-            stampede = run_stampede(server.url, ours, args.users, args.duration_s, workdir)
+            stampede = run_stampede(server.url, ours, args.users, args.rate, args.duration_s, workdir)
             made["stampede"], before = predicted_tokens(server.url) - before, predicted_tokens(server.url)
-            aiperf = run_aiperf(server.url, theirs, tokenizer, args.users, args.duration_s, workdir)
+            aiperf = run_aiperf(server.url, theirs, tokenizer, args.users, args.rate, args.duration_s, workdir)
             made["aiperf"] = predicted_tokens(server.url) - before
-        print(f"llama-server, {args.users} streams, {args.output_tokens} output tokens, {args.duration_s:g} s each")
+        load = f"{args.rate:g} requests/s, at most {args.users} in flight" if args.rate else f"{args.users} streams"
+        print(f"llama-server, {load}, {args.output_tokens} output tokens, {args.duration_s:g} s each")
         # The server's count over each tool's whole run (its ramp and drain too) per second of its duration:
         # an upper bound of what the server made for that tool's load, to tell a tool's measurement from its load.
         for name, value in (("stampede", stampede), ("aiperf", aiperf)):

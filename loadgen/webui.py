@@ -40,6 +40,9 @@ TICK_S = 2.0
 MASTER_DELAY_S = 4
 """The master's window ends this long ago: workers report every 3 s (Locust's WORKER_REPORT_INTERVAL)."""
 HISTORY_POINTS = 3600
+FOLD_LAG_S = 1.0
+"""A record waits at most about this long for an idle loop before it is folded anyway (see
+:meth:`LiveView.on_request`)."""
 REPORT_KEY = "stampede_live"
 TAB_KEY = "llm"
 
@@ -100,6 +103,8 @@ class LiveView:
         self.history: deque[list[Any]] = deque(maxlen=HISTORY_POINTS)
         self.snapshot: dict[str, Any] = webui_view.empty_snapshot()
         self._ticker: gevent.Greenlet | None = None
+        self._unfolded: deque[tuple[float, RequestRecord]] = deque()
+        self._folder: gevent.Greenlet | None = None
         events = environment.events
         if self.is_worker:
             events.report_to_master.add_listener(self._report)
@@ -113,7 +118,34 @@ class LiveView:
     # Records, from the tapped sink
 
     def on_request(self, record: RequestRecord) -> None:
-        (self.pending if self.is_worker else self.store).add(record)
+        """Queue a finished request for the figures: they are folded in while the event loop is idle.
+
+        Folding one takes about 0.1 ms. Done at once, a wave of requests ending together held every
+        stream's next read for their sum, and chunks were stamped late (docs/benchmarks.md, "The LLM
+        tab's cost"). A record still unfolded after ``FOLD_LAG_S`` (a loop never idle) is folded anyway,
+        one per turn of the loop.
+        """
+        self._unfolded.append((time.monotonic(), record))
+        if self._folder is None or self._folder.dead:
+            self._folder = gevent.spawn(self._fold_when_idle)
+
+    def _fold_when_idle(self) -> None:
+        while self._unfolded:
+            if time.monotonic() - self._unfolded[0][0] < FOLD_LAG_S:
+                gevent.idle()
+            else:
+                gevent.sleep(0)
+            self._fold_next()
+
+    def fold_all(self) -> None:
+        """Fold every queued record now: before figures are read or shipped."""
+        while self._unfolded:
+            self._fold_next()
+
+    def _fold_next(self) -> None:
+        if self._unfolded:  # another greenlet may have folded it meanwhile
+            record = self._unfolded.popleft()[1]
+            (self.pending if self.is_worker else self.store).add(record)
 
     def on_run(self, run: RunRecord) -> None:
         if self.run_started_s is None or run.started_at.timestamp() > self.run_started_s:
@@ -129,6 +161,7 @@ class LiveView:
     # Worker reports
 
     def _report(self, client_id: str, data: dict[str, Any]) -> None:
+        self.fold_all()  # a worker's last report carries every request it finished
         samples = {p: s for p, s in self.health.items() if s}
         data[REPORT_KEY] = {"slices": self.pending.drain(), "health": samples, "in_flight": self._users_in_flight()}
         self.health = {}
@@ -153,17 +186,23 @@ class LiveView:
     # The coordinator's table
 
     def _reset(self) -> None:
+        self._unfolded.clear()
         self.store.clear()
         self.history.clear()
 
     def _tick_forever(self) -> None:
         while True:
+            while self._unfolded:  # what ended before this tick, folded a record per turn of the loop
+                gevent.sleep(0)
+                self._fold_next()
+            gevent.idle()
             self.tick(time.time())
             gevent.sleep(TICK_S)
 
     def tick(self, now_s: float) -> None:
         """Recompute the table for the window ending ``delay_s`` before ``now_s``; add a chart point."""
         end_s = math.floor(now_s) - self.delay_s
+        self.fold_all()
         self.store.prune(end_s, {index: webui_view.step_span(self, index) for index in self.steps})
         webui_view.settle_health(self, end_s)
         runner = self.environment.runner

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import gevent
 import msgpack
 from locust.env import Environment
 
@@ -61,6 +62,19 @@ def test_the_tapped_sink_delivers_every_record_and_the_rest_of_the_sink() -> Non
     sink.add_loadgen_sample(sample(1, 10, 1))
     assert len(inner.records) == 4  # run, step, request, sample
     assert sink.flush(1.0) and inner.flushed
+
+
+def test_a_finished_request_is_folded_once_the_loop_is_idle_not_while_the_user_ends_it() -> None:
+    sink, view, _ = started_view()
+    busy = [gevent.spawn(gevent.sleep, 0) for _ in range(3)]  # other greenlets ready to run
+    sink.add_request(record(3))
+    assert not view.store.seconds.by_key  # queued: the user's greenlet goes on at once
+    gevent.joinall(busy)
+    gevent.sleep(0.01)  # the loop goes idle
+    assert view.store.seconds.by_key
+    sink.add_request(record(4))
+    view.tick(BASE_S + 11)  # a tick folds what is still queued before it reads the figures
+    assert shown(view)["Requests"] == ("2", "2")
 
 
 def test_the_table_shows_the_window_and_the_step_without_its_warm_up() -> None:
