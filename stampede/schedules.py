@@ -27,4 +27,4 @@ def list_schedules(session: Session) -> Sequence[Schedule]:
 
 def remove_schedule(session: Session, name: str) -> bool:
     """Forget the sweep ``name``; False when there was none."""
-    return bool(session.execute(delete(Schedule).where(Schedule.name == name)).rowcount)  # type: ignore[attr-defined]
+    return bool(session.execute(delete(Schedule).where(Schedule.name == name)).rowcount)  # type: ignore[attr-defined]  # a DELETE's result is a CursorResult

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Text, cast, func, select
@@ -19,6 +20,8 @@ from stampede.metrics import RequestSample
 from stampede.records import Outcome
 from stampede.schema import Request, RuntimeSample, Step
 from stampede.windows import ServerCount, Window
+
+_T = TypeVar("_T")
 
 SERVER_TOKEN_COUNTERS = ("vllm:generation_tokens_total", "llamacpp:tokens_predicted_total")
 """Runtimes' own counts of output tokens generated, as their /metrics name them."""
@@ -33,8 +36,12 @@ def _at(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _json(text: str | None, empty: object) -> object:
-    return empty if text is None else orjson.loads(text)
+def _json(text: str | None, empty: _T) -> _T:
+    """A JSON column's value, of the type its column holds (``empty``'s), or ``empty`` for NULL."""
+    if text is None:
+        return empty
+    value: _T = orjson.loads(text)
+    return value
 
 
 def overlapping_samples(
@@ -75,9 +82,9 @@ def overlapping_samples(
     )
     samples = []
     for row in rows:
-        server: dict = _json(row.server, {})  # type: ignore[assignment]
-        offsets: list[int] = _json(row.offsets, [])  # type: ignore[assignment]
-        per_chunk: list[int] = _json(row.chunk_tokens, [])  # type: ignore[assignment]
+        server: dict[str, Any] = _json(row.server, {})
+        offsets: list[int] = _json(row.offsets, [])
+        per_chunk: list[int] = _json(row.chunk_tokens, [])
         tokens, _ = metrics.output_token_count(row.output_tokens, row.client_output_tokens, row.output_chunks)
         samples.append(
             RequestSample(
@@ -92,7 +99,7 @@ def overlapping_samples(
                 model_load_ms=float(server.get("load_ms") or 0.0),
                 network_and_queue_ms=metrics.network_and_queue_ms(row.e2e_ms, server.get("total_ms")),
                 tokens_disagree=bool(row.tokens_disagree),
-                late_chunks=len(_json(row.late, [])),  # type: ignore[arg-type]
+                late_chunks=len(_json(row.late, [])),
                 reconnects=row.reconnects,
                 sent_s=epoch_s(row.started_at),
                 chunk_offsets_ns=offsets,
